@@ -1,0 +1,86 @@
+//! The one place that names the standard library's (or loom's) atomics,
+//! locks, cells and threads.
+//!
+//! Every concurrent primitive in this crate comes through here so that the
+//! `loom-tests` crate can model-check the *same* code that ships: building
+//! with `RUSTFLAGS="--cfg orcwire_loom"` swaps every type below for loom's
+//! instrumented twin. Nothing else in the crate may name
+//! `std::sync::atomic`, `std::sync::Mutex`, `std::thread` or
+//! `std::cell::UnsafeCell` directly.
+//!
+//! The cfg is a project cfg rather than a cargo feature so that turning it
+//! on never switches a dependency's code (cargo unifies features across the
+//! graph; a `--cfg` applies only where this crate reads it).
+
+#[cfg(not(orcwire_loom))]
+mod imp {
+    pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+    pub use std::thread;
+
+    /// An `UnsafeCell` with loom's closure-based access API, so code reads
+    /// the same under both backings.
+    #[derive(Debug, Default)]
+    pub struct UnsafeCell<T: ?Sized>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        /// Wraps `value`.
+        pub const fn new(value: T) -> Self {
+            Self(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Consumes the cell and returns the value.
+        pub fn into_inner(self) -> T {
+            self.0.into_inner()
+        }
+    }
+
+    impl<T: ?Sized> UnsafeCell<T> {
+        /// Runs `f` with a shared raw pointer to the contents.
+        #[inline(always)]
+        pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Runs `f` with an exclusive raw pointer to the contents.
+        #[inline(always)]
+        pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+
+    /// Spin-loop hint; under loom a yield so the model can make progress.
+    #[inline(always)]
+    pub fn spin_loop() {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(orcwire_loom)]
+mod imp {
+    pub use loom::cell::UnsafeCell;
+    pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use loom::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+    pub use loom::thread;
+
+    /// Under loom a spin is a yield, or the model would never terminate.
+    #[inline(always)]
+    pub fn spin_loop() {
+        loom::thread::yield_now();
+    }
+}
+
+pub use imp::*;
+
+/// Locks `m`, recovering the data if a previous holder panicked.
+///
+/// Poisoning protects invariants that a panic broke half-way; every lock in
+/// this crate guards state whose every update is a single assignment or
+/// collection operation, so a poisoned lock still holds consistent data and
+/// refusing it would turn one panic into a cascade.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

@@ -1,0 +1,137 @@
+//! The contract between the endpoint and anything that moves messages.
+//!
+//! A [`Transport`] only moves [`Message`]s and wakes the other side. It
+//! knows nothing of pending calls, handlers or the disconnect handshake:
+//! those belong to the [endpoint](crate::endpoint). This split is LLVM's
+//! `SimpleRemoteEPCTransport` / `SimpleRemoteEPCTransportClient` split,
+//! turned from push to *pull*: the endpoint asks for the next message with
+//! [`Transport::recv`], so whichever thread needs progress (a dedicated
+//! reader, or a caller waiting for its own result) can drive the inbound
+//! side itself without a thread hop.
+//!
+//! # Threads
+//! * [`send`](Transport::send) may be called from any number of threads at
+//!   once; the transport serialises them (each message goes out whole,
+//!   never interleaved with another).
+//! * [`recv`](Transport::recv) has one caller at a time; the endpoint
+//!   guarantees it. A transport may rely on that.
+//! * [`interrupt_recv`](Transport::interrupt_recv) and
+//!   [`close`](Transport::close) may be called from any thread at any time.
+
+use std::time::Instant;
+
+use crate::buffer::WrapperFunctionBuffer;
+use crate::message::{Message, Opcode};
+
+/// What [`Transport::recv`] produced.
+#[derive(Debug)]
+pub enum Received {
+    /// The next inbound message, validated and copied out of the transport.
+    Message(Message),
+    /// The deadline passed with nothing to read.
+    TimedOut,
+    /// [`Transport::interrupt_recv`] was called (before or during this
+    /// `recv`); the interrupt is consumed.
+    Interrupted,
+}
+
+/// Why a transport cannot carry messages any more.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The peer closed its side in an orderly way (end of stream).
+    #[error("the peer closed the connection")]
+    PeerHungUp,
+    /// The peer process is known to have died (liveness channel or pidfd).
+    #[error("the peer process died")]
+    PeerDied,
+    /// [`Transport::close`] was called on this side.
+    #[error("the transport was closed on this side")]
+    Closed,
+    /// The peer sent something that breaks the protocol; the connection is
+    /// no longer usable. The text says what was wrong.
+    #[error("protocol error from the peer: {0}; the connection was dropped")]
+    Protocol(String),
+    /// A message is larger than the configured limit.
+    #[error("message of {size} bytes exceeds the configured limit of {limit} bytes; raise the limit or send less")]
+    TooLarge {
+        /// The size that was asked for.
+        size: u64,
+        /// The configured maximum.
+        limit: u64,
+    },
+    /// The operating system refused an operation.
+    #[error("I/O error on the transport: {0}")]
+    Io(String),
+}
+
+impl TransportError {
+    /// Builds an [`Io`](TransportError::Io) error from an OS error.
+    pub fn io(err: std::io::Error) -> Self {
+        Self::Io(err.to_string())
+    }
+
+    /// Whether the error means the peer is gone (as opposed to us closing,
+    /// or a fault).
+    pub fn is_peer_gone(&self) -> bool {
+        matches!(self, Self::PeerHungUp | Self::PeerDied)
+    }
+}
+
+/// Moves messages between the two processes. See the [module
+/// docs](self) for the threading rules.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one message, whole.
+    ///
+    /// Blocks while the transport is full; a concurrent
+    /// [`close`](Transport::close) unblocks it with an error.
+    ///
+    /// # Errors
+    /// A [`TransportError`] when the message cannot be sent: the transport
+    /// is closed, the peer is gone, or the message is too large.
+    fn send(
+        &self,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+    ) -> Result<(), TransportError>;
+
+    /// Waits for the next inbound message until `deadline` (`None`: no
+    /// deadline), or until interrupted. One caller at a time.
+    ///
+    /// # Errors
+    /// A [`TransportError`] when no message will ever come: closed, peer
+    /// gone, or the peer broke the protocol. After the first error every
+    /// later call returns an error too.
+    fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError>;
+
+    /// Makes the current or next [`recv`](Transport::recv) return
+    /// [`Received::Interrupted`]. Cheap and idempotent.
+    fn interrupt_recv(&self);
+
+    /// Stops the transport: further sends fail, blocked sends and receives
+    /// return, the peer sees the connection end. Idempotent.
+    fn close(&self);
+
+    /// Whether the peer process is known to be dead.
+    fn peer_died(&self) -> bool {
+        false
+    }
+
+    /// A short name for diagnostics and benchmarks (`"pipe"`, `"shm"`, ...).
+    fn name(&self) -> &'static str;
+}
+
+/// Decodes an owned message from its wire parts, checking the opcode.
+///
+/// # Errors
+/// [`TransportError::Protocol`] for an unknown opcode.
+pub fn decode_message(
+    opcode: u64,
+    seq: u64,
+    tag: u64,
+    payload: WrapperFunctionBuffer,
+) -> Result<Message, TransportError> {
+    let opcode = Opcode::from_wire(opcode).map_err(|e| TransportError::Protocol(e.to_string()))?;
+    Ok(Message::new(opcode, seq, tag, payload))
+}

@@ -1,0 +1,2 @@
+//! orcwire-shm: the shared-memory transport for orcwire.
+#![deny(missing_docs)]
