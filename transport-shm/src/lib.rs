@@ -1,2 +1,9 @@
 //! orcwire-shm: the shared-memory transport for orcwire.
 #![deny(missing_docs)]
+
+pub mod mapping;
+
+pub use mapping::{HeapMapping, SharedMapping};
+/// The std/loom shim shared with the core crate, so one
+/// `--cfg orcwire_loom` switches both.
+pub use orcwire::sync;
