@@ -1,0 +1,486 @@
+//! [`Endpoint`]: one side of a connection — the controller's or the
+//! executor's — over any [`Transport`].
+//!
+//! Build one with [`ControllerBuilder`] or [`ExecutorBuilder`]. The
+//! executor registers its wrapper functions by name and publishes them,
+//! with the tags it will use to call the controller's handlers, in its
+//! `Setup` message (LLVM's `SimpleRemoteEPCExecutorInfo`, SPS-encoded); the
+//! controller binds its handlers to those tags by name.
+//!
+//! Calls are explicit send/receive pairs (seed 002): [`Endpoint::call`]
+//! sends and returns a [`PendingCall`] at once; the result is received by
+//! awaiting it or waiting on it. Nothing runs a nested event loop.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use orcwire::{ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
+//! use orcwire::stream::StreamConfig;
+//!
+//! let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
+//! // The executor side usually runs in another process; a thread will do here.
+//! let executor = std::thread::spawn(move || {
+//!     ExecutorBuilder::new()
+//!         .sync_function("add_one", |args: &[u8]| {
+//!             WrapperFunctionBuffer::from_vec(args.iter().map(|b| b + 1).collect())
+//!         })
+//!         .connect(e_side)
+//!         .unwrap()
+//! });
+//! let controller = ControllerBuilder::new().connect(c_side).unwrap();
+//! let tag = controller.function_tag("add_one").unwrap();
+//! let out = controller.call(tag, &[1, 2, 3]).unwrap().wait().unwrap();
+//! assert_eq!(out.as_slice(), &[2, 3, 4]);
+//! controller.disconnect();
+//! executor.join().unwrap().disconnect();
+//! ```
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::buffer::WrapperFunctionBuffer;
+use crate::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
+use crate::engine::{Driver, Inner};
+pub use crate::engine::{DisconnectReason, EndpointConfig};
+use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
+use crate::message::Opcode;
+use crate::pending::{CallError, PendingCall};
+use crate::sps::{self, SetupInfo};
+use crate::sync::Arc;
+use crate::transport::{Received, Transport, TransportError};
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The executor's `Setup` did not arrive in time.
+    #[error("the executor sent no Setup message within {0:?}; check that it started and uses the same transport")]
+    SetupTimeout(std::time::Duration),
+    /// The transport failed during set-up.
+    #[error("the transport failed during connection set-up: {0}")]
+    Transport(#[from] TransportError),
+    /// The `Setup` message was malformed or of another protocol version.
+    #[error("the executor's Setup message is unusable: {0}")]
+    Setup(#[from] sps::SpsError),
+    /// The first message was not `Setup`.
+    #[error("expected the executor's Setup message first, got {0:?}; the peer is not an orcwire executor")]
+    UnexpectedMessage(Opcode),
+    /// The default task dispatcher could not start its threads.
+    #[error("could not start the task dispatcher: {0}")]
+    Dispatcher(String),
+    /// The reader thread could not be started.
+    #[error("could not start the connection's reader thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// Two entries were registered under one name.
+    #[error("\"{0}\" is registered twice; each name may be registered once")]
+    DuplicateName(String),
+}
+
+struct Common {
+    dispatcher: Option<Arc<dyn TaskDispatcher>>,
+    config: EndpointConfig,
+}
+
+impl Common {
+    fn new() -> Self {
+        Self {
+            dispatcher: None,
+            config: EndpointConfig::default(),
+        }
+    }
+
+    fn dispatcher(&mut self) -> Result<Arc<dyn TaskDispatcher>, ConnectError> {
+        match self.dispatcher.take() {
+            Some(d) => Ok(d),
+            None => {
+                let threads = std::thread::available_parallelism()
+                    .map(|n| n.get().clamp(2, 8))
+                    .unwrap_or(2);
+                let pool = ThreadPoolTaskDispatcher::new(threads)
+                    .map_err(|e| ConnectError::Dispatcher(e.to_string()))?;
+                Ok(Arc::new(pool))
+            }
+        }
+    }
+}
+
+fn wrap_sync<F>(f: F) -> Arc<HandlerFn>
+where
+    F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
+{
+    Arc::new(move |args: WrapperFunctionBuffer, r: Responder| {
+        r.respond(f(args.as_slice()));
+    })
+}
+
+/// Builds the controller side of a connection.
+pub struct ControllerBuilder {
+    common: Common,
+    handlers: Vec<(String, Arc<HandlerFn>)>,
+}
+
+impl ControllerBuilder {
+    /// A builder with no handlers, the default dispatcher (a thread pool)
+    /// and default [`EndpointConfig`].
+    pub fn new() -> Self {
+        Self {
+            common: Common::new(),
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Registers the handler the executor reaches under `name`. Only
+    /// registered handlers can be called.
+    pub fn handler<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 'static,
+    {
+        self.handlers.push((name.to_owned(), Arc::new(f)));
+        self
+    }
+
+    /// Registers a handler that answers synchronously with its return value.
+    pub fn sync_handler<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
+    {
+        self.handlers.push((name.to_owned(), wrap_sync(f)));
+        self
+    }
+
+    /// Runs incoming calls on `dispatcher` (for example a
+    /// [`Session`](crate::Session)'s).
+    pub fn dispatcher(mut self, dispatcher: Arc<dyn TaskDispatcher>) -> Self {
+        self.common.dispatcher = Some(dispatcher);
+        self
+    }
+
+    /// Replaces the endpoint configuration.
+    pub fn config(mut self, config: EndpointConfig) -> Self {
+        self.common.config = config;
+        self
+    }
+
+    /// Waits for the executor's `Setup` on `transport`, binds the handlers
+    /// and starts the connection.
+    ///
+    /// # Errors
+    /// A [`ConnectError`] if `Setup` does not come in time, is malformed or
+    /// of another protocol version, or a thread cannot start. The transport
+    /// is closed on error.
+    pub fn connect(mut self, transport: Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
+        let result = self.connect_inner(&transport);
+        if result.is_err() {
+            transport.close();
+        }
+        result
+    }
+
+    fn connect_inner(&mut self, transport: &Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
+        let mut names = std::collections::HashSet::new();
+        for (n, _) in &self.handlers {
+            if !names.insert(n.as_str()) {
+                return Err(ConnectError::DuplicateName(n.clone()));
+            }
+        }
+        let timeout = self.common.config.setup_timeout;
+        let deadline = Instant::now() + timeout;
+        let setup = loop {
+            match transport.recv(Some(deadline))? {
+                Received::Message(m) if m.opcode == Opcode::Setup => {
+                    break SetupInfo::decode(m.payload.as_slice())?;
+                }
+                Received::Message(m) => return Err(ConnectError::UnexpectedMessage(m.opcode)),
+                Received::Interrupted => continue,
+                Received::TimedOut => return Err(ConnectError::SetupTimeout(timeout)),
+            }
+        };
+        let version = setup.protocol_version()?;
+        if version != sps::PROTOCOL_VERSION {
+            return Err(ConnectError::Setup(sps::SpsError::VersionMismatch {
+                ours: sps::PROTOCOL_VERSION,
+                theirs: version,
+            }));
+        }
+        let mut table = HandlerTable::default();
+        for (name, tag) in setup.handler_tags() {
+            match self.handlers.iter().find(|(n, _)| n == name) {
+                Some((_, f)) => table.insert(HandlerTag::new(tag), name, Arc::clone(f)),
+                None => table.insert_unbound(HandlerTag::new(tag), name),
+            }
+        }
+        let dispatcher = self.common.dispatcher()?;
+        let config = self.common.config.clone();
+        let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
+        Endpoint::start(inner, Role::Controller)
+    }
+}
+
+impl Default for ControllerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds the executor side of a connection.
+pub struct ExecutorBuilder {
+    common: Common,
+    functions: Vec<(String, Arc<HandlerFn>)>,
+    handler_names: Vec<String>,
+}
+
+impl ExecutorBuilder {
+    /// A builder with no functions, the default dispatcher (a thread pool)
+    /// and default [`EndpointConfig`].
+    pub fn new() -> Self {
+        Self {
+            common: Common::new(),
+            functions: Vec::new(),
+            handler_names: Vec::new(),
+        }
+    }
+
+    /// Registers a wrapper function the controller may call as `name`; it
+    /// is published in `Setup` as a bootstrap symbol `name -> tag`.
+    pub fn function<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 'static,
+    {
+        self.functions.push((name.to_owned(), Arc::new(f)));
+        self
+    }
+
+    /// Registers a wrapper function that answers with its return value.
+    pub fn sync_function<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
+    {
+        self.functions.push((name.to_owned(), wrap_sync(f)));
+        self
+    }
+
+    /// Declares a controller handler this executor will call; after
+    /// connecting, [`Endpoint::handler_tag`] gives its tag.
+    pub fn controller_handler(mut self, name: &str) -> Self {
+        self.handler_names.push(name.to_owned());
+        self
+    }
+
+    /// Runs incoming calls on `dispatcher`.
+    pub fn dispatcher(mut self, dispatcher: Arc<dyn TaskDispatcher>) -> Self {
+        self.common.dispatcher = Some(dispatcher);
+        self
+    }
+
+    /// Replaces the endpoint configuration.
+    pub fn config(mut self, config: EndpointConfig) -> Self {
+        self.common.config = config;
+        self
+    }
+
+    /// Sends `Setup` on `transport` and starts the connection.
+    ///
+    /// # Errors
+    /// A [`ConnectError`] if `Setup` cannot be sent, a name is registered
+    /// twice, or a thread cannot start. The transport is closed on error.
+    pub fn connect(mut self, transport: Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
+        let result = self.connect_inner(&transport);
+        if result.is_err() {
+            transport.close();
+        }
+        result
+    }
+
+    fn connect_inner(&mut self, transport: &Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
+        let mut setup = SetupInfo::new_orcwire(sps::host_target_triple(), sps::host_page_size());
+        let mut table = HandlerTable::default();
+        let mut names = std::collections::HashSet::new();
+        // Tags are small integers counted from 1, so they reveal nothing
+        // about either process's address space.
+        let mut next_tag = 1u64;
+        for (name, f) in &self.functions {
+            if !names.insert(name.clone()) {
+                return Err(ConnectError::DuplicateName(name.clone()));
+            }
+            let tag = HandlerTag::new(next_tag);
+            next_tag += 1;
+            table.insert(tag, name, Arc::clone(f));
+            setup.bootstrap_symbols.push((name.clone(), tag.get()));
+        }
+        for name in &self.handler_names {
+            let full = format!("{}{name}", sps::HANDLER_PREFIX);
+            if !names.insert(full.clone()) {
+                return Err(ConnectError::DuplicateName(name.clone()));
+            }
+            setup.bootstrap_symbols.push((full, next_tag));
+            next_tag += 1;
+        }
+        transport.send(Opcode::Setup, 0, 0, &setup.encode())?;
+        let dispatcher = self.common.dispatcher()?;
+        let config = self.common.config.clone();
+        let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
+        Endpoint::start(inner, Role::Executor)
+    }
+}
+
+impl Default for ExecutorBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Which side of the connection an endpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The side holding the JIT (LLVM's `ExecutionSession`).
+    Controller,
+    /// The side running JIT'd code.
+    Executor,
+}
+
+/// Disconnects when the last user handle is dropped.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.disconnect(DisconnectReason::Local);
+    }
+}
+
+/// One side of a connection. Cheap to clone; the connection is
+/// disconnected when the last clone is dropped (or by
+/// [`disconnect`](Self::disconnect)).
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+    role: Role,
+    _owner: Arc<Owner>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("role", &self.role)
+            .field("transport", &self.inner.transport.name())
+            .field("closed", &self.inner.gate.is_closed())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    fn start(inner: Arc<Inner>, role: Role) -> Result<Self, ConnectError> {
+        inner.start_reader()?;
+        Ok(Self {
+            _owner: Arc::new(Owner(Arc::clone(&inner))),
+            inner,
+            role,
+        })
+    }
+
+    /// Which side this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The executor's `Setup` information (sent by us on the executor,
+    /// received on the controller).
+    pub fn setup_info(&self) -> &SetupInfo {
+        &self.inner.setup
+    }
+
+    /// The tag of the executor wrapper function `name`, as published in
+    /// `Setup`.
+    pub fn function_tag(&self, name: &str) -> Option<HandlerTag> {
+        self.inner.setup.functions().find(|(n, _)| *n == name).map(|(_, t)| HandlerTag::new(t))
+    }
+
+    /// The tag under which the executor calls the controller handler
+    /// `name` (declared with [`ExecutorBuilder::controller_handler`]).
+    pub fn handler_tag(&self, name: &str) -> Option<HandlerTag> {
+        self.inner
+            .setup
+            .handler_tags()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| HandlerTag::new(t))
+    }
+
+    /// Calls the entry point `tag` on the other side with `args`.
+    ///
+    /// Returns as soon as the call is sent; the [`PendingCall`] receives
+    /// the result.
+    ///
+    /// # Errors
+    /// [`CallError::Disconnected`] / [`CallError::PeerDied`] once the
+    /// connection is closing or closed; [`CallError::Send`] if the
+    /// transport refuses the message (for example, too large).
+    pub fn call(&self, tag: HandlerTag, args: &[u8]) -> Result<PendingCall, CallError> {
+        let inner = &self.inner;
+        let _inside = inner.gate.enter().map_err(|_| inner.closed_error())?;
+        let (seq, slot) = inner.pending.register()?;
+        if let Err(e) = inner.transport.send(Opcode::CallWrapper, seq, tag.get(), args) {
+            let err = match &e {
+                TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
+                _ => inner.closed_error(),
+            };
+            let _ = inner.pending.complete(seq, Err(err.clone()));
+            return Err(err);
+        }
+        Ok(PendingCall::new(seq, slot, Arc::new(Driver(Arc::clone(inner)))))
+    }
+
+    /// Calls `tag` and waits for the result: `call(tag, args)?.wait()`.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call) and [`PendingCall::wait`].
+    pub fn call_sync(&self, tag: HandlerTag, args: &[u8]) -> Result<WrapperFunctionBuffer, CallError> {
+        self.call(tag, args)?.wait()
+    }
+
+    /// Disconnects. Safe to call from many threads at once and from inside
+    /// a handler; every caller returns only when no further call can be
+    /// made or accepted on this side, the peer has been told, and every
+    /// pending call has completed (with an error if no result came). See
+    /// the [engine docs](crate::engine) for the steps.
+    pub fn disconnect(&self) {
+        self.inner.disconnect(DisconnectReason::Local);
+    }
+
+    /// Whether the connection is fully disconnected.
+    pub fn is_disconnected(&self) -> bool {
+        self.inner.is_disconnected()
+    }
+
+    /// Whether the connection is closing or closed to new calls.
+    pub fn is_closing(&self) -> bool {
+        self.inner.gate.is_closed()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.inner.reason()
+    }
+
+    /// Runs `f` once the connection is disconnected (at once if it already
+    /// is), with the reason.
+    pub fn on_disconnect(&self, f: impl FnOnce(&DisconnectReason) + Send + 'static) {
+        self.inner.add_disconnect_callback(Box::new(f));
+    }
+
+    /// Calls waiting for a result right now.
+    pub fn pending_calls(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    /// Number of handlers bound on this side.
+    pub fn handler_count(&self) -> usize {
+        self.inner.handlers.len()
+    }
+
+    /// The transport's short name.
+    pub fn transport_name(&self) -> &'static str {
+        self.inner.transport.name()
+    }
+
+    /// The task dispatcher running incoming calls.
+    pub fn dispatcher(&self) -> Arc<dyn TaskDispatcher> {
+        Arc::clone(&self.inner.dispatcher)
+    }
+}

@@ -1,0 +1,162 @@
+//! Handler tags, the handler table, and [`Responder`], through which a
+//! handler answers.
+//!
+//! A *handler tag* names an entry point on the other side. As in orc-rt,
+//! tags are chosen by the executor and published in its `Setup` message;
+//! the controller binds its handlers to them by name, so "only registered
+//! entry points in the controller can be used, and [this] avoids leaking
+//! controller addresses into the executor" (seed 000). A call to a tag
+//! with no handler is answered with an out-of-band error, never a crash.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::buffer::WrapperFunctionBuffer;
+use crate::sync::Arc;
+
+/// Names an entry point on the other side of a connection.
+///
+/// ```
+/// use orcwire::HandlerTag;
+/// let t = HandlerTag::new(7);
+/// assert_eq!(t.get(), 7);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HandlerTag(u64);
+
+impl HandlerTag {
+    /// A tag with the given wire value.
+    pub const fn new(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The wire value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for HandlerTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tag {}", self.0)
+    }
+}
+
+/// A wrapper function as a handler: it gets the argument bytes and a
+/// [`Responder`], and answers through the responder now or later, from any
+/// thread.
+pub type HandlerFn = dyn Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 'static;
+
+/// Where a [`Responder`] sends its result.
+pub(crate) trait ResultSink: Send + Sync {
+    fn send_result(&self, seq: u64, result: WrapperFunctionBuffer);
+}
+
+/// The one-shot right to answer an incoming call.
+///
+/// Answer with [`respond`](Self::respond). A responder dropped without
+/// answering (the handler forgot, panicked, or its task was dropped by a
+/// shut-down dispatcher) answers with an out-of-band error, so the caller
+/// never waits forever.
+#[must_use = "an unanswered call gets an error result when its responder is dropped"]
+pub struct Responder {
+    seq: u64,
+    sink: Option<Arc<dyn ResultSink>>,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder").field("seq", &self.seq).finish()
+    }
+}
+
+impl Responder {
+    pub(crate) fn new(seq: u64, sink: Arc<dyn ResultSink>) -> Self {
+        Self {
+            seq,
+            sink: Some(sink),
+        }
+    }
+
+    /// The sequence number of the call being answered.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Sends `result` (bytes, or an out-of-band error) to the caller. If
+    /// the connection has closed meanwhile the result is dropped: the
+    /// caller's call has then already failed with a disconnect error.
+    pub fn respond(mut self, result: WrapperFunctionBuffer) {
+        if let Some(sink) = self.sink.take() {
+            sink.send_result(self.seq, result);
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.send_result(
+                self.seq,
+                WrapperFunctionBuffer::out_of_band_error(
+                    "the handler finished without answering (it dropped its responder, panicked, or was never run)",
+                ),
+            );
+        }
+    }
+}
+
+/// A registered handler with the name it was registered under.
+#[derive(Clone)]
+pub(crate) struct HandlerEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) f: Arc<HandlerFn>,
+}
+
+/// Tag to handler, frozen once the connection is set up.
+#[derive(Clone, Default)]
+pub(crate) struct HandlerTable {
+    map: HashMap<u64, HandlerEntry>,
+    /// Tags the executor declared for handlers the controller lacks, kept
+    /// only to say so in the error result.
+    unbound: HashMap<u64, Arc<str>>,
+}
+
+impl HandlerTable {
+    pub(crate) fn insert(&mut self, tag: HandlerTag, name: &str, f: Arc<HandlerFn>) {
+        self.map.insert(
+            tag.get(),
+            HandlerEntry {
+                name: Arc::from(name),
+                f,
+            },
+        );
+    }
+
+    pub(crate) fn insert_unbound(&mut self, tag: HandlerTag, name: &str) {
+        self.unbound.insert(tag.get(), Arc::from(name));
+    }
+
+    pub(crate) fn get(&self, tag: u64) -> Option<&HandlerEntry> {
+        self.map.get(&tag)
+    }
+
+    /// The out-of-band error for a call to `tag`, which has no handler.
+    pub(crate) fn unknown_tag_error(&self, tag: u64) -> WrapperFunctionBuffer {
+        let msg = match self.unbound.get(&tag) {
+            Some(name) => format!(
+                "no handler is registered for \"{name}\" ({}); register it on this side before connecting",
+                HandlerTag(tag)
+            ),
+            None => format!(
+                "no handler is registered for {}; only entry points registered before connecting can be called",
+                HandlerTag(tag)
+            ),
+        };
+        WrapperFunctionBuffer::out_of_band_error(msg)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
