@@ -1,0 +1,699 @@
+//! Running tasks: the [`TaskDispatcher`] interface and two implementations.
+//!
+//! This is orc-rt's `TaskDispatcher` (seed 000): "Incoming calls will be
+//! wrapped in Tasks and dispatched. Session shutdown will wait on
+//! TaskDispatcher shutdown, ensuring that all Tasks are run or destroyed
+//! prior to the Session being destroyed." A [`Task`] is a boxed closure; a
+//! task that will never run is *dropped*, and dropping is how it learns
+//! that (an endpoint's responder, say, sends an error result from its
+//! `Drop`).
+//!
+//! * [`ThreadPoolTaskDispatcher`]: a fixed set of worker threads taking
+//!   tasks from one FIFO queue (`Mutex<VecDeque>` + `Condvar`).
+//! * [`InlineTaskDispatcher`]: runs each task at once on the thread that
+//!   dispatched it.
+//!
+//! Both mark the running thread with a thread-local record of which
+//! dispatcher's task it is inside, so that [`is_dispatcher_thread`] can
+//! tell a session or endpoint not to block, and so that `shutdown` called
+//! from inside one of the dispatcher's own tasks does not wait for itself.
+//!
+//! Relies on: [`crate::sync`] for every lock, condvar, atomic and thread.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::sync::{self, thread, Arc, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
+
+/// A unit of work for a [`TaskDispatcher`]. Dropping it unrun is the signal
+/// that it will never run.
+pub type Task = Box<dyn FnOnce() + Send + 'static>;
+
+/// Runs [`Task`]s, somewhere, some time.
+pub trait TaskDispatcher: Send + Sync + 'static {
+    /// Hands `task` over to be run.
+    ///
+    /// Once [`shutdown`](TaskDispatcher::shutdown) has begun, the task is
+    /// dropped without running (on the calling thread, with no lock held).
+    fn dispatch(&self, task: Task);
+
+    /// Stops accepting tasks and returns only when every task dispatched
+    /// before the call has run or been dropped.
+    ///
+    /// Idempotent; any number of threads may call it at once and every one
+    /// of them waits. A call made from inside one of this dispatcher's own
+    /// tasks cannot wait for that task: each implementation documents what
+    /// it waits for then, and it never deadlocks.
+    fn shutdown(&self);
+}
+
+/// Why a dispatcher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// A thread pool was asked for zero threads.
+    #[error("a thread pool needs at least one worker thread; ask for one or more")]
+    NoThreads,
+    /// The operating system refused to start a worker thread.
+    #[error("could not start dispatcher worker thread {index}: {source}; ask for fewer threads or free system resources")]
+    SpawnFailed {
+        /// Which worker (0-based) failed to start.
+        index: usize,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+// The ids of the dispatchers whose tasks this thread is inside, innermost
+// last (an inline dispatcher's task can dispatch into another one, so they
+// nest). An id is the address of the dispatcher's shared state, which
+// stays alive (and so unique) while any of its tasks runs.
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static RUNNING_TASKS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+// Loom runs its threads as coroutines on one OS thread, so only loom's own
+// thread-local keeps the record per modelled thread.
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static RUNNING_TASKS: RefCell<Vec<usize>> = RefCell::new(Vec::new());
+}
+
+/// Whether the calling thread is inside a task run by any orcwire
+/// dispatcher.
+///
+/// Code that might run in a task (handlers, services, callbacks) checks
+/// this before a blocking wait that a task of the same dispatcher would
+/// have to end: such a wait can deadlock, and the caller should choose a
+/// callback-based API instead.
+///
+/// ```
+/// use orcwire::dispatch::{is_dispatcher_thread, InlineTaskDispatcher, TaskDispatcher};
+///
+/// assert!(!is_dispatcher_thread());
+/// let d = InlineTaskDispatcher::new();
+/// d.dispatch(Box::new(|| assert!(is_dispatcher_thread())));
+/// ```
+pub fn is_dispatcher_thread() -> bool {
+    RUNNING_TASKS
+        .try_with(|r| !r.borrow().is_empty())
+        .unwrap_or(false)
+}
+
+/// How many tasks of dispatcher `id` the calling thread is inside.
+fn tasks_on_this_thread(id: usize) -> usize {
+    RUNNING_TASKS
+        .try_with(|r| r.borrow().iter().filter(|&&x| x == id).count())
+        .unwrap_or(0)
+}
+
+/// Marks the calling thread as inside a task of dispatcher `id` until
+/// dropped (also on unwind).
+struct TaskMark;
+
+impl TaskMark {
+    fn enter(id: usize) -> Self {
+        let _ = RUNNING_TASKS.try_with(|r| r.borrow_mut().push(id));
+        TaskMark
+    }
+}
+
+impl Drop for TaskMark {
+    fn drop(&mut self) {
+        let _ = RUNNING_TASKS.try_with(|r| r.borrow_mut().pop());
+    }
+}
+
+/// Runs `task` as a task of dispatcher `id`, catching a panic so that it
+/// costs neither the worker nor the dispatcher's bookkeeping.
+fn run_task(id: usize, task: Task, panicked: &AtomicUsize) {
+    let _mark = TaskMark::enter(id);
+    if catch_unwind(AssertUnwindSafe(task)).is_err() {
+        // Relaxed: a statistic; nothing is published through it.
+        panicked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits on `cv`, recovering the guard if the lock was poisoned (see
+/// [`sync::lock`]).
+fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    match cv.wait(guard) {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A fixed pool of worker threads (named `orcwire-task-N`) taking tasks
+/// from one FIFO queue.
+///
+/// With one thread, tasks run one at a time in dispatch order. A task that
+/// panics is counted ([`panicked_tasks`](Self::panicked_tasks)) and the
+/// worker carries on.
+///
+/// # Shutdown
+/// [`shutdown`](TaskDispatcher::shutdown) stops accepting tasks, lets the
+/// workers *run* every task already queued, and joins them. Called from
+/// inside one of the pool's own tasks it cannot wait for that task, so it
+/// waits until every *other* worker has exited (or is itself parked in
+/// `shutdown` from its own task) and returns; the calling worker exits
+/// after its task returns, and is joined by a later `shutdown` from outside
+/// the pool or simply ends on its own. With a single worker this means the
+/// tasks still queued behind the caller run after its task returns.
+/// Dropping the dispatcher shuts it down.
+///
+/// ```
+/// use std::sync::mpsc;
+/// use orcwire::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
+///
+/// let pool = ThreadPoolTaskDispatcher::new(2)?;
+/// let (tx, rx) = mpsc::channel();
+/// pool.dispatch(Box::new(move || tx.send(6 * 7).unwrap()));
+/// pool.shutdown();
+/// assert_eq!(rx.try_recv().unwrap(), 42);
+/// # Ok::<(), orcwire::dispatch::DispatchError>(())
+/// ```
+pub struct ThreadPoolTaskDispatcher {
+    shared: Arc<PoolShared>,
+    /// Handles of workers not joined yet.
+    workers: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+struct PoolShared {
+    state: Mutex<PoolState>,
+    /// Signalled when a task is queued or shutdown begins.
+    work_ready: Condvar,
+    /// Signalled when a worker exits or parks in `shutdown`.
+    worker_exited: Condvar,
+    panicked: AtomicUsize,
+}
+
+struct PoolState {
+    queue: VecDeque<Task>,
+    shutting_down: bool,
+    /// Workers whose loop has not ended; `0 ..= threads`.
+    live_workers: usize,
+    /// Workers currently inside `shutdown` called from their own task; each
+    /// is also counted in `live_workers`.
+    parked_in_shutdown: Vec<thread::ThreadId>,
+}
+
+impl ThreadPoolTaskDispatcher {
+    /// Starts `threads` workers.
+    ///
+    /// # Errors
+    /// [`DispatchError::NoThreads`] if `threads` is 0;
+    /// [`DispatchError::SpawnFailed`] if the OS refuses a thread (the ones
+    /// already started are shut down and joined first).
+    pub fn new(threads: usize) -> Result<Self, DispatchError> {
+        if threads == 0 {
+            return Err(DispatchError::NoThreads);
+        }
+        let pool = ThreadPoolTaskDispatcher {
+            shared: Arc::new(PoolShared {
+                state: Mutex::new(PoolState {
+                    queue: VecDeque::new(),
+                    shutting_down: false,
+                    live_workers: 0,
+                    parked_in_shutdown: Vec::new(),
+                }),
+                work_ready: Condvar::new(),
+                worker_exited: Condvar::new(),
+                panicked: AtomicUsize::new(0),
+            }),
+            workers: Mutex::new(Vec::with_capacity(threads)),
+        };
+        for index in 0..threads {
+            // Counted before the spawn so that a shutdown racing with a
+            // starting worker waits for it.
+            sync::lock(&pool.shared.state).live_workers += 1;
+            let shared = pool.shared.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("orcwire-task-{index}"))
+                .spawn(move || worker_loop(shared));
+            match spawned {
+                Ok(handle) => sync::lock(&pool.workers).push(handle),
+                Err(source) => {
+                    sync::lock(&pool.shared.state).live_workers -= 1;
+                    // Dropping `pool` shuts down and joins the started ones.
+                    return Err(DispatchError::SpawnFailed { index, source });
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// How many tasks have panicked so far (each was caught; its worker
+    /// went on).
+    pub fn panicked_tasks(&self) -> usize {
+        self.shared.panicked.load(Ordering::Relaxed)
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+}
+
+fn worker_loop(shared: Arc<PoolShared>) {
+    let id = Arc::as_ptr(&shared) as usize;
+    loop {
+        let next = {
+            let mut st = sync::lock(&shared.state);
+            loop {
+                if let Some(task) = st.queue.pop_front() {
+                    break Some(task);
+                }
+                if st.shutting_down {
+                    break None;
+                }
+                st = wait(&shared.work_ready, st);
+            }
+        };
+        match next {
+            Some(task) => run_task(id, task, &shared.panicked),
+            None => break,
+        }
+    }
+    sync::lock(&shared.state).live_workers -= 1;
+    shared.worker_exited.notify_all();
+}
+
+impl TaskDispatcher for ThreadPoolTaskDispatcher {
+    fn dispatch(&self, task: Task) {
+        let mut st = sync::lock(&self.shared.state);
+        if st.shutting_down {
+            drop(st);
+            drop(task);
+            return;
+        }
+        st.queue.push_back(task);
+        drop(st);
+        self.shared.work_ready.notify_one();
+    }
+
+    fn shutdown(&self) {
+        let me = thread::current().id();
+        // 0 or 1: a pool task cannot run another task of the same pool.
+        let in_own_task = tasks_on_this_thread(self.id()) > 0;
+        let mut st = sync::lock(&self.shared.state);
+        st.shutting_down = true;
+        self.shared.work_ready.notify_all();
+        if in_own_task {
+            st.parked_in_shutdown.push(me);
+            self.shared.worker_exited.notify_all();
+            while st.live_workers > st.parked_in_shutdown.len() {
+                st = wait(&self.shared.worker_exited, st);
+            }
+            st.parked_in_shutdown.retain(|t| *t != me);
+            let parked = st.parked_in_shutdown.clone();
+            drop(st);
+            // Every worker not parked (and not us) has left its loop: join
+            // those, keep the rest for a later shutdown from outside.
+            let mut handles = sync::lock(&self.workers);
+            let (still_running, exited): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut *handles).into_iter().partition(|h| {
+                    let t = h.thread().id();
+                    t == me || parked.contains(&t)
+                });
+            *handles = still_running;
+            drop(handles);
+            for h in exited {
+                let _ = h.join();
+            }
+        } else {
+            while st.live_workers > 0 {
+                st = wait(&self.shared.worker_exited, st);
+            }
+            drop(st);
+            let handles = std::mem::take(&mut *sync::lock(&self.workers));
+            for h in handles {
+                // A worker catches task panics, so an Err here cannot carry
+                // anything to report.
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for ThreadPoolTaskDispatcher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for ThreadPoolTaskDispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = sync::lock(&self.shared.state);
+        f.debug_struct("ThreadPoolTaskDispatcher")
+            .field("queued", &st.queue.len())
+            .field("live_workers", &st.live_workers)
+            .field("shutting_down", &st.shutting_down)
+            .finish()
+    }
+}
+
+/// Runs each task at once on the dispatching thread.
+///
+/// It counts the tasks in progress (on any thread), so
+/// [`shutdown`](TaskDispatcher::shutdown) waits for tasks running on other
+/// threads; called from inside one of its own tasks it waits for every
+/// task except the ones the calling thread is inside (and except those of
+/// other threads also parked in `shutdown` from their own tasks). After
+/// shutdown has begun tasks are dropped. A panicking task is caught and
+/// counted ([`panicked_tasks`](Self::panicked_tasks)).
+///
+/// ```
+/// use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher};
+/// use orcwire::sync::{Arc, AtomicBool, Ordering};
+///
+/// let d = InlineTaskDispatcher::new();
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let r = ran.clone();
+/// d.dispatch(Box::new(move || r.store(true, Ordering::SeqCst)));
+/// assert!(ran.load(Ordering::SeqCst)); // already ran, on this thread
+/// d.shutdown();
+/// ```
+pub struct InlineTaskDispatcher {
+    state: Mutex<InlineState>,
+    /// Signalled when a task ends or a caller parks in `shutdown`.
+    idle: Condvar,
+    panicked: AtomicUsize,
+}
+
+struct InlineState {
+    shutting_down: bool,
+    /// Tasks running now, on any thread.
+    in_progress: usize,
+    /// Tasks whose thread is inside `shutdown` called from that task;
+    /// `0 ..= in_progress`.
+    parked_in_shutdown: usize,
+}
+
+impl InlineTaskDispatcher {
+    /// Creates a dispatcher that accepts tasks.
+    pub fn new() -> Self {
+        InlineTaskDispatcher {
+            state: Mutex::new(InlineState {
+                shutting_down: false,
+                in_progress: 0,
+                parked_in_shutdown: 0,
+            }),
+            idle: Condvar::new(),
+            panicked: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many tasks have panicked so far (each was caught).
+    pub fn panicked_tasks(&self) -> usize {
+        self.panicked.load(Ordering::Relaxed)
+    }
+
+    fn id(&self) -> usize {
+        // Stable while any task runs: `dispatch` borrows `self` throughout.
+        self as *const Self as usize
+    }
+}
+
+impl Default for InlineTaskDispatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TaskDispatcher for InlineTaskDispatcher {
+    fn dispatch(&self, task: Task) {
+        {
+            let mut st = sync::lock(&self.state);
+            if st.shutting_down {
+                drop(st);
+                drop(task);
+                return;
+            }
+            st.in_progress += 1;
+        }
+        run_task(self.id(), task, &self.panicked);
+        sync::lock(&self.state).in_progress -= 1;
+        self.idle.notify_all();
+    }
+
+    fn shutdown(&self) {
+        let own = tasks_on_this_thread(self.id());
+        let mut st = sync::lock(&self.state);
+        st.shutting_down = true;
+        if own == 0 {
+            while st.in_progress > 0 {
+                st = wait(&self.idle, st);
+            }
+        } else {
+            st.parked_in_shutdown += own;
+            self.idle.notify_all();
+            while st.in_progress > st.parked_in_shutdown {
+                st = wait(&self.idle, st);
+            }
+            st.parked_in_shutdown -= own;
+        }
+    }
+}
+
+impl std::fmt::Debug for InlineTaskDispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = sync::lock(&self.state);
+        f.debug_struct("InlineTaskDispatcher")
+            .field("in_progress", &st.in_progress)
+            .field("shutting_down", &st.shutting_down)
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(orcwire_loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicBool;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Flips its flag when dropped: tells whether a task was dropped.
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn zero_threads_is_an_error() {
+        assert!(matches!(
+            ThreadPoolTaskDispatcher::new(0),
+            Err(DispatchError::NoThreads)
+        ));
+    }
+
+    #[test]
+    fn one_thread_runs_tasks_in_order() {
+        let pool = ThreadPoolTaskDispatcher::new(1).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..100 {
+            let seen = seen.clone();
+            pool.dispatch(Box::new(move || seen.lock().unwrap().push(i)));
+        }
+        pool.shutdown();
+        assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_task_runs_exactly_once_on_four_threads() {
+        let pool = ThreadPoolTaskDispatcher::new(4).unwrap();
+        let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..1000).map(|_| Default::default()).collect());
+        let names = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..1000 {
+            let runs = runs.clone();
+            let names = names.clone();
+            pool.dispatch(Box::new(move || {
+                runs[i].fetch_add(1, Ordering::SeqCst);
+                assert!(is_dispatcher_thread());
+                let name = thread::current().name().map(str::to_owned);
+                names.lock().unwrap().push(name);
+            }));
+        }
+        pool.shutdown();
+        assert!(runs.iter().all(|r| r.load(Ordering::SeqCst) == 1));
+        assert!(names
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|n| n.as_deref().is_some_and(|n| n.starts_with("orcwire-task-"))));
+        assert!(!is_dispatcher_thread());
+    }
+
+    #[test]
+    fn dispatch_after_shutdown_drops_the_task() {
+        let pool = ThreadPoolTaskDispatcher::new(2).unwrap();
+        pool.shutdown();
+        let ran = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (r, guard) = (ran.clone(), DropFlag(dropped.clone()));
+        pool.dispatch(Box::new(move || {
+            let _g = guard;
+            r.store(true, Ordering::SeqCst);
+        }));
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(!ran.load(Ordering::SeqCst));
+
+        let inline = InlineTaskDispatcher::new();
+        inline.shutdown();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = DropFlag(dropped.clone());
+        let r = ran.clone();
+        inline.dispatch(Box::new(move || {
+            let _g = guard;
+            r.store(true, Ordering::SeqCst);
+        }));
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn shutdown_waits_for_a_slow_task() {
+        let pool = ThreadPoolTaskDispatcher::new(2).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = mpsc::channel();
+        let d = done.clone();
+        pool.dispatch(Box::new(move || {
+            started_tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(50));
+            d.store(true, Ordering::SeqCst);
+        }));
+        started_rx.recv_timeout(TIMEOUT).unwrap();
+        pool.shutdown();
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn inline_shutdown_waits_for_a_task_on_another_thread() {
+        let d = Arc::new(InlineTaskDispatcher::new());
+        let done = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (d2, done2) = (d.clone(), done.clone());
+        let t = thread::spawn(move || {
+            d2.dispatch(Box::new(move || {
+                started_tx.send(()).unwrap();
+                thread::sleep(Duration::from_millis(50));
+                done2.store(true, Ordering::SeqCst);
+            }));
+        });
+        started_rx.recv_timeout(TIMEOUT).unwrap();
+        d.shutdown();
+        assert!(done.load(Ordering::SeqCst));
+        t.join().unwrap();
+    }
+
+    /// Runs `f` on a helper thread and fails the test if it does not end
+    /// within the timeout (the thread is then leaked, not hung on).
+    fn within_timeout(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = mpsc::channel();
+        let t = thread::spawn(move || {
+            f();
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(TIMEOUT)
+            .expect("deadlock: did not finish in time");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn shutdown_from_inside_a_pool_task_returns() {
+        within_timeout(|| {
+            let pool = Arc::new(ThreadPoolTaskDispatcher::new(3).unwrap());
+            let (tx, rx) = mpsc::channel();
+            let p = pool.clone();
+            pool.dispatch(Box::new(move || {
+                p.shutdown();
+                tx.send(()).unwrap();
+            }));
+            rx.recv_timeout(TIMEOUT).unwrap();
+            // From outside: joins everything, including the worker that
+            // shut the pool down.
+            pool.shutdown();
+            assert!(sync::lock(&pool.workers).is_empty());
+        });
+    }
+
+    #[test]
+    fn shutdown_from_inside_every_pool_task_at_once_returns() {
+        within_timeout(|| {
+            let pool = Arc::new(ThreadPoolTaskDispatcher::new(2).unwrap());
+            let barrier = Arc::new((Mutex::new(0_usize), Condvar::new()));
+            let (tx, rx) = mpsc::channel();
+            for _ in 0..2 {
+                let (p, b, tx) = (pool.clone(), barrier.clone(), tx.clone());
+                pool.dispatch(Box::new(move || {
+                    // Both tasks running before either shuts down.
+                    let mut n = sync::lock(&b.0);
+                    *n += 1;
+                    b.1.notify_all();
+                    while *n < 2 {
+                        n = wait(&b.1, n);
+                    }
+                    drop(n);
+                    p.shutdown();
+                    tx.send(()).unwrap();
+                }));
+            }
+            for _ in 0..2 {
+                rx.recv_timeout(TIMEOUT).unwrap();
+            }
+            pool.shutdown();
+        });
+    }
+
+    #[test]
+    fn last_handle_dropped_inside_a_task_does_not_hang() {
+        within_timeout(|| {
+            let pool = Arc::new(ThreadPoolTaskDispatcher::new(2).unwrap());
+            let (tx, rx) = mpsc::channel();
+            let p = pool.clone();
+            pool.dispatch(Box::new(move || {
+                drop(p);
+                tx.send(()).unwrap();
+            }));
+            drop(pool);
+            rx.recv_timeout(TIMEOUT).unwrap();
+        });
+    }
+
+    #[test]
+    fn shutdown_from_inside_an_inline_task_returns() {
+        within_timeout(|| {
+            let d = Arc::new(InlineTaskDispatcher::new());
+            let d2 = d.clone();
+            let returned = Arc::new(AtomicBool::new(false));
+            let r = returned.clone();
+            d.dispatch(Box::new(move || {
+                d2.shutdown();
+                r.store(true, Ordering::SeqCst);
+            }));
+            assert!(returned.load(Ordering::SeqCst));
+            d.shutdown();
+        });
+    }
+
+    #[test]
+    fn a_panicking_task_does_not_kill_the_worker() {
+        let pool = ThreadPoolTaskDispatcher::new(1).unwrap();
+        pool.dispatch(Box::new(|| panic!("task panics on purpose")));
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        pool.dispatch(Box::new(move || r.store(true, Ordering::SeqCst)));
+        pool.shutdown();
+        assert!(ran.load(Ordering::SeqCst));
+        assert_eq!(pool.panicked_tasks(), 1);
+
+        let inline = InlineTaskDispatcher::new();
+        inline.dispatch(Box::new(|| panic!("task panics on purpose")));
+        assert_eq!(inline.panicked_tasks(), 1);
+        assert!(!is_dispatcher_thread());
+        inline.shutdown();
+    }
+}
