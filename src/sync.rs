@@ -15,8 +15,9 @@
 #[cfg(not(orcwire_loom))]
 mod imp {
     pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-    pub use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+    pub use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
     pub use std::thread;
+    pub use std::thread_local;
 
     /// An `UnsafeCell` with loom's closure-based access API, so code reads
     /// the same under both backings.
@@ -60,8 +61,9 @@ mod imp {
 mod imp {
     pub use loom::cell::UnsafeCell;
     pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-    pub use loom::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+    pub use loom::sync::{Condvar, Mutex, MutexGuard, RwLock};
     pub use loom::thread;
+    pub use loom::thread_local;
 
     /// Under loom a spin is a yield, or the model would never terminate.
     #[inline(always)]
@@ -71,6 +73,11 @@ mod imp {
 }
 
 pub use imp::*;
+
+/// Reference counting is std's under both backings: loom's `Arc` cannot
+/// hold unsized values (`Arc<dyn Transport>`), and a reference count is not
+/// one of the protocols this crate asks loom to check.
+pub use std::sync::Arc;
 
 /// Locks `m`, recovering the data if a previous holder panicked.
 ///
