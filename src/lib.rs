@@ -4,9 +4,13 @@
 
 pub mod buffer;
 pub mod message;
+#[cfg(not(orcwire_loom))]
+pub mod stream;
 pub mod sync;
 pub mod transport;
 
 pub use buffer::WrapperFunctionBuffer;
 pub use message::{Message, Opcode};
+#[cfg(not(orcwire_loom))]
+pub use stream::StreamTransport;
 pub use transport::{Received, Transport, TransportError};
