@@ -66,7 +66,9 @@ pub fn attach_executor(
     builder: ExecutorBuilder,
     transport: Arc<dyn Transport>,
 ) -> Result<Endpoint, AttachError> {
-    let ep = builder.dispatcher(session.dispatcher()).connect(transport)?;
+    let ep = builder
+        .dispatcher(session.dispatcher())
+        .connect(transport)?;
     if let Err(e) = session.attach(Arc::new(ep.clone())) {
         ep.disconnect();
         return Err(e.into());

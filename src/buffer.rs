@@ -114,9 +114,20 @@ impl WrapperFunctionBuffer {
                 },
             });
         }
-        let mut v = Vec::new();
-        v.try_reserve_exact(len).map_err(|_| AllocError { len })?;
-        v.resize(len, 0);
+        // Zeroed straight from the allocator (calloc-like): large buffers
+        // get lazily zeroed pages, so a peer that announces a huge message
+        // and trickles it in commits only the memory it actually sends.
+        let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| AllocError { len })?;
+        // SAFETY: `len > INLINE_CAPACITY > 0`, so the layout is not
+        // zero-sized.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(AllocError { len });
+        }
+        // SAFETY: `ptr` was just allocated by the global allocator with the
+        // layout of `[u8; len]`, all `len` bytes are initialised (zero),
+        // and ownership moves into the vector.
+        let v = unsafe { Vec::from_raw_parts(ptr, len, len) };
         Ok(Self {
             repr: Repr::Heap(v),
         })

@@ -39,8 +39,8 @@ use std::time::Instant;
 
 use crate::buffer::WrapperFunctionBuffer;
 use crate::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
-use crate::engine::{Driver, Inner};
 pub use crate::engine::{DisconnectReason, EndpointConfig};
+use crate::engine::{Driver, Inner};
 use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
 use crate::pending::{CallError, PendingCall};
@@ -389,7 +389,11 @@ impl Endpoint {
     /// The tag of the executor wrapper function `name`, as published in
     /// `Setup`.
     pub fn function_tag(&self, name: &str) -> Option<HandlerTag> {
-        self.inner.setup.functions().find(|(n, _)| *n == name).map(|(_, t)| HandlerTag::new(t))
+        self.inner
+            .setup
+            .functions()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| HandlerTag::new(t))
     }
 
     /// The tag under which the executor calls the controller handler
@@ -415,7 +419,10 @@ impl Endpoint {
         let inner = &self.inner;
         let _inside = inner.gate.enter().map_err(|_| inner.closed_error())?;
         let (seq, slot) = inner.pending.register()?;
-        if let Err(e) = inner.transport.send(Opcode::CallWrapper, seq, tag.get(), args) {
+        if let Err(e) = inner
+            .transport
+            .send(Opcode::CallWrapper, seq, tag.get(), args)
+        {
             let err = match &e {
                 TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
                 _ => inner.closed_error(),
@@ -423,14 +430,22 @@ impl Endpoint {
             let _ = inner.pending.complete(seq, Err(err.clone()));
             return Err(err);
         }
-        Ok(PendingCall::new(seq, slot, Arc::new(Driver(Arc::clone(inner)))))
+        Ok(PendingCall::new(
+            seq,
+            slot,
+            Arc::new(Driver(Arc::clone(inner))),
+        ))
     }
 
     /// Calls `tag` and waits for the result: `call(tag, args)?.wait()`.
     ///
     /// # Errors
     /// As [`call`](Self::call) and [`PendingCall::wait`].
-    pub fn call_sync(&self, tag: HandlerTag, args: &[u8]) -> Result<WrapperFunctionBuffer, CallError> {
+    pub fn call_sync(
+        &self,
+        tag: HandlerTag,
+        args: &[u8],
+    ) -> Result<WrapperFunctionBuffer, CallError> {
         self.call(tag, args)?.wait()
     }
 
@@ -472,6 +487,11 @@ impl Endpoint {
     /// Number of handlers bound on this side.
     pub fn handler_count(&self) -> usize {
         self.inner.handlers.len()
+    }
+
+    /// `(tag, name)` of every handler the peer can call on this side.
+    pub fn bound_handlers(&self) -> Vec<(HandlerTag, String)> {
+        self.inner.handlers.entries()
     }
 
     /// The transport's short name.

@@ -275,7 +275,11 @@ impl Inner {
 
     /// Drives the inbound side (or waits for whoever does) until `done()`
     /// or `deadline`.
-    pub(crate) fn drive_until(&self, done: &dyn Fn() -> bool, deadline: Option<Instant>) {
+    pub(crate) fn drive_until(
+        self: &Arc<Self>,
+        done: &dyn Fn() -> bool,
+        deadline: Option<Instant>,
+    ) {
         let mut rx = lock(&self.rx);
         rx.waiters += 1;
         loop {
@@ -344,7 +348,10 @@ impl Inner {
                     ),
                     other => {
                         return self.protocol_error(
-                            format!("result for sequence number {} has unknown kind {other}", msg.seq),
+                            format!(
+                                "result for sequence number {} has unknown kind {other}",
+                                msg.seq
+                            ),
                             out,
                         )
                     }
@@ -416,7 +423,10 @@ impl Inner {
         for d in deferred {
             match d {
                 Deferred::Dispatch(task) => self.dispatcher.dispatch(task),
-                Deferred::Disconnect(reason) => self.disconnect(reason),
+                // Found while driving: never wait for another doer here —
+                // this thread may *be* the doer (step 4 drives the
+                // connection), and nobody needs this thread to return late.
+                Deferred::Disconnect(reason) => self.disconnect_with(reason, false),
             }
         }
     }
@@ -452,8 +462,15 @@ impl Inner {
         }
     }
 
-    /// The disconnect protocol; see the module docs.
+    /// The disconnect protocol; see the module docs. Returns once the
+    /// connection is disconnected.
     pub(crate) fn disconnect(self: &Arc<Self>, reason: DisconnectReason) {
+        self.disconnect_with(reason, true);
+    }
+
+    /// As [`disconnect`](Self::disconnect); when another thread is already
+    /// doing the protocol, waits for it to finish only if `wait_for_doer`.
+    fn disconnect_with(self: &Arc<Self>, reason: DisconnectReason, wait_for_doer: bool) {
         let first = self.gate.close();
         {
             let mut c = lock(&self.conn);
@@ -465,6 +482,9 @@ impl Inner {
             }
         }
         if !first {
+            if !wait_for_doer {
+                return;
+            }
             let mut c = lock(&self.conn);
             while c.phase != Phase::Disconnected {
                 c = match self.conn_cv.wait(c) {

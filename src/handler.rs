@@ -4,7 +4,7 @@
 //! A *handler tag* names an entry point on the other side. As in orc-rt,
 //! tags are chosen by the executor and published in its `Setup` message;
 //! the controller binds its handlers to them by name, so "only registered
-//! entry points in the controller can be used, and [this] avoids leaking
+//! entry points in the controller can be used, and this avoids leaking
 //! controller addresses into the executor" (seed 000). A call to a tag
 //! with no handler is answered with an out-of-band error, never a crash.
 
@@ -158,5 +158,16 @@ impl HandlerTable {
 
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// `(tag, name)` of every bound handler, sorted by tag.
+    pub(crate) fn entries(&self) -> Vec<(HandlerTag, String)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .map(|(t, e)| (HandlerTag(*t), e.name.to_string()))
+            .collect();
+        v.sort();
+        v
     }
 }

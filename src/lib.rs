@@ -12,7 +12,7 @@
 //!   `FDSimpleRemoteEPCTransport`); the `orcwire-shm` crate provides the
 //!   shared-memory transport.
 //! * [`Endpoint`]: the connection engine for both roles — pending calls,
-//!   handler tags, the disconnect [gate](gate), and the hang-up handshake.
+//!   handler tags, the disconnect [gate], and the hang-up handshake.
 //! * [`Session`], [`Service`], [`TaskDispatcher`]: orc-rt's executor-side
 //!   session with ordered detach/shutdown; [`attach_executor`] plugs an
 //!   endpoint in as its `ControllerAccess`.

@@ -4,7 +4,7 @@
 //! Every call completes exactly once: with the peer's result, or with an
 //! error when the connection ends. Both paths go through the table's one
 //! lock — a result removes its entry under the lock, and disconnect
-//! ([`PendingTable::fail_all`]) closes the table and drains it under the
+//! (`PendingTable::fail_all`) closes the table and drains it under the
 //! same lock — so a result racing a disconnect can win or lose but never
 //! complete a call twice or leave it waiting. Wakers and the waiting
 //! thread are told after the lock is released.
@@ -23,14 +23,18 @@ use crate::transport::TransportError;
 pub enum CallError {
     /// The connection was disconnected (by either side) before the result
     /// arrived, or before the call could be made.
-    #[error("the connection is disconnected, so the call was not answered; reconnect to call again")]
+    #[error(
+        "the connection is disconnected, so the call was not answered; reconnect to call again"
+    )]
     Disconnected,
     /// The peer process died before the result arrived.
     #[error("the peer process died before answering; start a new peer to call again")]
     PeerDied,
     /// [`PendingCall::wait_timeout`] ran out of time. The call is still
     /// pending: wait again, or drop the handle to forget the result.
-    #[error("no result within the timeout; the call is still pending, so wait again or drop the handle")]
+    #[error(
+        "no result within the timeout; the call is still pending, so wait again or drop the handle"
+    )]
     TimedOut,
     /// The result was already taken out of this handle.
     #[error("the result of this call was already taken from its handle")]
@@ -186,7 +190,10 @@ impl PendingTable {
 
     /// Completes call `seq` with `outcome`.
     pub(crate) fn complete(&self, seq: u64, outcome: CallResult) -> Result<(), UnknownSeq> {
-        let slot = lock(&self.inner).calls.remove(&seq).ok_or(UnknownSeq(seq))?;
+        let slot = lock(&self.inner)
+            .calls
+            .remove(&seq)
+            .ok_or(UnknownSeq(seq))?;
         slot.complete(outcome);
         Ok(())
     }
@@ -309,9 +316,13 @@ mod tests {
         let t = PendingTable::new();
         let (seq, slot) = t.register().unwrap();
         assert_eq!(seq, 1);
-        t.complete(seq, Ok(WrapperFunctionBuffer::from_slice(b"x"))).unwrap();
+        t.complete(seq, Ok(WrapperFunctionBuffer::from_slice(b"x")))
+            .unwrap();
         assert!(slot.is_done());
-        assert_eq!(t.complete(seq, Ok(WrapperFunctionBuffer::new())), Err(UnknownSeq(seq)));
+        assert_eq!(
+            t.complete(seq, Ok(WrapperFunctionBuffer::new())),
+            Err(UnknownSeq(seq))
+        );
         assert_eq!(slot.try_take().unwrap().unwrap().as_slice(), b"x");
         assert_eq!(slot.try_take().unwrap(), Err(CallError::AlreadyTaken));
     }

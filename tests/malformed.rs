@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use orcwire::sps::SetupInfo;
 use orcwire::stream::StreamConfig;
-use orcwire::{CallError, ConnectError, ControllerBuilder, DisconnectReason, Endpoint, StreamTransport};
+use orcwire::{
+    CallError, ConnectError, ControllerBuilder, DisconnectReason, Endpoint, StreamTransport,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -67,7 +69,11 @@ fn check(bytes: Vec<u8>, close_after: bool, expect: impl Fn(&DisconnectReason) -
     let start = Instant::now();
     let reason = wait_disconnected(&ep);
     assert!(expect(&reason), "unexpected reason {reason:?}");
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(call.wait().unwrap_err(), CallError::Disconnected);
     assert_eq!(ep.call(tag, b"").unwrap_err(), CallError::Disconnected);
 }
@@ -140,7 +146,8 @@ fn garbage_instead_of_setup_is_a_connect_error() {
 
     let (ours, mut raw) = UnixStream::pair().unwrap();
     let t = StreamTransport::from_unix(ours, StreamConfig::default()).unwrap();
-    raw.write_all(&good_frame(3, 1, 1, b"call before setup")).unwrap();
+    raw.write_all(&good_frame(3, 1, 1, b"call before setup"))
+        .unwrap();
     let err = ControllerBuilder::new().connect(t).unwrap_err();
     assert!(matches!(err, ConnectError::UnexpectedMessage(_)), "{err:?}");
 }

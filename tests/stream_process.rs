@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::{spawn_child, wait_child, CHILD_ENV};
 use orcwire::stream::StreamConfig;
-use orcwire::{CallError, ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
+use orcwire::{
+    CallError, ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -28,7 +30,8 @@ fn child_executor_entry() {
     // SAFETY: the parent placed one end of a socket pair at fd 3 for us and
     // nothing else in this process owns fd 3.
     let fd = unsafe { OwnedFd::from_raw_fd(3) };
-    let transport = StreamTransport::from_unix(UnixStream::from(fd), StreamConfig::default()).unwrap();
+    let transport =
+        StreamTransport::from_unix(UnixStream::from(fd), StreamConfig::default()).unwrap();
     let ep = ExecutorBuilder::new()
         .sync_function("reverse", |a: &[u8]| reverse(a))
         .sync_function("pid", |_a: &[u8]| {
@@ -49,7 +52,10 @@ fn child_executor_entry() {
         assert!(Instant::now() < deadline, "controller never hung up");
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert_eq!(ep.call_sync(square, b"").unwrap_err(), CallError::Disconnected);
+    assert_eq!(
+        ep.call_sync(square, b"").unwrap_err(),
+        CallError::Disconnected
+    );
 }
 
 #[test]
@@ -69,7 +75,9 @@ fn calls_both_ways_between_two_processes() {
         })
         .connect(transport)
         .unwrap();
-    let pid = ctl.call_sync(ctl.function_tag("pid").unwrap(), b"").unwrap();
+    let pid = ctl
+        .call_sync(ctl.function_tag("pid").unwrap(), b"")
+        .unwrap();
     assert_eq!(pid.as_slice(), &child.id().to_le_bytes());
     let rev = ctl.function_tag("reverse").unwrap();
     let threads: Vec<_> = (0..4u8)

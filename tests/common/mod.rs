@@ -13,7 +13,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// Runs `f` on a thread and waits for it at most `limit`.
-pub fn run_bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn run_bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     let h = thread::spawn(move || {
         let _ = tx.send(f());
@@ -31,7 +34,10 @@ pub fn run_bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + S
 pub fn join_bounded<T: Send + 'static>(h: thread::JoinHandle<T>, limit: Duration) -> T {
     let deadline = Instant::now() + limit;
     while !h.is_finished() {
-        assert!(Instant::now() < deadline, "thread did not finish within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "thread did not finish within {limit:?}"
+        );
         thread::sleep(Duration::from_millis(1));
     }
     h.join().expect("thread panicked")

@@ -1,0 +1,555 @@
+//! SPS — LLVM's Simple Packed Serialization — and [`SetupInfo`], the
+//! payload of the executor's `Setup` message.
+//!
+//! SPS as in LLVM's `SimplePackedSerialization.h`: integers are
+//! little-endian and fixed width, `bool` is one byte (0 or 1), strings and
+//! sequences are a `u64` element count followed by the elements, tuples are
+//! their fields in order, and an `ExecutorAddr` is a `u64`.
+//!
+//! # The Setup encoding (protocol version 1)
+//! [`SetupInfo`] is LLVM's `SimpleRemoteEPCExecutorInfo`, encoded as
+//! `SPSTuple<SPSString, uint64_t, SPSSequence<SPSTuple<SPSString,
+//! SPSSequence<char>>>, SPSSequence<SPSTuple<SPSString, SPSExecutorAddr>>>`
+//! — target triple, page size, bootstrap map, bootstrap symbols — so an
+//! LLVM controller can read an orcwire executor's `Setup`. orcwire adds
+//! conventions inside those fields, not new fields:
+//!
+//! * bootstrap map `"orcwire.protocol"` ([`PROTOCOL_KEY`]) holds the
+//!   protocol version as a little-endian `u32` ([`PROTOCOL_VERSION`]);
+//! * a bootstrap symbol `name -> tag` is an executor wrapper function the
+//!   controller may call (as LLVM's bootstrap symbols are);
+//! * a bootstrap symbol `"orcwire.handler:" + name -> tag`
+//!   ([`HANDLER_PREFIX`]) is a tag the executor will use to call the
+//!   controller's handler `name`.
+//!
+//! Decoding treats its input as hostile: every length is checked against
+//! the bytes that remain *before* anything is allocated, and entry counts
+//! and name lengths are capped ([`MAX_SETUP_ENTRIES`], [`MAX_NAME_LEN`]).
+
+/// Bootstrap-map key holding the orcwire protocol version.
+pub const PROTOCOL_KEY: &str = "orcwire.protocol";
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Prefix of bootstrap symbols that carry controller-handler tags.
+pub const HANDLER_PREFIX: &str = "orcwire.handler:";
+/// Most entries a decoded sequence in `Setup` may have.
+pub const MAX_SETUP_ENTRIES: usize = 65_536;
+/// Longest name (in bytes) a decoded `Setup` may contain.
+pub const MAX_NAME_LEN: usize = 4096;
+
+/// Why SPS bytes could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpsError {
+    /// The input ended before a value was complete.
+    #[error("SPS input truncated while reading {what}: needed {needed} bytes, {available} left; the sender is broken or the message was cut")]
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes left.
+        available: usize,
+    },
+    /// A length or count is larger than allowed.
+    #[error("SPS {what} of {len} exceeds the limit of {limit}; the sender is broken or hostile")]
+    TooLong {
+        /// What the length was for.
+        what: &'static str,
+        /// The length found.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A string was not UTF-8.
+    #[error("SPS string ({what}) is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Which string.
+        what: &'static str,
+    },
+    /// A `bool` byte other than 0 or 1.
+    #[error("SPS bool has value {0}, expected 0 or 1")]
+    InvalidBool(u8),
+    /// Bytes were left after the value.
+    #[error(
+        "{0} unexpected bytes after the end of the SPS value; the sender uses another encoding"
+    )]
+    TrailingBytes(usize),
+    /// The `Setup` carries no (well-formed) orcwire protocol version.
+    #[error("the Setup message has no valid \"orcwire.protocol\" entry: the peer is not an orcwire executor, or is too old")]
+    NoProtocolVersion,
+    /// The peer speaks another protocol version.
+    #[error("the executor speaks orcwire protocol {theirs} but this side speaks {ours}; run matching orcwire versions on both sides")]
+    VersionMismatch {
+        /// Our version.
+        ours: u32,
+        /// Theirs.
+        theirs: u32,
+    },
+}
+
+/// Appends SPS values to a byte vector.
+#[derive(Debug, Default, Clone)]
+pub struct SpsWriter {
+    out: Vec<u8>,
+}
+
+impl SpsWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty writer with room for `n` bytes.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            out: Vec::with_capacity(n),
+        }
+    }
+
+    /// Writes a `u8`.
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.out.push(v);
+        self
+    }
+
+    /// Writes a little-endian `u32`.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    /// Writes a little-endian `u64`.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    /// Writes a `bool` as one byte.
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
+    }
+
+    /// Writes a sequence length.
+    pub fn seq_len(&mut self, n: usize) -> &mut Self {
+        self.u64(n as u64)
+    }
+
+    /// Writes a byte sequence (`SPSSequence<char>`): length, then bytes.
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.seq_len(b.len());
+        self.out.extend_from_slice(b);
+        self
+    }
+
+    /// Writes a string (`SPSString`).
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+
+    /// The bytes written.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.out
+    }
+}
+
+/// Reads SPS values from untrusted bytes.
+#[derive(Debug, Clone)]
+pub struct SpsReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> SpsReader<'a> {
+    /// A reader over `input`.
+    pub fn new(input: &'a [u8]) -> Self {
+        Self { rest: input }
+    }
+
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
+    fn take(&mut self, n: u64, what: &'static str) -> Result<&'a [u8], SpsError> {
+        if n > self.rest.len() as u64 {
+            return Err(SpsError::Truncated {
+                what,
+                needed: n,
+                available: self.rest.len(),
+            });
+        }
+        let (head, tail) = self.rest.split_at(n as usize);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], SpsError> {
+        let b = self.take(N as u64, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(b);
+        Ok(a)
+    }
+
+    /// Reads a `u8`.
+    ///
+    /// # Errors
+    /// [`SpsError::Truncated`] at end of input.
+    pub fn u8(&mut self) -> Result<u8, SpsError> {
+        Ok(self.array::<1>("u8")?[0])
+    }
+
+    /// Reads a little-endian `u32`.
+    ///
+    /// # Errors
+    /// [`SpsError::Truncated`] at end of input.
+    pub fn u32(&mut self) -> Result<u32, SpsError> {
+        Ok(u32::from_le_bytes(self.array("u32")?))
+    }
+
+    /// Reads a little-endian `u64`.
+    ///
+    /// # Errors
+    /// [`SpsError::Truncated`] at end of input.
+    pub fn u64(&mut self) -> Result<u64, SpsError> {
+        Ok(u64::from_le_bytes(self.array("u64")?))
+    }
+
+    /// Reads a `bool`.
+    ///
+    /// # Errors
+    /// [`SpsError::Truncated`], or [`SpsError::InvalidBool`] for bytes
+    /// other than 0 and 1.
+    pub fn bool(&mut self) -> Result<bool, SpsError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(SpsError::InvalidBool(b)),
+        }
+    }
+
+    /// Reads a sequence length and checks that `len` elements of at least
+    /// `min_elem_size` bytes each could still follow, and that `len` is at
+    /// most `limit`.
+    ///
+    /// # Errors
+    /// [`SpsError::TooLong`] or [`SpsError::Truncated`].
+    pub fn seq_len(
+        &mut self,
+        what: &'static str,
+        min_elem_size: u64,
+        limit: usize,
+    ) -> Result<usize, SpsError> {
+        let n = self.u64()?;
+        if n > limit as u64 {
+            return Err(SpsError::TooLong {
+                what,
+                len: n,
+                limit: limit as u64,
+            });
+        }
+        let needed = n.saturating_mul(min_elem_size);
+        if needed > self.rest.len() as u64 {
+            return Err(SpsError::Truncated {
+                what,
+                needed,
+                available: self.rest.len(),
+            });
+        }
+        Ok(n as usize)
+    }
+
+    /// Reads a byte sequence of at most `limit` bytes, borrowed from the
+    /// input.
+    ///
+    /// # Errors
+    /// [`SpsError::TooLong`] or [`SpsError::Truncated`].
+    pub fn bytes(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8], SpsError> {
+        let n = self.seq_len(what, 1, limit)?;
+        self.take(n as u64, what)
+    }
+
+    /// Reads a UTF-8 string of at most `limit` bytes.
+    ///
+    /// # Errors
+    /// As [`bytes`](Self::bytes), or [`SpsError::InvalidUtf8`].
+    pub fn str(&mut self, what: &'static str, limit: usize) -> Result<&'a str, SpsError> {
+        let b = self.bytes(what, limit)?;
+        std::str::from_utf8(b).map_err(|_| SpsError::InvalidUtf8 { what })
+    }
+
+    /// Checks that the whole input was read.
+    ///
+    /// # Errors
+    /// [`SpsError::TrailingBytes`] otherwise.
+    pub fn finish(self) -> Result<(), SpsError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(SpsError::TrailingBytes(self.rest.len()))
+        }
+    }
+}
+
+/// LLVM's `SimpleRemoteEPCExecutorInfo`: what the executor tells the
+/// controller in `Setup`. See the [module docs](self) for orcwire's
+/// conventions inside it.
+///
+/// ```
+/// use orcwire::sps::{SetupInfo, PROTOCOL_VERSION};
+///
+/// let mut info = SetupInfo::new_orcwire("x86_64-unknown-linux-gnu".into(), 4096);
+/// info.bootstrap_symbols.push(("my_fn".into(), 1));
+/// let back = SetupInfo::decode(&info.encode()).unwrap();
+/// assert_eq!(back, info);
+/// assert_eq!(back.protocol_version().unwrap(), PROTOCOL_VERSION);
+/// assert_eq!(back.symbol("my_fn"), Some(1));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetupInfo {
+    /// The executor's target triple.
+    pub target_triple: String,
+    /// The executor's page size in bytes.
+    pub page_size: u64,
+    /// Named byte strings (LLVM's bootstrap map).
+    pub bootstrap_map: Vec<(String, Vec<u8>)>,
+    /// Named addresses — for orcwire, handler tags.
+    pub bootstrap_symbols: Vec<(String, u64)>,
+}
+
+impl SetupInfo {
+    /// A `SetupInfo` carrying this crate's protocol version.
+    pub fn new_orcwire(target_triple: String, page_size: u64) -> Self {
+        Self {
+            target_triple,
+            page_size,
+            bootstrap_map: vec![(
+                PROTOCOL_KEY.to_owned(),
+                PROTOCOL_VERSION.to_le_bytes().to_vec(),
+            )],
+            bootstrap_symbols: Vec::new(),
+        }
+    }
+
+    /// SPS-encodes it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = SpsWriter::with_capacity(64 + 32 * self.bootstrap_symbols.len());
+        w.str(&self.target_triple).u64(self.page_size);
+        w.seq_len(self.bootstrap_map.len());
+        for (k, v) in &self.bootstrap_map {
+            w.str(k).bytes(v);
+        }
+        w.seq_len(self.bootstrap_symbols.len());
+        for (k, a) in &self.bootstrap_symbols {
+            w.str(k).u64(*a);
+        }
+        w.into_inner()
+    }
+
+    /// Decodes untrusted bytes.
+    ///
+    /// # Errors
+    /// An [`SpsError`] for truncated, oversized, non-UTF-8 or trailing
+    /// input.
+    pub fn decode(input: &[u8]) -> Result<Self, SpsError> {
+        let mut r = SpsReader::new(input);
+        let target_triple = r.str("target triple", MAX_NAME_LEN)?.to_owned();
+        let page_size = r.u64()?;
+        // Each map entry is at least two length prefixes.
+        let n = r.seq_len("bootstrap map", 16, MAX_SETUP_ENTRIES)?;
+        let mut bootstrap_map = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = r.str("bootstrap map key", MAX_NAME_LEN)?.to_owned();
+            let v = r.bytes("bootstrap map value", usize::MAX)?.to_vec();
+            bootstrap_map.push((k, v));
+        }
+        // Each symbol is a length prefix and an address.
+        let n = r.seq_len("bootstrap symbols", 16, MAX_SETUP_ENTRIES)?;
+        let mut bootstrap_symbols = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = r.str("bootstrap symbol name", MAX_NAME_LEN)?.to_owned();
+            bootstrap_symbols.push((k, r.u64()?));
+        }
+        r.finish()?;
+        Ok(Self {
+            target_triple,
+            page_size,
+            bootstrap_map,
+            bootstrap_symbols,
+        })
+    }
+
+    /// The bootstrap-map value under `key`.
+    pub fn map_value(&self, key: &str) -> Option<&[u8]> {
+        self.bootstrap_map
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The bootstrap symbol `name`.
+    pub fn symbol(&self, name: &str) -> Option<u64> {
+        self.bootstrap_symbols
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// The orcwire protocol version the executor speaks.
+    ///
+    /// # Errors
+    /// [`SpsError::NoProtocolVersion`] if the entry is missing or not 4
+    /// bytes.
+    pub fn protocol_version(&self) -> Result<u32, SpsError> {
+        let v = self
+            .map_value(PROTOCOL_KEY)
+            .ok_or(SpsError::NoProtocolVersion)?;
+        let b: [u8; 4] = v.try_into().map_err(|_| SpsError::NoProtocolVersion)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Executor wrapper functions: `(name, tag)`.
+    pub fn functions(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.bootstrap_symbols
+            .iter()
+            .filter(|(k, _)| !k.starts_with(HANDLER_PREFIX))
+            .map(|(k, a)| (k.as_str(), *a))
+    }
+
+    /// Controller handlers the executor will call: `(name, tag)`.
+    pub fn handler_tags(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.bootstrap_symbols
+            .iter()
+            .filter_map(|(k, a)| k.strip_prefix(HANDLER_PREFIX).map(|n| (n, *a)))
+    }
+}
+
+/// This host's target triple, as LLVM spells it (for example
+/// `x86_64-unknown-linux-gnu`).
+pub fn host_target_triple() -> String {
+    let env = if cfg!(target_env = "gnu") {
+        "-gnu"
+    } else if cfg!(target_env = "musl") {
+        "-musl"
+    } else {
+        ""
+    };
+    format!(
+        "{}-unknown-{}{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        env
+    )
+}
+
+/// This host's page size in bytes (4096 if the OS will not say).
+pub fn host_page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SetupInfo {
+        let mut s = SetupInfo::new_orcwire("x86_64-unknown-linux-gnu".into(), 4096);
+        s.bootstrap_map.push(("blob".into(), vec![1, 2, 3]));
+        s.bootstrap_symbols.push(("f".into(), 1));
+        s.bootstrap_symbols.push(("orcwire.handler:log".into(), 2));
+        s.bootstrap_symbols.push(("ünïcode".into(), u64::MAX));
+        s
+    }
+
+    #[test]
+    fn round_trip_and_accessors() {
+        let s = sample();
+        let back = SetupInfo::decode(&s.encode()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.protocol_version(), Ok(PROTOCOL_VERSION));
+        assert_eq!(
+            back.functions().collect::<Vec<_>>(),
+            vec![("f", 1), ("ünïcode", u64::MAX)]
+        );
+        assert_eq!(back.handler_tags().collect::<Vec<_>>(), vec![("log", 2)]);
+        assert_eq!(back.map_value("blob"), Some(&[1u8, 2, 3][..]));
+        let empty = SetupInfo::default();
+        assert_eq!(SetupInfo::decode(&empty.encode()).unwrap(), empty);
+        assert_eq!(empty.protocol_version(), Err(SpsError::NoProtocolVersion));
+    }
+
+    #[test]
+    fn byte_exact_encoding() {
+        let s = SetupInfo {
+            target_triple: "ab".into(),
+            page_size: 0x1000,
+            bootstrap_map: vec![("k".into(), vec![9])],
+            bootstrap_symbols: vec![("s".into(), 0x0102)],
+        };
+        let mut want = Vec::new();
+        want.extend_from_slice(&2u64.to_le_bytes());
+        want.extend_from_slice(b"ab");
+        want.extend_from_slice(&0x1000u64.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(b"k");
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.push(9);
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(b"s");
+        want.extend_from_slice(&0x0102u64.to_le_bytes());
+        assert_eq!(s.encode(), want);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(SetupInfo::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(SetupInfo::decode(&extra), Err(SpsError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn huge_lengths_are_refused_before_allocating() {
+        for len in [u64::MAX, 1 << 63, (MAX_SETUP_ENTRIES as u64) + 1, 1 << 40] {
+            let mut w = SpsWriter::new();
+            w.u64(len);
+            assert!(SetupInfo::decode(&w.into_inner()).is_err());
+            let mut w = SpsWriter::new();
+            w.str("t").u64(4096).u64(len);
+            assert!(SetupInfo::decode(&w.into_inner()).is_err());
+        }
+        let mut w = SpsWriter::new();
+        w.str("t").u64(4096).u64(1).str("k").u64(u64::MAX);
+        assert!(matches!(
+            SetupInfo::decode(&w.into_inner()),
+            Err(SpsError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_and_bool() {
+        let mut w = SpsWriter::new();
+        w.bytes(&[0xff, 0xfe]);
+        let b = w.into_inner();
+        assert!(matches!(
+            SetupInfo::decode(&b),
+            Err(SpsError::InvalidUtf8 { .. })
+        ));
+        assert_eq!(SpsReader::new(&[2]).bool(), Err(SpsError::InvalidBool(2)));
+        assert_eq!(SpsReader::new(&[1]).bool(), Ok(true));
+    }
+
+    #[test]
+    fn host_facts_are_plausible() {
+        assert!(host_target_triple().contains(std::env::consts::ARCH));
+        assert!(host_page_size().is_power_of_two());
+    }
+}
