@@ -311,12 +311,8 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    let fd = libc::c_int::try_from(rc).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::Other,
-            "pidfd_open returned an out-of-range fd",
-        )
-    })?;
+    let fd = libc::c_int::try_from(rc)
+        .map_err(|_| io::Error::other("pidfd_open returned an out-of-range fd"))?;
     // SAFETY: the syscall succeeded, so `fd` is a fresh pidfd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
