@@ -26,7 +26,7 @@
 //! at offset 0, and the `sync` shim for atomics. Under `--cfg orcwire_loom`
 //! no loom object is ever placed in the mapping: each shared word is a loom
 //! object on the heap, looked up by its address in the mapping (see
-//! [`SharedRef`]), the same way the futex mock keys wait queues by address.
+//! `SharedRef`), the same way the futex mock keys wait queues by address.
 
 use std::mem::{align_of, offset_of, size_of};
 use std::ops::Deref;
@@ -935,6 +935,8 @@ pub fn validate(
             local: local_max_message_size,
         });
     }
+    // SYNC POINT: segment initialised. Ordered after the magic `Acquire`
+    // above, so this is the epoch `init` wrote (or a later one).
     let epoch = state::epoch(words.state.load(Ordering::Acquire));
     Ok(Attached { layout, epoch })
 }

@@ -39,7 +39,7 @@
 //! grows with the bytes actually received, with fallible allocation.
 //!
 //! # Backings
-//! One implementation over two backings of [`RingMemory`]: in production
+//! One implementation over two backings of `RingMemory`: in production
 //! the control block and data are laid over a [`SharedMapping`]; under
 //! `--cfg orcwire_loom` the indices are loom atomics and the data bytes
 //! live in loom `UnsafeCell`s (16-byte chunks) on the heap, so loom checks

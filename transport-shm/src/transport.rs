@@ -173,6 +173,8 @@ impl ShmTransport {
         let attached = layout::validate(&mapping, config.max_message_size)?;
         // SAFETY: `validate` checked the mapping holds a whole header.
         let words = unsafe { HeaderWords::new(&mapping) };
+        // SYNC POINT: segment initialised (again): the epoch read here must
+        // be the one `validate` saw after its `Acquire` of the magic.
         let before = words
             .state
             .fetch_or(state::EXECUTOR_ATTACHED, Ordering::AcqRel);
@@ -263,6 +265,8 @@ impl ShmTransport {
 
     /// The raw state word: [`state`] bits and epoch. Untrusted.
     pub fn connection_state(&self) -> u64 {
+        // SYNC POINT: disconnect (and its acknowledgement). Pairs with the
+        // `Release` in `shut` and `acknowledge_peer_disconnect`.
         self.state.load(Ordering::Acquire)
     }
 
@@ -274,6 +278,8 @@ impl ShmTransport {
     /// Sets our acknowledgement bit (we saw the peer's disconnect and
     /// stopped using the connection) and wakes the peer.
     pub fn acknowledge_peer_disconnect(&self) {
+        // SYNC POINT: disconnect (and its acknowledgement). Pairs with the
+        // peer's `Acquire` load in `connection_state`.
         self.state.fetch_or(self.side.ack_bit(), Ordering::Release);
         self.peer.wake_all();
     }
@@ -440,13 +446,15 @@ impl Transport for ShmTransport {
             let outcome = self
                 .own
                 .wait_until(&self.wait, waiting::DATA, deadline, || {
+                    // SYNC POINT: local flags (interrupt) and SYNC POINT:
+                    // disconnect (the state word); `has_frames` is the
+                    // frames published point. The loop acts on what it saw.
+                    let word = self.state.load(Ordering::Acquire);
                     let ready = self.is_terminated()
                         || self.interrupted.load(Ordering::Acquire)
                         || consumer.has_frames()
-                        || self.state.load(Ordering::Acquire)
-                            & (self.side.peer().disconnecting_bit())
-                            != 0
-                        || state::epoch(self.state.load(Ordering::Relaxed)) != self.attached.epoch;
+                        || word & self.side.peer().disconnecting_bit() != 0
+                        || state::epoch(word) != self.attached.epoch;
                     Ok::<_, Infallible>(if ready {
                         Poll::Ready(())
                     } else {
@@ -473,6 +481,7 @@ impl Transport for ShmTransport {
     }
 
     fn peer_died(&self) -> bool {
+        // SYNC POINT: local flags. Pairs with `record`.
         self.local.load(Ordering::Acquire) & PEER_DEAD != 0
     }
 

@@ -40,7 +40,7 @@
 //! Loom does not model time: a timed wait there waits like an untimed one,
 //! and spin budgets should be given in iterations.
 //!
-//! Relies on: the `sync` shim, [`SharedRef`] for the words, `libc` for the
+//! Relies on: the `sync` shim, `layout::SharedRef` for the words, `libc` for the
 //! futex system call (Linux only).
 
 use std::task::Poll;

@@ -436,3 +436,35 @@ fn dropping_an_end_hangs_up() {
         TransportError::PeerHungUp
     );
 }
+
+#[test]
+fn sizes_are_read_once_at_attach_but_a_new_epoch_is_noticed() {
+    let p = pair(config(4096, WaitStrategy::balanced()));
+    // Scribble over every plain header field after both ends joined: they
+    // were copied at attach, so traffic is unaffected.
+    for offset in 8..80 {
+        // SAFETY: inside the header of the live mapping; a peer process
+        // could write these bytes at any time.
+        unsafe { p.mapping.base().add(offset).write_volatile(0xa5) };
+    }
+    for seq in 0..100 {
+        p.controller
+            .send(Opcode::Result, seq, 0, &pattern(3000, seq, 0))
+            .unwrap();
+        let m = message(p.executor.recv(None));
+        assert_eq!(m.payload.as_slice(), &pattern(3000, seq, 0)[..]);
+    }
+    // A different epoch in the state word means the segment was
+    // re-initialised under us: a protocol error.
+    let state = p.executor.connection_state();
+    let at = offset_of!(orcwire_shm::layout::SegmentHeader, state);
+    // SAFETY: the state word is an aligned AtomicU64 inside the mapping
+    // (CachePadded is repr(C), value first).
+    let word = unsafe { &*p.mapping.base().add(at).cast::<AtomicU64>() };
+    word.store(state.wrapping_add(1 << 32), Ordering::Release);
+    let err = p.executor.recv(None).unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Protocol(t) if t.contains("epoch")),
+        "{err:?}"
+    );
+}
