@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod fdpass;
+pub mod launch;
 
 pub mod layout;
 pub mod liveness;

@@ -48,6 +48,7 @@ use crate::layout::{
     self, state, waiting, Attached, HeaderWords, LayoutError, RingCapacity, SegmentLayout,
     SharedRef, Side, DEFAULT_MAX_MESSAGE_SIZE,
 };
+use crate::liveness::{LivenessError, LivenessWatcher};
 use crate::mapping::SharedMapping;
 use crate::ring::{OutgoingMessage, RingConsumer, RingError, RingProducer, WriteStatus};
 use crate::sync::{lock, AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
@@ -135,6 +136,9 @@ pub struct ShmTransport {
     /// The error of the first of [`CLOSED`], [`PEER_DEAD`], [`FAILED`];
     /// set (under the lock) before the flag.
     first_error: Mutex<Option<TransportError>>,
+    /// The liveness watcher installed by [`watch_peer`](Self::watch_peer);
+    /// dropped (stopped) with the transport.
+    watcher: Mutex<Option<LivenessWatcher>>,
 }
 
 impl fmt::Debug for ShmTransport {
@@ -224,7 +228,40 @@ impl ShmTransport {
             local: AtomicU32::new(0),
             interrupted: AtomicBool::new(false),
             first_error: Mutex::new(None),
+            watcher: Mutex::new(None),
         })
+    }
+
+    /// Watches the peer process: when `sock` (our end of the liveness
+    /// socket) hangs up or `pidfd` turns readable, the transport is
+    /// [marked dead](Self::mark_peer_dead), which wakes every waiter. The
+    /// watcher lives as long as the transport.
+    ///
+    /// [`crate::launch`] calls this for every connection it makes.
+    ///
+    /// # Errors
+    /// [`LivenessError`] when the watcher thread cannot be started.
+    pub fn watch_peer(
+        self: &Arc<Self>,
+        sock: std::os::fd::OwnedFd,
+        pidfd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), LivenessError> {
+        // Weak: the transport owns the watcher, so a strong reference in
+        // its callback would keep both alive forever.
+        let weak = Arc::downgrade(self);
+        let watcher = LivenessWatcher::spawn(
+            sock,
+            pidfd,
+            Box::new(move || {
+                if let Some(t) = weak.upgrade() {
+                    t.mark_peer_dead();
+                }
+            }),
+        )?;
+        if let Some(old) = lock(&self.watcher).replace(watcher) {
+            old.stop();
+        }
+        Ok(())
     }
 
     /// Which end this is.
@@ -477,6 +514,11 @@ impl Transport for ShmTransport {
 
     fn close(&self) {
         self.record(CLOSED, TransportError::Closed);
+        // Closing after the peer asked to disconnect is our
+        // acknowledgement: we stopped using the connection.
+        if self.peer_disconnecting() {
+            self.acknowledge_peer_disconnect();
+        }
         self.shut();
     }
 
