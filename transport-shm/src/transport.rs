@@ -119,6 +119,7 @@ pub fn required_size(config: &ShmConfig) -> usize {
 /// }
 /// ```
 pub struct ShmTransport {
+    mapping: Arc<dyn SharedMapping>,
     side: Side,
     attached: Attached,
     wait: WaitStrategy,
@@ -217,6 +218,7 @@ impl ShmTransport {
         };
         own.pid.store(std::process::id(), Ordering::Relaxed);
         Ok(Self {
+            mapping: Arc::clone(&mapping),
             side,
             attached,
             wait,
@@ -262,6 +264,12 @@ impl ShmTransport {
             old.stop();
         }
         Ok(())
+    }
+
+    /// The shared bytes under this transport. The peer can write them at
+    /// any time; for diagnostics and fault-injection tests.
+    pub fn mapping(&self) -> &Arc<dyn SharedMapping> {
+        &self.mapping
     }
 
     /// Which end this is.

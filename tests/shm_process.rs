@@ -1,0 +1,509 @@
+//! Two real processes over shared memory. This test binary spawns itself
+//! as the executor through `orcwire_shm::launch::ExecutorCommand` (or as a
+//! controller listening on a socket path, for the controller-death test).
+//!
+//! The tests here run one at a time (a process-wide lock), so that each can
+//! compare `/proc/self/fd` and `/dev/shm` before and after.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{pseudo_random, CHILD_ENV};
+use orcwire::{
+    CallError, ControllerBuilder, DisconnectReason, Endpoint, ExecutorBuilder,
+    WrapperFunctionBuffer,
+};
+use orcwire_shm::launch::{attach_inherited, attach_path, ExecutorCommand, SpawnedExecutor};
+use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// Ring capacity of these tests: small, so that multiples of it stay cheap.
+const RING: usize = 64 * 1024;
+/// Sizes every direction is checked with.
+const SIZES: [usize; 8] = [0, 1, 7, 8, 9, RING - 1, RING, 10 * RING];
+
+const EXIT_CLEAN: i32 = 0;
+const EXIT_PEER_DIED: i32 = 4;
+const EXIT_BROKEN: i32 = 5;
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn config() -> ShmConfig {
+    ShmConfig {
+        wait: WaitStrategy::balanced(),
+        ring_capacity: RingCapacity::new(RING).unwrap(),
+        ..ShmConfig::default()
+    }
+}
+
+fn xor(a: &[u8]) -> Vec<u8> {
+    a.iter().map(|b| b ^ 0xa5).collect()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn shm_entries() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("orcwire"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks, bounded, that a test gave back every fd it opened and left
+/// nothing in `/dev/shm`. Threads that hold the last reference to a
+/// connection can take a moment to exit, hence the polling.
+struct NoLeaks {
+    fds: usize,
+    shm: Vec<String>,
+}
+
+impl NoLeaks {
+    fn start() -> Self {
+        Self {
+            fds: open_fds(),
+            shm: shm_entries(),
+        }
+    }
+
+    fn check(self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open_fds() > self.fds && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(open_fds(), self.fds, "the test leaked file descriptors");
+        assert_eq!(shm_entries(), self.shm, "the test left entries in /dev/shm");
+    }
+}
+
+fn spawn_executor(role: &str) -> SpawnedExecutor {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, role);
+    ExecutorCommand::new(cmd)
+        .config(config())
+        .attach_timeout(LIMIT)
+        .spawn()
+        .unwrap()
+}
+
+fn controller(spawned: &SpawnedExecutor) -> Endpoint {
+    ControllerBuilder::new()
+        .sync_handler("ctl_xor", |a: &[u8]| {
+            WrapperFunctionBuffer::from_vec(xor(a))
+        })
+        .handler("ctl_hang", |_a, r| {
+            // Keep the responder alive: the call stays pending.
+            thread::spawn(move || {
+                thread::sleep(LIMIT);
+                drop(r);
+            });
+        })
+        .connect(spawned.transport.clone())
+        .unwrap()
+}
+
+fn exit_code(spawned: &SpawnedExecutor) -> Option<i32> {
+    spawned
+        .process
+        .wait_timeout(LIMIT)
+        .unwrap()
+        .expect("executor did not exit in time")
+        .code()
+}
+
+/// Entry point of every child role; a no-op in the parent.
+#[test]
+fn child_entry() {
+    match std::env::var(CHILD_ENV).as_deref() {
+        Ok("shm-executor") => executor_role(),
+        Ok("shm-listener-controller") => listener_controller_role(),
+        _ => {}
+    }
+}
+
+fn executor_role() {
+    let transport = attach_inherited(config()).unwrap();
+    let me: Arc<OnceLock<Endpoint>> = Arc::new(OnceLock::new());
+    let me2 = Arc::clone(&me);
+    let me3 = Arc::clone(&me);
+    let ep = ExecutorBuilder::new()
+        .sync_function("echo", WrapperFunctionBuffer::from_slice)
+        .sync_function("xor", |a: &[u8]| WrapperFunctionBuffer::from_vec(xor(a)))
+        .function("hang", |_a, r| {
+            thread::spawn(move || {
+                thread::sleep(LIMIT);
+                drop(r);
+            });
+        })
+        .sync_function("call_controller_sizes", move |_a: &[u8]| {
+            let ep = me2.get().unwrap();
+            let tag = ep.handler_tag("ctl_xor").unwrap();
+            for (i, &len) in SIZES.iter().enumerate() {
+                let arg = pseudo_random(i as u64 + 100, len);
+                match ep.call_sync(tag, &arg) {
+                    Ok(r) if r.as_slice() == xor(&arg).as_slice() => {}
+                    Ok(r) => {
+                        return WrapperFunctionBuffer::out_of_band_error(format!(
+                            "ctl_xor of {len} B returned {} wrong bytes",
+                            r.len()
+                        ))
+                    }
+                    Err(e) => {
+                        return WrapperFunctionBuffer::out_of_band_error(format!(
+                            "ctl_xor of {len} B failed: {e}"
+                        ))
+                    }
+                }
+            }
+            WrapperFunctionBuffer::from_slice(b"sizes ok")
+        })
+        .function("disconnect_after_reply", move |_a, r| {
+            r.respond(WrapperFunctionBuffer::from_slice(b"bye"));
+            if let Some(ep) = me3.get() {
+                ep.disconnect();
+                assert!(ep.is_disconnected());
+            }
+        })
+        .controller_handler("ctl_xor")
+        .controller_handler("ctl_hang")
+        .connect(transport)
+        .unwrap();
+    let _ = me.set(ep.clone());
+    let deadline = Instant::now() + LIMIT;
+    while !ep.is_disconnected() {
+        assert!(Instant::now() < deadline, "the controller never hung up");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let code = match ep.disconnect_reason() {
+        Some(DisconnectReason::PeerDied) => EXIT_PEER_DIED,
+        Some(DisconnectReason::Local | DisconnectReason::PeerHungUp) => EXIT_CLEAN,
+        // A protocol error (a corrupted segment) or a transport failure.
+        _ => EXIT_BROKEN,
+    };
+    drop(ep);
+    std::process::exit(code);
+}
+
+fn listener_controller_role() {
+    let path = std::env::var("ORCWIRE_TEST_SOCKET").unwrap();
+    let listener = orcwire_shm::launch::ShmListener::bind(&path, config()).unwrap();
+    let transport = listener.accept(Some(LIMIT)).unwrap();
+    let _ep = ControllerBuilder::new()
+        .sync_handler("ctl_xor", |a: &[u8]| {
+            WrapperFunctionBuffer::from_vec(xor(a))
+        })
+        .handler("ctl_hang", |_a, r| {
+            thread::spawn(move || {
+                thread::sleep(LIMIT);
+                drop(r);
+            });
+        })
+        .connect(transport)
+        .unwrap();
+    // Wait to be killed (bounded, in case the test never does).
+    thread::sleep(LIMIT);
+    std::process::exit(1);
+}
+
+#[test]
+fn calls_both_ways_with_every_edge_size() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    {
+        let spawned = spawn_executor("shm-executor");
+        let c = controller(&spawned);
+        let echo = c.function_tag("echo").unwrap();
+        for (i, &len) in SIZES.iter().enumerate() {
+            let arg = pseudo_random(i as u64, len);
+            let got = c.call_sync(echo, &arg).unwrap();
+            assert_eq!(got.len(), len);
+            assert!(got.as_slice() == arg.as_slice(), "echo of {len} B differs");
+        }
+        let sizes = c.function_tag("call_controller_sizes").unwrap();
+        let got = c.call_sync(sizes, b"").unwrap();
+        assert_eq!(got.into_result().unwrap(), b"sizes ok");
+        c.disconnect();
+        assert_eq!(exit_code(&spawned), Some(EXIT_CLEAN));
+    }
+    leaks.check();
+}
+
+#[test]
+fn eight_threads_of_ten_thousand_calls_each_get_their_own_result() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    {
+        let spawned = spawn_executor("shm-executor");
+        let c = controller(&spawned);
+        let xor_tag = c.function_tag("xor").unwrap();
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let c = c.clone();
+                thread::spawn(move || {
+                    for i in 0..10_000u64 {
+                        let mut arg = (t << 32 | i).to_le_bytes().to_vec();
+                        arg.resize(8 + (i % 40) as usize, t as u8);
+                        let got = c.call_sync(xor_tag, &arg).unwrap();
+                        assert_eq!(got.as_slice(), xor(&arg).as_slice(), "thread {t} call {i}");
+                    }
+                })
+            })
+            .collect();
+        for h in threads {
+            common::join_bounded(h, Duration::from_secs(120));
+        }
+        c.disconnect();
+        assert_eq!(exit_code(&spawned), Some(EXIT_CLEAN));
+    }
+    leaks.check();
+}
+
+#[test]
+fn killing_the_executor_mid_call_fails_it_with_peer_died_within_100ms() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    {
+        let spawned = spawn_executor("shm-executor");
+        let c = controller(&spawned);
+        let hang = c.function_tag("hang").unwrap();
+        let echo = c.function_tag("echo").unwrap();
+        assert_eq!(c.call_sync(echo, b"alive").unwrap().as_slice(), b"alive");
+        let pending: Vec<_> = (0..4).map(|_| c.call(hang, b"").unwrap()).collect();
+        let waiter = thread::spawn(move || {
+            pending
+                .into_iter()
+                .map(|p| (p.wait(), Instant::now()))
+                .collect::<Vec<_>>()
+        });
+        thread::sleep(Duration::from_millis(20));
+        let killed_at = Instant::now();
+        spawned.process.kill().unwrap();
+        let outcomes = common::join_bounded(waiter, LIMIT);
+        for (outcome, at) in outcomes {
+            assert_eq!(outcome.unwrap_err(), CallError::PeerDied);
+            let took = at.saturating_duration_since(killed_at);
+            assert!(took < Duration::from_millis(100), "PeerDied after {took:?}");
+        }
+        assert_eq!(c.call_sync(echo, b"x").unwrap_err(), CallError::PeerDied);
+        let deadline = Instant::now() + LIMIT;
+        while !c.is_disconnected() {
+            assert!(Instant::now() < deadline);
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.disconnect_reason(), Some(DisconnectReason::PeerDied));
+        c.disconnect();
+        let status = spawned.process.wait_timeout(LIMIT).unwrap().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+    }
+    leaks.check();
+}
+
+#[test]
+fn killing_the_controller_fails_the_executors_calls_and_it_shuts_down() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    {
+        let dir = std::env::temp_dir().join(format!("orcwire-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("controller.sock");
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "shm-listener-controller")
+            .env("ORCWIRE_TEST_SOCKET", &path)
+            .spawn()
+            .unwrap();
+        // The child binds the socket; retry until it listens.
+        let deadline = Instant::now() + LIMIT;
+        let transport = loop {
+            match attach_path(&path, config(), LIMIT) {
+                Ok(t) => break t,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "could not attach: {e}");
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        // This process is the executor now.
+        let ep = ExecutorBuilder::new()
+            .sync_function("echo", WrapperFunctionBuffer::from_slice)
+            .controller_handler("ctl_xor")
+            .controller_handler("ctl_hang")
+            .connect(transport)
+            .unwrap();
+        let ctl_xor = ep.handler_tag("ctl_xor").unwrap();
+        let ctl_hang = ep.handler_tag("ctl_hang").unwrap();
+        assert_eq!(ep.call_sync(ctl_xor, b"ab").unwrap().as_slice(), xor(b"ab"));
+        let pending = ep.call(ctl_hang, b"").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // A thread keeps calling while the controller dies.
+        let caller = {
+            let ep = ep.clone();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut last = None;
+                while !stop.load(Ordering::Relaxed) {
+                    match ep.call_sync(ctl_xor, b"cd") {
+                        Ok(r) => assert_eq!(r.as_slice(), xor(b"cd")),
+                        Err(e) => {
+                            last = Some(e);
+                            break;
+                        }
+                    }
+                }
+                last
+            })
+        };
+        thread::sleep(Duration::from_millis(20));
+        let killed_at = Instant::now();
+        child.kill().unwrap();
+        let waited = thread::spawn(move || (pending.wait(), Instant::now()));
+        let (outcome, at) = common::join_bounded(waited, LIMIT);
+        assert_eq!(outcome.unwrap_err(), CallError::PeerDied);
+        let took = at.saturating_duration_since(killed_at);
+        assert!(took < Duration::from_millis(100), "PeerDied after {took:?}");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            common::join_bounded(caller, LIMIT),
+            Some(CallError::PeerDied)
+        );
+        let deadline = Instant::now() + LIMIT;
+        while !ep.is_disconnected() {
+            assert!(Instant::now() < deadline);
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(ep.disconnect_reason(), Some(DisconnectReason::PeerDied));
+        assert_eq!(ep.call_sync(ctl_xor, b"").unwrap_err(), CallError::PeerDied);
+        common::run_bounded(LIMIT, move || ep.disconnect());
+        common::wait_child(&mut child, LIMIT);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    leaks.check();
+}
+
+#[test]
+fn both_sides_disconnecting_at_once_both_return() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    for round in 0..10 {
+        let spawned = spawn_executor("shm-executor");
+        let c = controller(&spawned);
+        let tag = c.function_tag("disconnect_after_reply").unwrap();
+        let reply = c.call_sync(tag, b"");
+        // The executor disconnects right after replying; we do the same
+        // the moment the reply arrives (or it failed: they already did).
+        let c2 = c.clone();
+        common::run_bounded(LIMIT, move || c2.disconnect());
+        if let Ok(r) = reply {
+            assert_eq!(r.as_slice(), b"bye");
+        }
+        assert!(c.is_disconnected());
+        assert_eq!(
+            exit_code(&spawned),
+            Some(EXIT_CLEAN),
+            "round {round}: the executor's disconnect did not return cleanly"
+        );
+    }
+    leaks.check();
+}
+
+#[test]
+fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    for round in 0..6u64 {
+        let spawned = spawn_executor("shm-executor");
+        let c = controller(&spawned);
+        let xor_tag = c.function_tag("xor").unwrap();
+        assert!(c.call_sync(xor_tag, b"ok").is_ok());
+        let layout = *spawned.transport.layout();
+        let mapping = Arc::clone(spawned.transport.mapping());
+        // Rounds 0-1: the header; 2-3: ring control blocks; 4-5: ring data.
+        let (offset, len) = match round / 2 {
+            0 => (0, 512),
+            1 => (layout.rings[(round % 2) as usize].control_offset, 256),
+            _ => {
+                let r = &layout.rings[(round % 2) as usize];
+                (r.data_offset, r.capacity)
+            }
+        };
+        // Callers keep the rings busy while the bytes are scribbled.
+        let callers: Vec<_> = (0..2)
+            .map(|t| {
+                let c = c.clone();
+                thread::spawn(move || {
+                    for i in 0..2_000u64 {
+                        let arg = pseudo_random(t * 10_000 + i, 64);
+                        match c.call_sync(xor_tag, &arg) {
+                            // Noise that lands on payload bytes in flight
+                            // changes a result undetectably (there is no
+                            // checksum), so results are not compared here.
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let noise = pseudo_random(round + 7, len);
+        for chunk in 0..4 {
+            thread::sleep(Duration::from_millis(2));
+            for (i, b) in noise.iter().enumerate().skip(chunk).step_by(4) {
+                // SAFETY: `offset + i` lies inside the mapping (the layout
+                // was validated against its length); a volatile write of
+                // shared memory the peer also writes is the fault injected.
+                unsafe { mapping.base().add(offset + i).write_volatile(*b) };
+            }
+        }
+        // Header and control blocks: the damage must end the connection.
+        // Ring data may land in free space and go unnoticed; then we end it.
+        for h in callers {
+            common::join_bounded(h, LIMIT);
+        }
+        common::run_bounded(LIMIT, {
+            let c = c.clone();
+            move || c.disconnect()
+        });
+        assert!(c.is_disconnected());
+        if round < 4 {
+            // Header and control blocks: one side noticed before our own
+            // disconnect (a protocol error here, or the executor's there).
+            let reason = c.disconnect_reason();
+            assert!(
+                matches!(
+                    reason,
+                    Some(DisconnectReason::Protocol(_) | DisconnectReason::PeerHungUp)
+                ),
+                "round {round}: the corruption went unnoticed: {reason:?}"
+            );
+        }
+        drop(c);
+        let status = spawned
+            .process
+            .wait_timeout(LIMIT)
+            .unwrap()
+            .expect("the executor hung after corruption");
+        // Not a panic (101) and not a signal: an orderly exit.
+        assert!(
+            matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
+            "round {round}: executor ended with {status}"
+        );
+    }
+    leaks.check();
+}
