@@ -18,7 +18,9 @@ use orcwire::{
     CallError, ControllerBuilder, DisconnectReason, Endpoint, ExecutorBuilder,
     WrapperFunctionBuffer,
 };
-use orcwire_shm::launch::{attach_inherited, attach_path, ExecutorCommand, SpawnedExecutor};
+use orcwire_shm::launch::{
+    attach_inherited, attach_named, attach_path, ExecutorCommand, NamedOffer, SpawnedExecutor,
+};
 use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -130,14 +132,17 @@ fn exit_code(spawned: &SpawnedExecutor) -> Option<i32> {
 #[test]
 fn child_entry() {
     match std::env::var(CHILD_ENV).as_deref() {
-        Ok("shm-executor") => executor_role(),
+        Ok("shm-executor") => executor_role(attach_inherited(config()).unwrap()),
+        Ok("shm-named-executor") => {
+            let name = std::env::var("ORCWIRE_TEST_SEGMENT").unwrap();
+            executor_role(attach_named(&name, config()).unwrap())
+        }
         Ok("shm-listener-controller") => listener_controller_role(),
         _ => {}
     }
 }
 
-fn executor_role() {
-    let transport = attach_inherited(config()).unwrap();
+fn executor_role(transport: Arc<orcwire_shm::ShmTransport>) {
     let me: Arc<OnceLock<Endpoint>> = Arc::new(OnceLock::new());
     let me2 = Arc::clone(&me);
     let me3 = Arc::clone(&me);
@@ -504,6 +509,50 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
             matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
             "round {round}: executor ended with {status}"
         );
+    }
+    leaks.check();
+}
+
+#[test]
+fn a_named_segment_is_unlinked_once_attached_and_death_is_seen_by_pidfd() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    {
+        let offer = NamedOffer::create(config()).unwrap();
+        let name = offer.name().to_owned();
+        assert!(shm_entries().contains(&name.trim_start_matches('/').to_owned()));
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "shm-named-executor")
+            .env("ORCWIRE_TEST_SEGMENT", &name)
+            .spawn()
+            .unwrap();
+        let transport = offer.wait_attached(LIMIT).unwrap();
+        assert!(
+            !shm_entries().contains(&name.trim_start_matches('/').to_owned()),
+            "the name must be gone once both sides are attached"
+        );
+        let c = ControllerBuilder::new()
+            .sync_handler("ctl_xor", |a: &[u8]| {
+                WrapperFunctionBuffer::from_vec(xor(a))
+            })
+            .handler("ctl_hang", |_a, r| drop(r))
+            .connect(transport)
+            .unwrap();
+        let echo = c.function_tag("echo").unwrap();
+        let hang = c.function_tag("hang").unwrap();
+        assert_eq!(c.call_sync(echo, b"named").unwrap().as_slice(), b"named");
+        let pending = c.call(hang, b"").unwrap();
+        let killed_at = Instant::now();
+        child.kill().unwrap();
+        let waited = thread::spawn(move || (pending.wait(), Instant::now()));
+        let (outcome, at) = common::join_bounded(waited, LIMIT);
+        assert_eq!(outcome.unwrap_err(), CallError::PeerDied);
+        let took = at.saturating_duration_since(killed_at);
+        assert!(took < Duration::from_millis(100), "PeerDied after {took:?}");
+        common::run_bounded(LIMIT, move || c.disconnect());
+        common::wait_child(&mut child, LIMIT);
     }
     leaks.check();
 }

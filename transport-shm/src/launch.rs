@@ -15,6 +15,9 @@
 //!   checked (`SO_PEERCRED`).
 //! * [`attach_inherited`] / [`attach_path`] (executor): the two ends of
 //!   the above.
+//! * [`NamedOffer`] / [`attach_named`]: a named POSIX segment, for an
+//!   executor that can only be told a name (no socket, no fd); liveness
+//!   then comes from each side's pidfd of the other.
 //!
 //! In every case the executor validates the memfd (seals, size) and the
 //! segment layout before it trusts anything in it, attaches, and answers
@@ -63,6 +66,7 @@ use crate::fdpass::{recv_fd_timeout, send_fd, socket_pair, FdPassError};
 use crate::layout::{LayoutError, SegmentHeader};
 use crate::liveness::{pidfd_open, LivenessError};
 use crate::mapping::SharedMapping;
+use crate::named::{NamedSegment, NamedSegmentError};
 use crate::segment::{dup2_for_exec, Segment, SegmentError};
 use crate::sync::{lock, Mutex};
 use crate::transport::{required_size, ShmConfig, ShmTransport};
@@ -130,6 +134,9 @@ pub enum LaunchError {
     /// `attach_inherited` found no usable [`ENV_INHERITED`].
     #[error("{0}; start this process with orcwire_shm::launch::ExecutorCommand, or attach with attach_path")]
     NotLaunched(String),
+    /// The named segment could not be created, opened or unlinked.
+    #[error("named segment: {0}")]
+    Named(#[from] NamedSegmentError),
     /// A connection on the listener came from another user.
     #[error("refused a connection from uid {peer}: only uid {ours} may attach")]
     WrongUser {
@@ -734,6 +741,110 @@ impl Drop for ShmListener {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A connection offered through a [`NamedSegment`], for an executor
+/// started by someone else that can be told a name but handed no fd (the
+/// listener, [`ShmListener`], is preferable whenever a socket path can be
+/// shared: it passes a sealed memfd).
+///
+/// The controller creates the segment (exclusive, mode 0600, unguessable
+/// name), tells the executor [`name`](Self::name) out of band, and
+/// [`wait_attached`](Self::wait_attached); the executor calls
+/// [`attach_named`]. Both sides unlink the name as soon as the executor
+/// has attached, and each then watches the other's pidfd (the pid each
+/// side wrote into the segment) for liveness. See [`crate::named`] for
+/// what a named segment cannot guarantee and for crash clean-up.
+///
+/// ```
+/// use std::time::Duration;
+/// use orcwire_shm::launch::{attach_named, NamedOffer};
+/// use orcwire_shm::ShmConfig;
+///
+/// let offer = NamedOffer::create(ShmConfig::default())?;
+/// let name = offer.name().to_owned();
+/// let exec = std::thread::spawn(move || attach_named(&name, ShmConfig::default()));
+/// let controller_end = offer.wait_attached(Duration::from_secs(5))?;
+/// let executor_end = exec.join().unwrap()?;
+/// assert_eq!(controller_end.epoch(), executor_end.epoch());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct NamedOffer {
+    segment: Arc<NamedSegment>,
+    transport: Arc<ShmTransport>,
+}
+
+impl NamedOffer {
+    /// Creates the named segment and the controller's end in it.
+    ///
+    /// # Errors
+    /// [`LaunchError::Named`] when the segment cannot be created;
+    /// [`LaunchError::Layout`] for a bad `config`.
+    pub fn create(config: ShmConfig) -> Result<Self, LaunchError> {
+        let segment = Arc::new(NamedSegment::create(required_size(&config))?);
+        let mapping: Arc<dyn SharedMapping> = Arc::clone(&segment) as Arc<dyn SharedMapping>;
+        let transport = Arc::new(ShmTransport::create(mapping, config)?);
+        Ok(Self { segment, transport })
+    }
+
+    /// The name to give the executor.
+    pub fn name(&self) -> &str {
+        self.segment.name()
+    }
+
+    /// Waits (polling every millisecond) until an executor has attached,
+    /// then unlinks the name and starts watching the executor's pid.
+    /// On a timeout the name is unlinked too (dropping the offer removes
+    /// it).
+    ///
+    /// # Errors
+    /// [`LaunchError::Timeout`] when nobody attached in time;
+    /// [`LaunchError::Named`] when unlinking fails.
+    pub fn wait_attached(self, timeout: Duration) -> Result<Arc<ShmTransport>, LaunchError> {
+        let deadline = Instant::now() + timeout;
+        while self.transport.connection_state() & crate::layout::state::EXECUTOR_ATTACHED == 0 {
+            if Instant::now() >= deadline {
+                return Err(LaunchError::Timeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.segment.unlink()?;
+        watch_pid(&self.transport)?;
+        Ok(self.transport)
+    }
+}
+
+/// The executor's end of a [`NamedOffer`]: opens the segment by name
+/// (checking owner, mode and size), attaches, unlinks the name, and starts
+/// watching the controller's pid.
+///
+/// # Errors
+/// [`LaunchError::Named`] when the segment cannot be opened or is
+/// refused; [`LaunchError::Layout`] when its layout is.
+pub fn attach_named(name: &str, config: ShmConfig) -> Result<Arc<ShmTransport>, LaunchError> {
+    let segment = Arc::new(NamedSegment::open(
+        name,
+        std::mem::size_of::<SegmentHeader>(),
+    )?);
+    let mapping: Arc<dyn SharedMapping> = Arc::clone(&segment) as Arc<dyn SharedMapping>;
+    let transport = Arc::new(ShmTransport::attach(mapping, config)?);
+    segment.unlink()?;
+    watch_pid(&transport)?;
+    Ok(transport)
+}
+
+/// Watches the pid the peer wrote into the segment. A pidfd turns
+/// readable when its process exits; the watcher treats that as the
+/// liveness channel hanging up.
+fn watch_pid(transport: &Arc<ShmTransport>) -> Result<(), LaunchError> {
+    let pid = transport
+        .peer_pid()
+        .ok_or_else(|| LaunchError::Protocol("the peer wrote no pid into the segment".into()))?;
+    let pidfd = pidfd_open(pid)
+        .map_err(|e| LaunchError::Protocol(format!("cannot watch peer pid {pid}: {e}")))?;
+    transport.watch_peer(pidfd, None)?;
+    Ok(())
 }
 
 #[cfg(all(test, not(orcwire_loom)))]
