@@ -1,6 +1,9 @@
 //! Options and helpers shared by the commands.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher, ThreadPoolTaskDispatcher};
 
 use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
 
@@ -11,6 +14,7 @@ pub struct Options {
     pub ring: usize,
     pub calls: usize,
     pub connect: Option<String>,
+    pub dispatch: String,
 }
 
 impl Options {
@@ -20,6 +24,7 @@ impl Options {
             ring: 1 << 20,
             calls: 20_000,
             connect: None,
+            dispatch: "inline".into(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -41,15 +46,34 @@ impl Options {
                         .map_err(|_| "--calls takes a number".to_string())?
                 }
                 "--connect" => o.connect = Some(value("--connect")?),
+                "--dispatch" => o.dispatch = value("--dispatch")?,
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
         wait_strategy(&o.wait)?;
+        if o.dispatch != "inline" && o.dispatch != "pool" {
+            return Err(format!(
+                "unknown dispatch {:?}: use inline or pool",
+                o.dispatch
+            ));
+        }
         RingCapacity::new(o.ring).map_err(|e| e.to_string())?;
         if o.calls == 0 {
             return Err("--calls must be at least 1".into());
         }
         Ok(o)
+    }
+
+    /// Where incoming calls run: on the thread that read them (after it
+    /// gave up reading), or on a pool of worker threads.
+    pub fn dispatcher(&self) -> Arc<dyn TaskDispatcher> {
+        if self.dispatch == "pool" {
+            match ThreadPoolTaskDispatcher::new(2) {
+                Ok(pool) => return Arc::new(pool),
+                Err(e) => eprintln!("orcwire: {e}; running calls inline instead"),
+            }
+        }
+        Arc::new(InlineTaskDispatcher::new())
     }
 
     pub fn shm_config(&self) -> ShmConfig {

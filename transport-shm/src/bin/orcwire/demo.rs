@@ -44,12 +44,19 @@ fn summary(label: &str, samples: &mut [Duration]) {
 fn demo(opts: &Options) -> DemoResult<()> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["executor", "--wait", &opts.wait]);
+    cmd.args([
+        "executor",
+        "--wait",
+        &opts.wait,
+        "--dispatch",
+        &opts.dispatch,
+    ]);
     let config = opts.shm_config();
     println!(
-        "orcwire demo: shared memory, rings of {} KiB each way, wait preset `{}`",
+        "orcwire demo: shared memory, rings of {} KiB each way, wait preset `{}`, {} dispatch",
         config.ring_capacity.get() >> 10,
-        opts.wait
+        opts.wait,
+        opts.dispatch
     );
     let spawned = ExecutorCommand::new(cmd)
         .config(config)
@@ -57,6 +64,7 @@ fn demo(opts: &Options) -> DemoResult<()> {
         .map_err(|e| format!("spawning the executor: {e}"))?;
     println!("  spawned executor pid {}", spawned.process.id());
     let controller = ControllerBuilder::new()
+        .dispatcher(opts.dispatcher())
         .sync_handler("ctl_echo", WrapperFunctionBuffer::from_slice)
         .sync_handler("log", |msg: &[u8]| {
             println!("  [executor says] {}", String::from_utf8_lossy(msg));

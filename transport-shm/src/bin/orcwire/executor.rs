@@ -29,6 +29,7 @@ pub fn run(opts: &Options) -> ExitCode {
     let me: Arc<OnceLock<Endpoint>> = Arc::new(OnceLock::new());
     let me_for_calls = Arc::clone(&me);
     let endpoint = ExecutorBuilder::new()
+        .dispatcher(opts.dispatcher())
         .sync_function("echo", WrapperFunctionBuffer::from_slice)
         .sync_function("sum", |a: &[u8]| {
             WrapperFunctionBuffer::from_slice(&sum_reply(a))

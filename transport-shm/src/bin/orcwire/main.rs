@@ -31,6 +31,12 @@ OPTIONS (both roles):
                                     (lowest CPU)
     --ring BYTES                    ring capacity per direction, a power of
                                     two (default 1048576); controller only
+    --dispatch inline|pool          where incoming calls run: inline on the
+                                    thread that read them, once it has
+                                    handed over reading (default; no thread
+                                    hop, lowest latency), or on a pool of 2
+                                    worker threads (handlers that block for
+                                    long do not delay other calls)
 OPTIONS (demo):
     --calls N                       latency samples per direction
                                     (default 20000)
