@@ -244,6 +244,10 @@ fn calls_both_ways_with_every_edge_size() {
         assert_eq!(got.into_result().unwrap(), b"sizes ok");
         c.disconnect();
         assert_eq!(exit_code(&spawned), Some(EXIT_CLEAN));
+        // The executor exiting after a clean disconnect is not a death.
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.call_sync(echo, b"").unwrap_err(), CallError::Disconnected);
+        assert_eq!(c.disconnect_reason(), Some(DisconnectReason::Local));
     }
     leaks.check();
 }

@@ -302,6 +302,12 @@ impl ShmTransport {
     /// failed or been closed) and [`peer_died`](Transport::peer_died)
     /// becomes true.
     pub fn mark_peer_dead(&self) {
+        // SYNC POINT: local flags. Pairs with `record`. A peer that exits
+        // after we closed the connection cleanly did not die on us: later
+        // calls should keep reporting the clean close.
+        if self.local.load(Ordering::Acquire) & CLOSED != 0 {
+            return;
+        }
         self.record(PEER_DEAD, TransportError::PeerDied);
         self.state
             .fetch_or(self.side.peer().dead_bit(), Ordering::Relaxed);
