@@ -192,6 +192,37 @@ fn calls(controller: &Endpoint, opts: &Options) -> DemoResult<()> {
     );
     summary("round trip under 4-thread load", &mut all);
 
+    // Pipelined: one thread keeps a window of calls in flight.
+    let window = 64;
+    let total = opts.calls.max(window);
+    let arg = pattern(64, 2);
+    let t = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(window);
+    for i in 0..total {
+        if in_flight.len() == window {
+            let call: orcwire::PendingCall = in_flight.pop_front().ok_or("window underflow")?;
+            let got = call.wait().map_err(|e| format!("pipelined call: {e}"))?;
+            if got.as_slice() != arg.as_slice() {
+                return Err(format!("pipelined call {i} came back wrong"));
+            }
+        }
+        in_flight.push_back(
+            controller
+                .call(echo, &arg)
+                .map_err(|e| format!("pipelined call: {e}"))?,
+        );
+    }
+    for call in in_flight {
+        let got = call.wait().map_err(|e| format!("pipelined call: {e}"))?;
+        if got.as_slice() != arg.as_slice() {
+            return Err("a pipelined call came back wrong".into());
+        }
+    }
+    println!(
+        "  pipelined, 1 thread, {window} calls in flight: {:.0} calls/s",
+        total as f64 / t.elapsed().as_secs_f64()
+    );
+
     println!("executor → controller:");
     let n = opts.calls as u64;
     let got = controller
