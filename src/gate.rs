@@ -75,6 +75,15 @@ impl Gate {
     /// when 2^32 - 1 operations are already inside).
     #[inline]
     pub fn enter(&self) -> Result<GateGuard<'_>, GateClosed> {
+        if crate::sync::is_broken("gate") {
+            // Loom must-fail variant: check, then add in a second step, so
+            // a `close` and a whole `wait_idle` can run in between.
+            if self.word.load(Ordering::Acquire) & CLOSED != 0 {
+                return Err(GateClosed);
+            }
+            self.word.fetch_add(1, Ordering::Acquire);
+            return Ok(GateGuard { gate: self });
+        }
         let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             if cur & CLOSED != 0 || cur & COUNT_MASK == COUNT_MASK {

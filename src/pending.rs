@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -142,12 +143,48 @@ impl Slot {
     }
 }
 
+/// Hashes a sequence number by Fibonacci multiplication. The keys are our
+/// own consecutive numbers (a peer's result only *looks one up*), so they
+/// spread well without std's seeded SipHash; and the same table behaves the
+/// same in every run, which loom's exploration needs (a seeded hash drains
+/// the table in a different order each time).
+#[derive(Clone, Copy, Debug, Default)]
+struct SeqHash;
+
+impl BuildHasher for SeqHash {
+    type Hasher = SeqHasher;
+
+    fn build_hasher(&self) -> SeqHasher {
+        SeqHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+        self.0 = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[derive(Debug)]
 struct TableInner {
     /// Next sequence number to hand out; starts at 1 (0 is for
     /// `Setup`/`Hangup`).
     next_seq: u64,
-    calls: HashMap<u64, Arc<Slot>>,
+    calls: HashMap<u64, Arc<Slot>, SeqHash>,
     /// Set by `fail_all`: the error every later registration gets.
     closed: Option<CallError>,
 }
@@ -169,7 +206,7 @@ impl PendingTable {
         Self {
             inner: Mutex::new(TableInner {
                 next_seq: 1,
-                calls: HashMap::new(),
+                calls: HashMap::with_hasher(SeqHash),
                 closed: None,
             }),
         }
@@ -179,7 +216,11 @@ impl PendingTable {
     pub(crate) fn register(&self) -> Result<(u64, Arc<Slot>), CallError> {
         let mut t = lock(&self.inner);
         if let Some(e) = &t.closed {
-            return Err(e.clone());
+            // Loom must-fail variant: register after `fail_all` drained the
+            // table, so nothing will ever complete the call.
+            if !crate::sync::is_broken("pending") {
+                return Err(e.clone());
+            }
         }
         let seq = t.next_seq;
         t.next_seq = t.next_seq.wrapping_add(1).max(1);
@@ -304,6 +345,77 @@ impl Future for PendingCall {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
         self.slot.poll_take(cx)
+    }
+}
+
+/// The pending-call table's own operations, exposed (only under
+/// `--cfg orcwire_loom`) so the loom models in `loom-tests/` drive the same
+/// code the endpoint uses, without an endpoint around it.
+#[cfg(orcwire_loom)]
+pub mod model {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::{CallError, CallResult, PendingTable, Slot, UnknownSeq};
+    use crate::sync::Arc;
+
+    /// A [`PendingTable`](super) of its own.
+    #[derive(Debug)]
+    pub struct Table(PendingTable);
+
+    /// One registered call: a future of its outcome.
+    #[derive(Debug)]
+    pub struct Call(Arc<Slot>);
+
+    impl Table {
+        /// An empty, open table.
+        pub fn new() -> Self {
+            Self(PendingTable::new())
+        }
+
+        /// Registers a call (what `Endpoint::call` does first).
+        ///
+        /// # Errors
+        /// The table's closing error once [`fail_all`](Self::fail_all) ran.
+        pub fn register(&self) -> Result<(u64, Call), CallError> {
+            self.0.register().map(|(seq, slot)| (seq, Call(slot)))
+        }
+
+        /// Delivers a result (what the reader does with a `Result`
+        /// message). `false` if no call was pending under `seq`.
+        pub fn complete(&self, seq: u64, outcome: CallResult) -> bool {
+            !matches!(self.0.complete(seq, outcome), Err(UnknownSeq(_)))
+        }
+
+        /// Fails every pending and later call (what disconnect does).
+        pub fn fail_all(&self, err: CallError) {
+            self.0.fail_all(err);
+        }
+
+        /// Calls still waiting.
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        /// Whether no call is waiting.
+        pub fn is_empty(&self) -> bool {
+            self.0.len() == 0
+        }
+    }
+
+    impl Default for Table {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Future for Call {
+        type Output = CallResult;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
+            self.0.poll_take(cx)
+        }
     }
 }
 

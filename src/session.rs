@@ -524,6 +524,23 @@ impl Inner {
             run_caught(|| service.on_shutdown());
         }
         self.dispatcher.shutdown();
+        if sync::is_broken("session") {
+            // Loom must-fail variant (seed 000's bug): drain the callbacks
+            // in one critical section and mark completion in another, so a
+            // `shutdown` call in between queues a callback nobody runs.
+            let callbacks = sync::lock(&self.state)
+                .shutdown
+                .as_mut()
+                .map(|si| std::mem::take(&mut si.on_completes))
+                .unwrap_or_default();
+            if let Some(si) = sync::lock(&self.state).shutdown.as_mut() {
+                si.complete = true;
+                si.runner = None;
+            }
+            drop(services);
+            callbacks.into_iter().for_each(run_caught);
+            return;
+        }
         let callbacks = {
             let mut st = sync::lock(&self.state);
             match st.shutdown.as_mut() {

@@ -74,6 +74,68 @@ mod imp {
 
 pub use imp::*;
 
+/// Deliberate bugs for the loom models' must-fail tests.
+///
+/// Only built with `--cfg orcwire_loom_broken` (which `.ci/loom` turns on
+/// in a separate build, next to `--cfg orcwire_loom`). Elsewhere
+/// [`is_broken`](crate::sync::is_broken) is a constant `false`, so production code and the passing
+/// models compile the branches away. A `#[should_panic]`
+/// model [`select`]s one bug by name for its own thread, and the code
+/// under test asks [`is_broken`](crate::sync::is_broken) at the place where the bug goes: a `Relaxed`
+/// where a `Release` is needed, a missing re-check, a queue drained in the
+/// wrong critical section. Loom runs every modelled thread on the thread
+/// that called `loom::model`, so a thread-local selection reaches them
+/// all and never leaks into a model running in parallel.
+///
+/// The names: `gate`, `ring`, `futex`, `pending`, `session`, `handshake`.
+#[cfg(orcwire_loom_broken)]
+pub mod broken {
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static SELECTED: Cell<Option<&'static str>> = const { Cell::new(None) };
+    }
+
+    /// Selects the bug called `name` on this thread until the returned
+    /// guard drops.
+    pub fn select(name: &'static str) -> Selected {
+        SELECTED.with(|s| s.set(Some(name)));
+        Selected(())
+    }
+
+    /// Whether the bug called `name` is selected on this thread.
+    #[inline]
+    pub fn is(name: &str) -> bool {
+        SELECTED.with(|s| s.get() == Some(name))
+    }
+
+    /// Deselects the bug on drop.
+    #[derive(Debug)]
+    pub struct Selected(());
+
+    impl Drop for Selected {
+        fn drop(&mut self) {
+            SELECTED.with(|s| s.set(None));
+        }
+    }
+}
+
+/// Whether the deliberate bug `name` is selected (always `false` unless
+/// built with `--cfg orcwire_loom_broken`: the loom models' must-fail
+/// variants).
+#[inline(always)]
+pub fn is_broken(name: &str) -> bool {
+    #[cfg(orcwire_loom_broken)]
+    {
+        broken::is(name)
+    }
+    #[cfg(not(orcwire_loom_broken))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 /// Reference counting is std's under both backings: loom's `Arc` cannot
 /// hold unsized values (`Arc<dyn Transport>`), and a reference count is not
 /// one of the protocols this crate asks loom to check.

@@ -332,7 +332,7 @@ fn recv_once(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(orcwire_loom)))]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;

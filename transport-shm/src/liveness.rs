@@ -317,7 +317,7 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(orcwire_loom)))]
 mod tests {
     use super::*;
     use crate::fdpass::socket_pair;

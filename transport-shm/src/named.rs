@@ -452,7 +452,7 @@ fn is_alive(pid: libc::pid_t) -> bool {
     rc == 0 || Errno::last() != Errno::ESRCH
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(orcwire_loom)))]
 mod tests {
     use super::*;
 

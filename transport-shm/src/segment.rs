@@ -421,7 +421,7 @@ pub fn dup2_for_exec(src: RawFd, target: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(orcwire_loom)))]
 mod tests {
     use super::*;
 

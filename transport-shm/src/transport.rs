@@ -484,6 +484,11 @@ impl Transport for ShmTransport {
                 return Ok(Received::Message(m));
             }
             if self.peer_state()? {
+                if crate::sync::is_broken("handshake") {
+                    // Loom must-fail variant: hang up without draining what
+                    // the peer published before its bit.
+                    return Err(TransportError::PeerHungUp);
+                }
                 // Everything the peer published before its bit is visible.
                 if let Some(m) = self.try_take(&mut consumer)? {
                     return Ok(Received::Message(m));
