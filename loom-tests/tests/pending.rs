@@ -1,8 +1,8 @@
 //! The pending-call table: a result racing a disconnect.
 //!
-//! Call 1 gets a result from the reader thread while a disconnecting
-//! thread fails every call; call 2 never gets a result; call 3 is
-//! registered (and polled) while the disconnect runs. Each call's future
+//! Calls 1 and 2 each get a result from a reader thread of their own
+//! while a disconnecting thread fails every call; call 3 is registered
+//! (and polled) while the disconnect runs. Each call's future
 //! is polled before the race, so it holds a counting waker. Proves: once
 //! the reader and the disconnecter are done, every call is complete — with
 //! its result or with `Disconnected` — and its waker was woken exactly
@@ -84,14 +84,15 @@ impl Watched {
 fn result_races_disconnect() {
     let table = Arc::new(Table::new());
     let (seq1, call1) = table.register().unwrap();
-    let (_seq2, call2) = table.register().unwrap();
+    let (seq2, call2) = table.register().unwrap();
     let (mut call1, mut call2) = (Watched::new(call1), Watched::new(call2));
     assert!(call1.poll().is_pending() && call2.poll().is_pending());
 
-    let reader = {
+    let reader = |seq: u64, payload: &'static [u8]| {
         let table = Arc::clone(&table);
-        thread::spawn(move || table.complete(seq1, Ok(WrapperFunctionBuffer::from(&b"r1"[..]))))
+        thread::spawn(move || table.complete(seq, Ok(WrapperFunctionBuffer::from(payload))))
     };
+    let (reader1, reader2) = (reader(seq1, b"r1"), reader(seq2, b"r2"));
     let disconnecter = {
         let table = Arc::clone(&table);
         thread::spawn(move || table.fail_all(CallError::Disconnected))
@@ -101,15 +102,17 @@ fn result_races_disconnect() {
         let first = watched.poll();
         (watched, first)
     });
-    let delivered = reader.join().unwrap();
+    let delivered1 = reader1.join().unwrap();
+    let delivered2 = reader2.join().unwrap();
     disconnecter.join().unwrap();
 
-    match (call1.settled(true), delivered) {
-        (Ok(buf), true) => assert_eq!(buf.as_slice(), b"r1"),
-        (Err(CallError::Disconnected), false) => {}
-        other => panic!("call 1 did not complete exactly once: {other:?}"),
+    for (call, delivered, payload) in [(call1, delivered1, b"r1"), (call2, delivered2, b"r2")] {
+        match (call.settled(true), delivered) {
+            (Ok(buf), true) => assert_eq!(buf.as_slice(), payload),
+            (Err(CallError::Disconnected), false) => {}
+            other => panic!("a call did not complete exactly once: {other:?}"),
+        }
     }
-    assert_eq!(call2.settled(true).unwrap_err(), CallError::Disconnected);
     match call3 {
         Err(e) => assert_eq!(e, CallError::Disconnected),
         Ok((_, Poll::Ready(r))) => assert_eq!(r.unwrap_err(), CallError::Disconnected),
