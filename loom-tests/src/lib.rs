@@ -134,35 +134,3 @@ where
     let _selected = orcwire::sync::broken::select(bug);
     model(f);
 }
-
-/// Polls `future` to completion on this (modelled) thread, parking
-/// between polls; the future's waker unparks it. A future nobody ever
-/// wakes leaves the thread parked, which loom reports as a deadlock
-/// instead of spinning forever.
-#[cfg(orcwire_loom)]
-pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use orcwire::sync::{thread, Arc};
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Unparker(thread::Thread);
-    impl Wake for Unparker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    let waker = Waker::from(Arc::new(Unparker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        // An unpark that came before this park is kept, so a wake between
-        // the poll and here is not lost.
-        thread::park();
-    }
-}
