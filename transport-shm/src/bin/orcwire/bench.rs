@@ -45,8 +45,10 @@ fn parse(args: &[String]) -> Result<BenchOptions, String> {
             }
             "--only" => only = Some(value("--only")?),
             "--payloads" => {
-                config.payloads = value("--payloads")?
+                let list = value("--payloads")?;
+                config.payloads = list
                     .split(',')
+                    .filter(|p| !p.is_empty() && *p != "none")
                     .map(|p| p.parse::<usize>())
                     .collect::<Result<_, _>>()
                     .map_err(|_| "--payloads takes comma-separated byte counts".to_string())?;
