@@ -47,6 +47,9 @@ const RESP: usize = REQ + MAX_PAYLOAD;
 const SEGMENT_LEN: usize = RESP + MAX_PAYLOAD;
 /// `len` value that tells the child to exit.
 const QUIT: u64 = u64::MAX;
+/// Spins after which a spinning waiter counts as idle and naps (some
+/// milliseconds; a timed round trip never comes near it).
+const IDLE_SPINS: u32 = 1 << 22;
 /// Longest a caller waits for one answer before declaring the child stuck.
 const STUCK: Duration = Duration::from_secs(10);
 
@@ -174,10 +177,18 @@ fn wait_for(
             if !alive() {
                 return None;
             }
-        } else {
+        } else if spins < IDLE_SPINS {
             spin_loop();
-            spins = spins.wrapping_add(1);
+            spins += 1;
             if spins % (1 << 16) == 0 && !alive() {
+                return None;
+            }
+        } else {
+            // Idle (other cases are running): nap on the word, and look
+            // at it every millisecond (the spin floor's caller never calls
+            // FUTEX_WAKE, so that stays out of its round trip).
+            futex_wait(word, old, Duration::from_millis(1));
+            if !alive() {
                 return None;
             }
         }

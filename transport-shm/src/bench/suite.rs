@@ -113,6 +113,12 @@ pub fn ratios(all: &[CaseResult], case: &CaseResult) -> Ratios {
 /// thread first when `config.pinning` says so (threads started later
 /// inherit the CPU).
 ///
+/// Every child is started first and kept for the whole run, and the
+/// cases run size by size with every transport in turn, so the cases a
+/// ratio compares are measured seconds apart, not minutes (this machine
+/// is noisy). Idle children sleep. The results come back grouped by
+/// transport.
+///
 /// # Errors
 /// The first [`BenchError`]: a child that could not start, a failed call,
 /// a wrong result.
@@ -123,14 +129,38 @@ pub fn run_suite(
     if let Some(p) = config.pinning {
         pin_current_thread(p.controller).map_err(BenchError::Call)?;
     }
-    let mut results = Vec::new();
+    let mut peers = Vec::with_capacity(config.transports.len());
+    let mut outcome = Ok(());
     for &kind in &config.transports {
-        let mut peer = Peer::spawn(kind, config.pinning.map(|p| p.child))?;
-        let run = run_kind(&mut peer, config, &mut results, on_case);
-        let finished = peer.finish();
-        run?;
-        finished?;
+        match Peer::spawn(kind, config.pinning.map(|p| p.child)) {
+            Ok(p) => peers.push(p),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
     }
+    let mut results = Vec::new();
+    if outcome.is_ok() {
+        outcome = run_interleaved(&mut peers, config, &mut results, on_case);
+    }
+    for peer in peers {
+        let finished = peer.finish();
+        if outcome.is_ok() {
+            outcome = finished;
+        }
+    }
+    outcome?;
+    let order = |c: &CaseResult| {
+        let t = config.transports.iter().position(|&k| k == c.transport);
+        let (m, threads) = match c.mode {
+            Mode::Rtt => (0, 0),
+            Mode::Throughput { threads, .. } => (1, threads),
+        };
+        let d = usize::from(c.direction == Direction::ToController);
+        (t, m, d, c.payload, threads)
+    };
+    results.sort_by_key(order);
     Ok(results)
 }
 
@@ -145,65 +175,85 @@ fn calls_for(time: Duration, per_call_ns: f64, min: usize, max: usize) -> usize 
     ((time.as_nanos() as f64 / per_call_ns) as usize).clamp(min, max.max(min))
 }
 
-fn run_kind(
-    peer: &mut Peer,
+fn run_interleaved(
+    peers: &mut [Peer],
     config: &SuiteConfig,
     results: &mut Vec<CaseResult>,
     on_case: &mut dyn FnMut(&CaseResult),
 ) -> Result<(), BenchError> {
-    let kind = peer.kind();
-    let (directions, payloads) = if kind.is_floor() {
-        let mut p = vec![0];
-        p.extend(&config.payloads);
-        (vec![Direction::ToExecutor], p)
-    } else {
-        (config.directions.clone(), config.payloads.clone())
+    let mut record = |case: CaseResult| {
+        on_case(&case);
+        results.push(case);
     };
-    for &direction in &directions {
-        for &payload in &payloads {
-            // Calibrate on a few calls, warm up for a tenth of the case
-            // time, then time enough calls to fill it.
-            let probe = peer.rtt(direction, payload, 5)?;
-            let warm = calls_for(config.case_time / 10, mean_ns(&probe), 5, 20_000);
-            let warm = peer.rtt(direction, payload, warm)?;
-            let n = calls_for(config.case_time, mean_ns(&warm), 20, config.max_calls);
-            let samples = peer.rtt(direction, payload, n)?;
-            let busy = Duration::from_nanos(samples.iter().sum());
-            let case = CaseResult {
-                transport: kind,
-                direction,
-                payload,
-                mode: Mode::Rtt,
-                summary: Summary::new(samples, busy),
-            };
-            on_case(&case);
-            results.push(case);
+    let mut sizes = vec![0];
+    sizes.extend(&config.payloads);
+    for &direction in &config.directions {
+        for &payload in &sizes {
+            for peer in peers.iter_mut() {
+                let kind = peer.kind();
+                // Floors run controller → child only (they are
+                // symmetric); payload 0 is the floors' bare ping-pong.
+                if kind.is_floor() && direction != Direction::ToExecutor
+                    || payload == 0 && !kind.is_floor()
+                {
+                    continue;
+                }
+                record(rtt_case(peer, direction, payload, config)?);
+            }
         }
     }
-    if kind.is_floor() {
-        return Ok(());
-    }
-    let payload = config.throughput_payload;
-    for &direction in &directions {
+    for &direction in &config.directions {
         for &threads in &config.thread_counts {
-            let window = config.window;
-            let min = threads * window * 4;
-            let (probe, took) = peer.throughput(direction, payload, threads, window, min)?;
-            let per_call = took.as_nanos() as f64 / probe.len().max(1) as f64;
-            let n = calls_for(config.case_time, per_call.max(1.0), min, config.max_calls);
-            let (samples, elapsed) = peer.throughput(direction, payload, threads, window, n)?;
-            let case = CaseResult {
-                transport: kind,
-                direction,
-                payload,
-                mode: Mode::Throughput { threads, window },
-                summary: Summary::new(samples, elapsed),
-            };
-            on_case(&case);
-            results.push(case);
+            for peer in peers.iter_mut().filter(|p| !p.kind().is_floor()) {
+                record(throughput_case(peer, direction, threads, config)?);
+            }
         }
     }
     Ok(())
+}
+
+/// Calibrates on a few calls, warms up for a tenth of the case time,
+/// then times enough calls to fill it.
+fn rtt_case(
+    peer: &mut Peer,
+    direction: Direction,
+    payload: usize,
+    config: &SuiteConfig,
+) -> Result<CaseResult, BenchError> {
+    let probe = peer.rtt(direction, payload, 5)?;
+    let warm = calls_for(config.case_time / 10, mean_ns(&probe), 5, 20_000);
+    let warm = peer.rtt(direction, payload, warm)?;
+    let n = calls_for(config.case_time, mean_ns(&warm), 20, config.max_calls);
+    let samples = peer.rtt(direction, payload, n)?;
+    let busy = Duration::from_nanos(samples.iter().sum());
+    Ok(CaseResult {
+        transport: peer.kind(),
+        direction,
+        payload,
+        mode: Mode::Rtt,
+        summary: Summary::new(samples, busy),
+    })
+}
+
+fn throughput_case(
+    peer: &mut Peer,
+    direction: Direction,
+    threads: usize,
+    config: &SuiteConfig,
+) -> Result<CaseResult, BenchError> {
+    let (payload, window) = (config.throughput_payload, config.window);
+    let min = threads * window * 4;
+    let (probe, took) = peer.throughput(direction, payload, threads, window, min)?;
+    let per_call = took.as_nanos() as f64 / probe.len().max(1) as f64;
+    let n = calls_for(config.case_time, per_call.max(1.0), min, config.max_calls);
+    let (samples, elapsed) = peer.throughput(direction, payload, threads, window, n)?;
+    Ok(CaseResult {
+        transport: peer.kind(),
+        direction,
+        payload,
+        mode: Mode::Throughput { threads, window },
+        summary: Summary::new(samples, elapsed),
+    })
 }
 
 fn json_number(v: Option<f64>) -> String {
