@@ -334,9 +334,17 @@ impl Inner {
                     rx.leader = Leader::Caller;
                     drop(rx);
                     let deferred = self.lead_once(deadline, done);
-                    self.release_lead();
-                    self.run_deferred(deferred);
                     rx = lock(&self.rx);
+                    rx.leader = Leader::None;
+                    self.notify_followers(&rx);
+                    if !deferred.is_empty() {
+                        // Tasks and disconnects run outside both the lead
+                        // and the lock; with nothing to run (the lone
+                        // caller's usual turn) one lock hands the lead back.
+                        drop(rx);
+                        self.run_deferred(deferred);
+                        rx = lock(&self.rx);
+                    }
                 }
                 Leader::Reader => {
                     if !rx.interrupted {
@@ -371,8 +379,11 @@ impl Inner {
         let mut more = matches!(got, Ok(Received::Message(_)));
         let mut out = self.route(got);
         let mut taken = 1;
+        // One clock read per turn: any deadline already past means "take
+        // only what has arrived".
+        let now = more.then(Instant::now);
         while more && taken < LEAD_BATCH && !done() {
-            let got = self.transport.recv(Some(Instant::now()));
+            let got = self.transport.recv(now);
             more = matches!(got, Ok(Received::Message(_)));
             out.extend(self.route(got));
             taken += 1;
