@@ -66,7 +66,16 @@ fn help_documents_both_roles() {
     let out = run(&["--help"], Duration::from_secs(10));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["demo", "executor", "--wait", "--connect", "--dispatch"] {
+    for word in [
+        "demo",
+        "executor",
+        "--wait",
+        "--connect",
+        "--dispatch",
+        "orcwire bench",
+        "--quick",
+        "--json",
+    ] {
         assert!(text.contains(word), "--help does not mention {word}");
     }
 }
@@ -78,6 +87,9 @@ fn bad_usage_is_refused_with_exit_2() {
         &["--wait", "sometimes"],
         &["--ring", "1000"],
         &["demo", "--calls"],
+        &["bench", "--json"],
+        &["bench", "--wait", "sometimes"],
+        &["bench", "--frobnicate"],
     ] {
         let out = run(args, Duration::from_secs(10));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
