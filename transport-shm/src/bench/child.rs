@@ -154,9 +154,21 @@ fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
     let endpoint = ExecutorBuilder::new()
         .dispatcher(Arc::new(InlineTaskDispatcher::new()))
         .sync_function("echo", WrapperFunctionBuffer::from_slice)
-        .sync_function("drive", move |args: &[u8]| match me_for_drive.get() {
-            Some(ep) => peer::drive(ep, args),
-            None => WrapperFunctionBuffer::out_of_band_error("executor not connected yet"),
+        .sync_function("drive", move |args: &[u8]| {
+            // The controller may call as soon as it has our Setup, before
+            // `connect` has returned here and the endpoint is stored.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(ep) = me_for_drive.get() {
+                    return peer::drive(ep, args);
+                }
+                if Instant::now() > deadline {
+                    return WrapperFunctionBuffer::out_of_band_error(
+                        "the executor's endpoint was not ready within 10 s",
+                    );
+                }
+                crate::sync::thread::sleep(Duration::from_micros(100));
+            }
         })
         .controller_handler("ctl_echo")
         .connect(transport)
