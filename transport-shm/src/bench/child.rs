@@ -4,7 +4,6 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitCode};
-use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, Transport, WrapperFunctionBuffer};
 
 use crate::launch::attach_inherited;
-use crate::sync::Arc;
+use crate::sync::{lock, Arc, Condvar, Mutex};
 
 use super::{floor, peer, pin, BenchError, TransportKind};
 
@@ -174,11 +173,23 @@ fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
         .connect(transport)
         .map_err(|e| e.to_string())?;
     let _ = me.set(endpoint.clone());
-    let (tx, rx) = mpsc::channel();
+    // Serve until the connection ends (the controller disconnects, or dies:
+    // then the liveness channel or end of stream ends it).
+    let ended: Arc<(Mutex<Option<DisconnectReason>>, Condvar)> =
+        Arc::new((Mutex::new(None), Condvar::new()));
+    let ended_cb = Arc::clone(&ended);
     endpoint.on_disconnect(move |reason| {
-        let _ = tx.send(reason.clone());
+        *lock(&ended_cb.0) = Some(reason.clone());
+        ended_cb.1.notify_all();
     });
-    match rx.recv().unwrap_or(DisconnectReason::Local) {
+    let mut reason = lock(&ended.0);
+    while reason.is_none() {
+        reason = match ended.1.wait(reason) {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+    }
+    match reason.take().unwrap_or(DisconnectReason::Local) {
         DisconnectReason::Local | DisconnectReason::PeerHungUp => Ok(()),
         other => Err(format!("connection ended: {other}")),
     }
