@@ -432,8 +432,14 @@ impl TaskDispatcher for InlineTaskDispatcher {
             st.in_progress += 1;
         }
         run_task(self.id(), task, &self.panicked);
-        sync::lock(&self.state).in_progress -= 1;
-        self.idle.notify_all();
+        let mut st = sync::lock(&self.state);
+        st.in_progress -= 1;
+        // Only `shutdown` waits on `idle`, and only once it has set
+        // `shutting_down` (under this lock): skip the wake-up (a system
+        // call per task) otherwise.
+        if st.shutting_down {
+            self.idle.notify_all();
+        }
     }
 
     fn shutdown(&self) {

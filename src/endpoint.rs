@@ -43,7 +43,7 @@ pub use crate::engine::{DisconnectReason, EndpointConfig};
 use crate::engine::{Driver, Inner};
 use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
-use crate::pending::{CallError, PendingCall};
+use crate::pending::{CallError, PendingCall, WaitDriver};
 use crate::sps::{self, SetupInfo};
 use crate::sync::Arc;
 use crate::transport::{Received, Transport, TransportError};
@@ -352,6 +352,9 @@ impl Drop for Owner {
 pub struct Endpoint {
     inner: Arc<Inner>,
     role: Role,
+    /// Shared by every call's handle (one allocation per endpoint, not
+    /// per call).
+    driver: Arc<dyn WaitDriver>,
     _owner: Arc<Owner>,
 }
 
@@ -370,6 +373,7 @@ impl Endpoint {
         inner.start_reader()?;
         Ok(Self {
             _owner: Arc::new(Owner(Arc::clone(&inner))),
+            driver: Arc::new(Driver(Arc::clone(&inner))),
             inner,
             role,
         })
@@ -430,11 +434,7 @@ impl Endpoint {
             let _ = inner.pending.complete(seq, Err(err.clone()));
             return Err(err);
         }
-        Ok(PendingCall::new(
-            seq,
-            slot,
-            Arc::new(Driver(Arc::clone(inner))),
-        ))
+        Ok(PendingCall::new(seq, slot, Arc::clone(&self.driver)))
     }
 
     /// Calls `tag` and waits for the result: `call(tag, args)?.wait()`.

@@ -132,6 +132,9 @@ struct RxState {
     dead: bool,
     /// The reader thread must exit.
     stop: bool,
+    /// Followers parked on `rx_cv` right now: a notify with nobody parked
+    /// is skipped (it would cost a system call per hand-over).
+    parked: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +169,11 @@ pub(crate) struct Inner {
     pub(crate) setup: SetupInfo,
     rx: Mutex<RxState>,
     rx_cv: Condvar,
+    /// Where the reader thread sleeps. Callers never wake it on their hot
+    /// path (a wake-up per call, and on a shared CPU a context switch, was
+    /// most of a round trip): it looks again every `reader_grace` while
+    /// callers drive, and is woken only by `kick` and shutdown.
+    reader_cv: Condvar,
     conn: Mutex<ConnState>,
     conn_cv: Condvar,
     on_disconnect: Mutex<Vec<DisconnectCallback>>,
@@ -194,8 +202,10 @@ impl Inner {
                 idle_since: None,
                 dead: false,
                 stop: false,
+                parked: 0,
             }),
             rx_cv: Condvar::new(),
+            reader_cv: Condvar::new(),
             conn: Mutex::new(ConnState {
                 phase: Phase::Open,
                 peer_gone: false,
@@ -215,25 +225,46 @@ impl Inner {
             .map(drop)
     }
 
-    /// Wakes every thread parked on `rx_cv` so it re-checks its condition.
+    /// Wakes every thread parked on `rx_cv` and the reader so they
+    /// re-check their conditions.
     fn kick(&self) {
         let _g = lock(&self.rx);
         self.rx_cv.notify_all();
+        self.reader_cv.notify_all();
     }
 
+    /// Wakes the followers, if any is parked.
+    fn notify_followers(&self, rx: &RxState) {
+        if rx.parked > 0 {
+            self.rx_cv.notify_all();
+        }
+    }
+
+    /// Parks a follower on `rx_cv` (counted in `parked`).
     fn wait_rx<'a>(
         &self,
+        mut g: MutexGuard<'a, RxState>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, RxState> {
+        g.parked += 1;
+        let mut g = Self::wait_on(&self.rx_cv, g, until);
+        g.parked -= 1;
+        g
+    }
+
+    fn wait_on<'a>(
+        cv: &Condvar,
         g: MutexGuard<'a, RxState>,
         until: Option<Instant>,
     ) -> MutexGuard<'a, RxState> {
         match until {
-            None => match self.rx_cv.wait(g) {
+            None => match cv.wait(g) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             },
             Some(t) => {
                 let d = t.saturating_duration_since(Instant::now());
-                match self.rx_cv.wait_timeout(g, d) {
+                match cv.wait_timeout(g, d) {
                     Ok((g, _)) => g,
                     Err(p) => p.into_inner().0,
                 }
@@ -252,13 +283,16 @@ impl Inner {
                     match rx.idle_since {
                         Some(t) if t.elapsed() < self.config.reader_grace => {
                             let until = t + self.config.reader_grace;
-                            rx = self.wait_rx(rx, Some(until));
+                            rx = Self::wait_on(&self.reader_cv, rx, Some(until));
                             continue;
                         }
                         _ => break,
                     }
                 }
-                rx = self.wait_rx(rx, None);
+                // Callers are driving; they do not wake us when they
+                // leave, so look again after a grace period.
+                let poll = self.config.reader_grace.max(Duration::from_micros(100));
+                rx = Self::wait_on(&self.reader_cv, rx, Some(Instant::now() + poll));
             }
             rx.leader = Leader::Reader;
             rx.interrupted = false;
@@ -272,7 +306,8 @@ impl Inner {
     fn release_lead(&self) {
         let mut rx = lock(&self.rx);
         rx.leader = Leader::None;
-        self.rx_cv.notify_all();
+        // Only followers wait for a free lead: the reader polls.
+        self.notify_followers(&rx);
     }
 
     /// Drives the inbound side (or waits for whoever does) until `done()`
@@ -299,9 +334,17 @@ impl Inner {
                     rx.leader = Leader::Caller;
                     drop(rx);
                     let deferred = self.lead_once(deadline, done);
-                    self.release_lead();
-                    self.run_deferred(deferred);
                     rx = lock(&self.rx);
+                    rx.leader = Leader::None;
+                    self.notify_followers(&rx);
+                    if !deferred.is_empty() {
+                        // Tasks and disconnects run outside both the lead
+                        // and the lock; with nothing to run (the lone
+                        // caller's usual turn) one lock hands the lead back.
+                        drop(rx);
+                        self.run_deferred(deferred);
+                        rx = lock(&self.rx);
+                    }
                 }
                 Leader::Reader => {
                     if !rx.interrupted {
@@ -315,8 +358,9 @@ impl Inner {
         }
         rx.waiters -= 1;
         if rx.waiters == 0 {
+            // Nobody else is in here to wake; the reader notices the idle
+            // connection by itself (see `reader_cv`).
             rx.idle_since = Some(Instant::now());
-            self.rx_cv.notify_all();
         }
     }
 
@@ -335,8 +379,11 @@ impl Inner {
         let mut more = matches!(got, Ok(Received::Message(_)));
         let mut out = self.route(got);
         let mut taken = 1;
+        // One clock read per turn: any deadline already past means "take
+        // only what has arrived".
+        let now = more.then(Instant::now);
         while more && taken < LEAD_BATCH && !done() {
-            let got = self.transport.recv(Some(Instant::now()));
+            let got = self.transport.recv(now);
             more = matches!(got, Ok(Received::Message(_)));
             out.extend(self.route(got));
             taken += 1;
@@ -546,6 +593,7 @@ impl Inner {
             rx.stop = true;
             rx.dead = true;
             self.rx_cv.notify_all();
+            self.reader_cv.notify_all();
         }
         let callbacks = {
             let mut cbs = lock(&self.on_disconnect);

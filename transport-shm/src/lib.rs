@@ -9,6 +9,9 @@
 //! or accepting an executor, and attaching as one).
 #![deny(missing_docs)]
 
+#[cfg(not(orcwire_loom))]
+#[doc(hidden)]
+pub mod bench;
 pub mod fdpass;
 pub mod launch;
 

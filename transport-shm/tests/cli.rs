@@ -66,7 +66,16 @@ fn help_documents_both_roles() {
     let out = run(&["--help"], Duration::from_secs(10));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["demo", "executor", "--wait", "--connect", "--dispatch"] {
+    for word in [
+        "demo",
+        "executor",
+        "--wait",
+        "--connect",
+        "--dispatch",
+        "orcwire bench",
+        "--quick",
+        "--json",
+    ] {
         assert!(text.contains(word), "--help does not mention {word}");
     }
 }
@@ -78,6 +87,9 @@ fn bad_usage_is_refused_with_exit_2() {
         &["--wait", "sometimes"],
         &["--ring", "1000"],
         &["demo", "--calls"],
+        &["bench", "--json"],
+        &["bench", "--wait", "sometimes"],
+        &["bench", "--frobnicate"],
     ] {
         let out = run(args, Duration::from_secs(10));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -95,4 +107,132 @@ fn an_executor_started_by_hand_explains_what_is_missing() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ORCWIRE_SHM_FDS"), "{err}");
+}
+
+/// The values of one flat JSON object (`"key": value` pairs, no nesting),
+/// as raw text without quotes.
+fn flat_object(text: &str) -> std::collections::HashMap<String, String> {
+    text.trim()
+        .trim_start_matches('{')
+        .trim_end_matches(',')
+        .trim_end_matches('}')
+        .split(", \"")
+        .map(|pair| {
+            let (k, v) = pair.split_once(": ").expect("key: value");
+            (
+                k.trim_matches('"').to_string(),
+                v.trim().trim_matches('"').to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn bench_quick_writes_one_checked_json_object_per_case() {
+    let dir = std::env::temp_dir().join(format!("orcwire-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("bench.json");
+    // --case-ms (not in --help) shortens every case so the test stays
+    // bounded in a debug build; the cases are those of --quick.
+    let out = run(
+        &[
+            "bench",
+            "--quick",
+            "--case-ms",
+            "10",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        assert!(
+            stdout.contains("pinned: controller process on CPU"),
+            "{stdout}"
+        );
+    }
+    for column in [
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "calls/s",
+        "÷floor",
+        "vs pipe",
+    ] {
+        assert!(stdout.contains(column), "no {column:?} column:\n{stdout}");
+    }
+
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let body = json.trim();
+    assert!(body.starts_with('[') && body.ends_with(']'), "{json}");
+    let objects: Vec<_> = body[1..body.len() - 1]
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(flat_object)
+        .collect();
+    let allowed = [
+        "shm-spin",
+        "shm-balanced",
+        "shm-block",
+        "pipe",
+        "uds",
+        "floor-spin",
+        "floor-futex",
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for o in &objects {
+        for key in [
+            "transport",
+            "direction",
+            "payload",
+            "mode",
+            "p50_ns",
+            "p99_ns",
+            "p999_ns",
+            "ops_per_s",
+        ] {
+            assert!(o.contains_key(key), "{key} missing from {o:?}");
+        }
+        let t = o["transport"].as_str();
+        assert!(allowed.contains(&t), "unknown transport {t}");
+        assert!(
+            ["to-executor", "to-controller"].contains(&o["direction"].as_str()),
+            "{o:?}"
+        );
+        assert!(["rtt", "throughput"].contains(&o["mode"].as_str()), "{o:?}");
+        let payload: u64 = o["payload"].parse().unwrap();
+        // Payload 0 is only the floors' bare ping-pong.
+        assert!(payload > 0 || t.starts_with("floor-"), "{o:?}");
+        for key in ["p50_ns", "p99_ns", "p999_ns", "ops_per_s"] {
+            let v: f64 = o[key].parse().unwrap();
+            assert!(v > 0.0, "{key} = {v} in {o:?}");
+        }
+        let p50: f64 = o["p50_ns"].parse().unwrap();
+        let p999: f64 = o["p999_ns"].parse().unwrap();
+        assert!(p50 <= p999, "{o:?}");
+        seen.insert((t.to_string(), o["direction"].clone(), o["mode"].clone()));
+    }
+    for t in allowed {
+        assert!(seen.iter().any(|(s, _, _)| s == t), "no {t} case");
+    }
+    for d in ["to-executor", "to-controller"] {
+        for m in ["rtt", "throughput"] {
+            assert!(
+                seen.iter()
+                    .any(|(t, dd, mm)| t.starts_with("shm-") && dd == d && mm == m),
+                "no shm {d} {m} case"
+            );
+        }
+    }
+    // 7 transports: floors 2 × 6 sizes, 5 × (5 sizes × 2 directions + 4
+    // throughput cases).
+    assert_eq!(objects.len(), 12 + 5 * 14, "{json}");
 }

@@ -2,6 +2,7 @@
 //!
 //! Run `orcwire --help` for the commands.
 
+mod bench;
 mod common;
 mod demo;
 mod executor;
@@ -22,6 +23,17 @@ USAGE:
                                     ExecutorCommand), or to a controller
                                     listening on --connect PATH; serve until
                                     the controller disconnects or dies
+    orcwire bench [--quick] [--json PATH] [--wait spin|balanced|block]
+                                    measure every transport next to the
+                                    pipe transport and the raw floor (an
+                                    atomic ping-pong over a memfd) in one
+                                    run: round trips of 8 B .. 1 MiB both
+                                    ways, pipelined calls from 1 and 4
+                                    threads; prints p50/p99/p99.9, calls/s
+                                    and the ratios. --quick: under 60 s;
+                                    --json: one object per case; --wait:
+                                    only that shm preset; --no-pin: leave
+                                    CPU placement to the scheduler
     orcwire --help                  this text
 
 OPTIONS (both roles):
@@ -51,6 +63,10 @@ demos). It calls the controller handlers ctl_echo and log.
 ";
 
 fn main() -> ExitCode {
+    // A child of `orcwire bench` serves its case and nothing else.
+    if let Some(code) = orcwire_shm::bench::run_child_if_requested() {
+        return code;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{HELP}");
@@ -59,6 +75,7 @@ fn main() -> ExitCode {
     let (cmd, rest) = match args.first().map(String::as_str) {
         Some("demo") => ("demo", &args[1..]),
         Some("executor") => ("executor", &args[1..]),
+        Some("bench") => return bench::run(&args[1..]),
         Some(a) if !a.starts_with('-') => {
             eprintln!("orcwire: unknown command {a:?}; see `orcwire --help`");
             return ExitCode::from(2);

@@ -1,0 +1,198 @@
+//! Benchmark machinery shared by the criterion suite (`benches/` in the
+//! root package) and `orcwire bench`: what a case is, the two-process
+//! runners, the raw floor, percentile statistics, CPU pinning and the
+//! JSON report.
+//!
+//! This is tooling, not transport API: it is public so that the root
+//! package's benches and the `orcwire` binary share one implementation,
+//! and hidden from the crate docs' front page. Nothing in the transport
+//! depends on it.
+//!
+//! Every case runs between **two real processes**: the controller (the
+//! process that calls [`Peer::spawn`]) and a child that is this same
+//! executable re-run with the [`ENV_CHILD`] variable set. A program that
+//! uses this module must therefore call [`run_child_if_requested`] first
+//! thing in `main`; the child ignores its command line, so a bench
+//! harness's own arguments never reach it.
+//!
+//! The cases:
+//! * `shm-spin`, `shm-balanced`, `shm-block`: the shared-memory transport
+//!   under each [`WaitStrategy`](crate::WaitStrategy) preset (both sides
+//!   use the same preset), with inline dispatch.
+//! * `pipe`: the stream transport over two pipes, as LLVM's remote
+//!   executor runs; `uds`: the stream transport over a Unix socket pair.
+//! * `floor-spin`, `floor-futex`: the raw floor — an atomic ping-pong
+//!   over a memfd mapping between the same two processes, no framing.
+//!   Payload 0 is the bare ping-pong; any other payload adds its
+//!   copy-in/copy-out twin (the caller copies the argument in, the child
+//!   copies it out and the reply back in, the caller copies the reply
+//!   out). `floor-futex` is the same with a `FUTEX_WAIT`/`FUTEX_WAKE`
+//!   pair instead of spinning.
+//!
+//! Every case checks its results (echo contents, stamped with the call
+//! number) before and while it is timed; a wrong result is an error.
+//!
+//! Relies on: `launch` (the shared-memory child), `orcwire::stream`
+//! (pipe and socket children), `segment` (the floor's memfd), `nix` for
+//! `sched_setaffinity`, `libc` for the floor's futex.
+
+mod child;
+mod floor;
+mod peer;
+mod pin;
+mod stats;
+mod suite;
+
+pub use child::{run_child_if_requested, ENV_CHILD};
+pub use peer::Peer;
+pub use pin::{allowed_cpus, pin_current_thread, Pinning};
+pub use stats::{percentile_ns, Summary};
+pub use suite::{ratios, run_suite, to_json, CaseResult, Ratios, SuiteConfig};
+
+use std::fmt;
+
+/// The transports (and floors) a case can run over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Shared memory, [`WaitStrategy::lowest_latency`](crate::WaitStrategy::lowest_latency).
+    ShmSpin,
+    /// Shared memory, [`WaitStrategy::balanced`](crate::WaitStrategy::balanced).
+    ShmBalanced,
+    /// Shared memory, [`WaitStrategy::low_cpu`](crate::WaitStrategy::low_cpu).
+    ShmBlock,
+    /// The stream transport over two pipes.
+    Pipe,
+    /// The stream transport over a Unix socket pair.
+    Uds,
+    /// The raw floor, spinning.
+    FloorSpin,
+    /// The raw floor, futex wait/wake.
+    FloorFutex,
+}
+
+impl TransportKind {
+    /// Every kind, floors first (the order of a full run).
+    pub const ALL: [TransportKind; 7] = [
+        TransportKind::FloorSpin,
+        TransportKind::FloorFutex,
+        TransportKind::ShmSpin,
+        TransportKind::ShmBalanced,
+        TransportKind::ShmBlock,
+        TransportKind::Pipe,
+        TransportKind::Uds,
+    ];
+
+    /// The name used in tables and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TransportKind::ShmSpin => "shm-spin",
+            TransportKind::ShmBalanced => "shm-balanced",
+            TransportKind::ShmBlock => "shm-block",
+            TransportKind::Pipe => "pipe",
+            TransportKind::Uds => "uds",
+            TransportKind::FloorSpin => "floor-spin",
+            TransportKind::FloorFutex => "floor-futex",
+        }
+    }
+
+    /// Parses [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether this is one of the raw floors.
+    pub const fn is_floor(self) -> bool {
+        matches!(self, TransportKind::FloorSpin | TransportKind::FloorFutex)
+    }
+
+    /// The floor a transport is held to: the futex floor for the blocking
+    /// preset, the spin floor for everything else.
+    pub const fn floor(self) -> TransportKind {
+        match self {
+            TransportKind::ShmBlock | TransportKind::FloorFutex => TransportKind::FloorFutex,
+            _ => TransportKind::FloorSpin,
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which side makes the calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The controller calls the executor's `echo`.
+    ToExecutor,
+    /// The executor calls the controller's `ctl_echo` (and measures).
+    ToController,
+}
+
+impl Direction {
+    /// The name used in tables and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::ToExecutor => "to-executor",
+            Direction::ToController => "to-controller",
+        }
+    }
+}
+
+/// What a case measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One call at a time: round-trip latency.
+    Rtt,
+    /// `window` calls in flight from each of `threads` threads.
+    Throughput {
+        /// Calling threads.
+        threads: usize,
+        /// Calls each thread keeps in flight.
+        window: usize,
+    },
+}
+
+impl Mode {
+    /// `"rtt"` or `"throughput"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Rtt => "rtt",
+            Mode::Throughput { .. } => "throughput",
+        }
+    }
+}
+
+/// Why a benchmark could not run or produced a wrong result.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The child process could not be started or connected.
+    #[error("could not start the {kind} peer: {detail}")]
+    Start {
+        /// The transport.
+        kind: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// A call failed.
+    #[error("{0}")]
+    Call(String),
+    /// A result was wrong: the benchmark is measuring something broken.
+    #[error("wrong result: {0}")]
+    WrongResult(String),
+    /// The case is not supported by this transport.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The child did not behave (exit status, stuck).
+    #[error("the child process: {0}")]
+    Child(String),
+    /// Writing the report failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
