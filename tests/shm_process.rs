@@ -7,8 +7,8 @@
 
 mod common;
 
+use orcwire::sync::{AtomicBool, Ordering};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -452,34 +452,52 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
                 (r.data_offset, r.capacity)
             }
         };
-        // Callers keep the rings busy while the bytes are scribbled.
+        // Callers keep the rings busy from before the first scribble until
+        // well after the last, so both ends keep reading the damaged words
+        // (an index nobody reads before its owner rewrites it is harmless,
+        // and then nothing could notice it).
+        let stop = Arc::new(AtomicBool::new(false));
         let callers: Vec<_> = (0..2)
             .map(|t| {
-                let c = c.clone();
+                let (c, stop) = (c.clone(), Arc::clone(&stop));
                 thread::spawn(move || {
-                    for i in 0..2_000u64 {
-                        let arg = pseudo_random(t * 10_000 + i, 64);
-                        match c.call_sync(xor_tag, &arg) {
-                            // Noise that lands on payload bytes in flight
-                            // changes a result undetectably (there is no
-                            // checksum), so results are not compared here.
-                            Ok(_) => {}
-                            Err(_) => return,
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let arg = pseudo_random(t * 1_000_000 + i, 64);
+                        i += 1;
+                        // Noise that lands on payload bytes in flight
+                        // changes a result undetectably (there is no
+                        // checksum), so results are not compared here.
+                        if c.call_sync(xor_tag, &arg).is_err() {
+                            return;
                         }
                     }
                 })
             })
             .collect();
         let noise = pseudo_random(round + 7, len);
-        for chunk in 0..4 {
-            thread::sleep(Duration::from_millis(2));
+        let scribble = |chunk: usize| {
             for (i, b) in noise.iter().enumerate().skip(chunk).step_by(4) {
                 // SAFETY: `offset + i` lies inside the mapping (the layout
                 // was validated against its length); a volatile write of
                 // shared memory the peer also writes is the fault injected.
                 unsafe { mapping.base().add(offset + i).write_volatile(*b) };
             }
+        };
+        // Torn first (a quarter of the bytes at a time), then held: an
+        // index's owner rewrites it on every publish, which would heal a
+        // one-off scribble before the other side looked (harmlessly, but
+        // then there is nothing to notice).
+        for chunk in 0..4 {
+            thread::sleep(Duration::from_millis(2));
+            scribble(chunk);
         }
+        let until = Instant::now() + Duration::from_millis(20);
+        while Instant::now() < until {
+            (0..4).for_each(scribble);
+            thread::sleep(Duration::from_micros(200));
+        }
+        stop.store(true, Ordering::Relaxed);
         // Header and control blocks: the damage must end the connection.
         // Ring data may land in free space and go unnoticed; then we end it.
         for h in callers {

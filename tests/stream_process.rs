@@ -3,9 +3,9 @@
 
 mod common;
 
+use orcwire::sync::{AtomicUsize, Ordering};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
