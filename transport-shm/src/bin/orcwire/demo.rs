@@ -1,7 +1,7 @@
 //! `orcwire demo`: spawn this binary as the executor and call both ways.
 
+use orcwire::sync::thread;
 use std::process::{Command, ExitCode};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, WrapperFunctionBuffer};

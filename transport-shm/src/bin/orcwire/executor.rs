@@ -35,9 +35,19 @@ pub fn run(opts: &Options) -> ExitCode {
             WrapperFunctionBuffer::from_slice(&sum_reply(a))
         })
         .sync_function("call_controller", move |a: &[u8]| {
-            match me_for_calls.get() {
-                Some(ep) => call_controller(ep, a),
-                None => WrapperFunctionBuffer::out_of_band_error("executor not connected yet"),
+            // The controller may call as soon as it has our Setup, before
+            // `connect` has returned below and stored the endpoint.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(ep) = me_for_calls.get() {
+                    return call_controller(ep, a);
+                }
+                if Instant::now() >= deadline {
+                    return WrapperFunctionBuffer::out_of_band_error(
+                        "the executor's endpoint was not ready within 10 s",
+                    );
+                }
+                orcwire::sync::thread::sleep(Duration::from_micros(100));
             }
         })
         .sync_function("exit_now", |_a: &[u8]| std::process::exit(3))
