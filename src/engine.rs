@@ -135,7 +135,20 @@ struct RxState {
     /// Followers parked on `rx_cv` right now: a notify with nobody parked
     /// is skipped (it would cost a system call per hand-over).
     parked: usize,
+    /// Advanced each time the last caller leaves: tells the reader whether
+    /// the callers it sees driving are the same ones as last time it looked.
+    drive_epoch: u64,
+    /// How long the reader sleeps between looks while callers drive (zero
+    /// while it leads). Doubles while the same drive goes on, up to
+    /// [`MAX_READER_POLL`]; the last caller out wakes the reader only when
+    /// it is backed off that way (after a long call), never per call.
+    reader_poll: Duration,
 }
+
+/// The longest the reader sleeps between looks while one caller drives on
+/// (a call that takes seconds costs the reader a few dozen wake-ups, not
+/// thousands).
+const MAX_READER_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -203,6 +216,8 @@ impl Inner {
                 dead: false,
                 stop: false,
                 parked: 0,
+                drive_epoch: 0,
+                reader_poll: Duration::ZERO,
             }),
             rx_cv: Condvar::new(),
             reader_cv: Condvar::new(),
@@ -272,9 +287,16 @@ impl Inner {
         }
     }
 
+    /// The reader's first poll interval while callers drive.
+    fn reader_poll_base(&self) -> Duration {
+        self.config.reader_grace.max(Duration::from_micros(100))
+    }
+
     fn reader_loop(self: Arc<Self>) {
+        let base = self.reader_poll_base();
         loop {
             let mut rx = lock(&self.rx);
+            let mut looked_at: Option<u64> = None;
             loop {
                 if rx.stop || rx.dead {
                     return;
@@ -290,10 +312,18 @@ impl Inner {
                     }
                 }
                 // Callers are driving; they do not wake us when they
-                // leave, so look again after a grace period.
-                let poll = self.config.reader_grace.max(Duration::from_micros(100));
-                rx = Self::wait_on(&self.reader_cv, rx, Some(Instant::now() + poll));
+                // leave (unless we backed off), so look again later: soon
+                // while callers come and go, less often while one stays.
+                rx.reader_poll = if looked_at == Some(rx.drive_epoch) {
+                    (rx.reader_poll * 2).clamp(base, MAX_READER_POLL.max(base))
+                } else {
+                    base
+                };
+                looked_at = Some(rx.drive_epoch);
+                let until = Instant::now() + rx.reader_poll;
+                rx = Self::wait_on(&self.reader_cv, rx, Some(until));
             }
+            rx.reader_poll = Duration::ZERO;
             rx.leader = Leader::Reader;
             rx.interrupted = false;
             drop(rx);
@@ -359,8 +389,13 @@ impl Inner {
         rx.waiters -= 1;
         if rx.waiters == 0 {
             // Nobody else is in here to wake; the reader notices the idle
-            // connection by itself (see `reader_cv`).
+            // connection by itself (see `reader_cv`), unless it backed off
+            // during a long drive.
             rx.idle_since = Some(Instant::now());
+            rx.drive_epoch = rx.drive_epoch.wrapping_add(1);
+            if rx.reader_poll > self.reader_poll_base() {
+                self.reader_cv.notify_all();
+            }
         }
     }
 
