@@ -347,7 +347,8 @@ impl Peer {
         };
         let endpoint = ControllerBuilder::new()
             .dispatcher(Arc::new(InlineTaskDispatcher::new()))
-            .sync_handler("ctl_echo", WrapperFunctionBuffer::from_slice)
+            // Zero-copy echo, like the executor's `echo` (see child.rs).
+            .handler("ctl_echo", |args, responder| responder.respond(args))
             .connect(transport);
         let mut process = process;
         let endpoint = match endpoint {
