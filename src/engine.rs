@@ -135,8 +135,9 @@ struct RxState {
     /// Followers parked on `rx_cv` right now: a notify with nobody parked
     /// is skipped (it would cost a system call per hand-over).
     parked: usize,
-    /// Advanced each time the last caller leaves: tells the reader whether
-    /// the callers it sees driving are the same ones as last time it looked.
+    /// Advanced each time a caller leaves: tells the reader whether any
+    /// drive ended since it last looked (several pipelining callers keep
+    /// `waiters` above zero for long, but their drives keep ending).
     drive_epoch: u64,
     /// How long the reader sleeps between looks while callers drive (zero
     /// while it leads). Doubles while the same drive goes on, up to
@@ -313,7 +314,7 @@ impl Inner {
                 }
                 // Callers are driving; they do not wake us when they
                 // leave (unless we backed off), so look again later: soon
-                // while callers come and go, less often while one stays.
+                // while drives keep ending, less often while none does.
                 rx.reader_poll = if looked_at == Some(rx.drive_epoch) {
                     (rx.reader_poll * 2).clamp(base, MAX_READER_POLL.max(base))
                 } else {
@@ -387,12 +388,12 @@ impl Inner {
             }
         }
         rx.waiters -= 1;
+        rx.drive_epoch = rx.drive_epoch.wrapping_add(1);
         if rx.waiters == 0 {
             // Nobody else is in here to wake; the reader notices the idle
             // connection by itself (see `reader_cv`), unless it backed off
-            // during a long drive.
+            // because no drive ended for a while (a long call).
             rx.idle_since = Some(Instant::now());
-            rx.drive_epoch = rx.drive_epoch.wrapping_add(1);
             if rx.reader_poll > self.reader_poll_base() {
                 self.reader_cv.notify_all();
             }
