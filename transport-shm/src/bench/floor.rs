@@ -226,6 +226,7 @@ impl FloorPeer {
         let deadline = Instant::now() + STUCK;
         {
             let words = Words::new(&seg).map_err(start)?;
+            // SYNC POINT: floor child ready (Acquire side).
             while words.ready().load(Ordering::Acquire) == 0 {
                 if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
                     let _ = child.kill();
@@ -328,7 +329,11 @@ pub(super) fn serve(kind: TransportKind, fd: OwnedFd, parent: u32) -> Result<(),
     let mut buf = vec![0u8; MAX_PAYLOAD];
     // SAFETY: getppid has no preconditions.
     let alive = || u32::try_from(unsafe { libc::getppid() }).ok() == Some(parent);
+    // SYNC POINT: floor request (Acquire side): the round to start from.
     let mut last = words.ping().load(Ordering::Acquire);
+    // SYNC POINT: floor child ready (Release side): the child has mapped
+    // the segment and read the starting round before the caller's first
+    // request can be sent.
     words.ready().store(1, Ordering::Release);
     loop {
         let Some(round) = wait_for(words.ping(), last, futex, alive) else {
