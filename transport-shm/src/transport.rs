@@ -31,6 +31,14 @@
 //! * A protocol violation by the peer (a corrupt index or frame) closes
 //!   the transport and is reported as `Protocol` by every later call.
 //!
+//! Loom (`loom-tests/tests/handshake.rs`) checks the hang-up handshake
+//! over the state word with two threads as the two processes. It cannot
+//! check process death (covered by the `kill -9` tests in
+//! `tests/shm_process.rs`), nor a missing `Release` on the state word:
+//! loom makes every `Mutex` operation a `SeqCst` point, and `send`/`recv`
+//! each take their end's lock, so such a bug would be invisible to it; the
+//! `SYNC POINT` comments carry that argument instead.
+//!
 //! Relies on: [`crate::layout`] (init/validate, header words),
 //! [`crate::ring`], [`crate::wait`], and the `sync` shim.
 

@@ -40,6 +40,14 @@
 //! Loom does not model time: a timed wait there waits like an untimed one,
 //! and spin budgets should be given in iterations.
 //!
+//! What the loom model (`loom-tests/tests/futex.rs`) cannot check: the
+//! real syscall (its contract is futex(2): the value check and the enqueue
+//! are atomic under the bucket lock, which the mock copies), and `SeqCst`
+//! *accesses* (loom treats them as `AcqRel`; this protocol uses `SeqCst`
+//! fences only, which loom models). The real futex runs in the
+//! cross-process tests and the `--wait block` demo test, where a lost
+//! wake-up would be a hang caught by their timeouts.
+//!
 //! Relies on: the `sync` shim, `layout::SharedRef` for the words, `libc` for the
 //! futex system call (Linux only).
 
