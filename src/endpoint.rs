@@ -45,7 +45,7 @@ use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
 use crate::pending::{CallError, PendingCall, WaitDriver};
 use crate::sps::{self, SetupInfo};
-use crate::sync::Arc;
+use crate::sync::{lock, Arc};
 use crate::transport::{Received, Transport, TransportError};
 
 /// Why a connection could not be set up.
@@ -337,11 +337,18 @@ pub enum Role {
 }
 
 /// Disconnects when the last user handle is dropped.
-struct Owner(Arc<Inner>);
+struct Owner {
+    inner: Arc<Inner>,
+    /// False only for an endpoint that never started (its reader thread
+    /// could not be spawned): there is nothing to disconnect.
+    armed: bool,
+}
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        self.0.disconnect(DisconnectReason::Local);
+        if self.armed {
+            self.inner.disconnect(DisconnectReason::Local);
+        }
     }
 }
 
@@ -370,9 +377,33 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     fn start(inner: Arc<Inner>, role: Role) -> Result<Self, ConnectError> {
-        inner.start_reader()?;
+        let owner = Arc::new(Owner {
+            inner: Arc::clone(&inner),
+            armed: true,
+        });
+        // Before the reader runs, so that a handler of the very first call
+        // finds it (`Responder::endpoint`). Weak: it keeps nothing alive.
+        let weak = Arc::downgrade(&owner);
+        *lock(&inner.user_handle) = Some(Box::new(move || {
+            let owner = weak.upgrade()?;
+            let inner = Arc::clone(&owner.inner);
+            Some(Endpoint {
+                driver: Arc::new(Driver(Arc::clone(&inner))),
+                inner,
+                role,
+                _owner: owner,
+            })
+        }));
+        if let Err(e) = inner.start_reader() {
+            *lock(&inner.user_handle) = None;
+            // Nobody else can hold it yet: the reader never ran.
+            if let Ok(mut never_started) = Arc::try_unwrap(owner) {
+                never_started.armed = false;
+            }
+            return Err(e.into());
+        }
         Ok(Self {
-            _owner: Arc::new(Owner(Arc::clone(&inner))),
+            _owner: owner,
             driver: Arc::new(Driver(Arc::clone(&inner))),
             inner,
             role,

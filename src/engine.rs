@@ -191,7 +191,14 @@ pub(crate) struct Inner {
     conn: Mutex<ConnState>,
     conn_cv: Condvar,
     on_disconnect: Mutex<Vec<DisconnectCallback>>,
+    /// Makes a user handle ([`crate::Endpoint`]) while one is alive, for
+    /// [`Responder::endpoint`]. Set by `Endpoint::start` before the reader
+    /// runs; it holds only a weak reference, so it keeps nothing alive.
+    pub(crate) user_handle: Mutex<Option<UserHandleFn>>,
 }
+
+/// See [`Inner::user_handle`].
+pub(crate) type UserHandleFn = Box<dyn Fn() -> Option<crate::Endpoint> + Send + Sync>;
 
 impl Inner {
     pub(crate) fn new(
@@ -229,6 +236,7 @@ impl Inner {
             }),
             conn_cv: Condvar::new(),
             on_disconnect: Mutex::new(Vec::new()),
+            user_handle: Mutex::new(None),
         })
     }
 
@@ -676,6 +684,10 @@ impl Inner {
 }
 
 impl ResultSink for Inner {
+    fn endpoint(&self) -> Option<crate::Endpoint> {
+        lock(&self.user_handle).as_ref().and_then(|make| make())
+    }
+
     fn send_result(&self, seq: u64, result: WrapperFunctionBuffer) {
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.

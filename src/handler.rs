@@ -50,6 +50,8 @@ pub type HandlerFn = dyn Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 's
 /// Where a [`Responder`] sends its result.
 pub(crate) trait ResultSink: Send + Sync {
     fn send_result(&self, seq: u64, result: WrapperFunctionBuffer);
+    /// A user handle on the endpoint the call came in on, while one exists.
+    fn endpoint(&self) -> Option<crate::Endpoint>;
 }
 
 /// The one-shot right to answer an incoming call.
@@ -81,6 +83,55 @@ impl Responder {
     /// The sequence number of the call being answered.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The endpoint this call came in on, so a handler can call the peer
+    /// back (an executor function asking the controller for a symbol, say)
+    /// without having stored its endpoint anywhere: a call can arrive as
+    /// soon as the peer has the `Setup`, before `connect` has returned the
+    /// endpoint to whoever built it.
+    ///
+    /// `None` once every user handle of the endpoint has been dropped (it
+    /// is then disconnecting). The returned handle is a user handle like
+    /// any clone: while a handler holds it the connection does not
+    /// disconnect for lack of handles, so hold it only as long as needed.
+    ///
+    /// ```
+    /// use orcwire::{ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
+    /// use orcwire::stream::StreamConfig;
+    ///
+    /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
+    /// let executor = std::thread::spawn(move || {
+    ///     ExecutorBuilder::new()
+    ///         // Asks the controller's `double` and answers with its result.
+    ///         .function("via_controller", |args, responder| {
+    ///             let answer = match responder.endpoint() {
+    ///                 Some(ep) => {
+    ///                     let tag = ep.handler_tag("double").unwrap();
+    ///                     ep.call_sync(tag, args.as_slice()).unwrap()
+    ///                 }
+    ///                 None => WrapperFunctionBuffer::out_of_band_error("disconnected"),
+    ///             };
+    ///             responder.respond(answer);
+    ///         })
+    ///         .controller_handler("double")
+    ///         .connect(e_side)
+    ///         .unwrap()
+    /// });
+    /// let controller = ControllerBuilder::new()
+    ///     .sync_handler("double", |a: &[u8]| {
+    ///         WrapperFunctionBuffer::from_vec(a.iter().map(|b| b * 2).collect())
+    ///     })
+    ///     .connect(c_side)
+    ///     .unwrap();
+    /// let tag = controller.function_tag("via_controller").unwrap();
+    /// let out = controller.call_sync(tag, &[1, 2, 3]).unwrap();
+    /// assert_eq!(out.as_slice(), &[2, 4, 6]);
+    /// controller.disconnect();
+    /// executor.join().unwrap().disconnect();
+    /// ```
+    pub fn endpoint(&self) -> Option<crate::Endpoint> {
+        self.sink.as_ref()?.endpoint()
     }
 
     /// Sends `result` (bytes, or an out-of-band error) to the caller. If

@@ -384,3 +384,67 @@ fn disconnect_callbacks_run_once_even_when_registered_late() {
     });
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+/// A handler reaches its endpoint through the responder, even on the very
+/// first call (made as soon as the controller has the `Setup`), and calls
+/// the peer back with it; once every user handle is gone the responder
+/// gives none.
+#[test]
+fn a_handler_calls_back_through_its_responder_and_not_after_the_last_handle() {
+    let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let held_tx = Mutex::new(held_tx);
+    let executor = thread::spawn(move || {
+        ExecutorBuilder::new()
+            .dispatcher(Arc::new(InlineTaskDispatcher::new()))
+            .function("via_controller", |args, responder| {
+                let answer = match responder.endpoint() {
+                    Some(ep) => {
+                        let tag = ep.handler_tag("ctl_xor").unwrap();
+                        ep.call_sync(tag, args.as_slice()).unwrap()
+                    }
+                    None => WrapperFunctionBuffer::out_of_band_error("no endpoint"),
+                };
+                responder.respond(answer);
+            })
+            .function("hold", move |_args, responder| {
+                held_tx.lock().unwrap().send(responder).unwrap();
+            })
+            .controller_handler("ctl_xor")
+            .connect(e_side)
+            .unwrap()
+    });
+    let controller = ControllerBuilder::new()
+        .sync_handler("ctl_xor", |a: &[u8]| {
+            WrapperFunctionBuffer::from_vec(xor_result(a))
+        })
+        .connect(c_side)
+        .unwrap();
+    // The first call races the executor's `connect` returning.
+    let via = controller.function_tag("via_controller").unwrap();
+    for n in 0..20u8 {
+        let arg = vec![n; usize::from(n)];
+        let out = controller.call_sync(via, &arg).unwrap();
+        assert_eq!(out.as_slice(), xor_result(&arg).as_slice());
+    }
+    // A responder kept past the last user handle of its endpoint.
+    let hold = controller.function_tag("hold").unwrap();
+    let mut pending = controller.call(hold, b"").unwrap();
+    let responder = held_rx.recv_timeout(LIMIT).unwrap();
+    let executor = join_bounded(executor, LIMIT);
+    assert!(
+        responder.endpoint().is_some(),
+        "a user handle is still alive"
+    );
+    run_bounded(LIMIT, move || drop(executor));
+    assert!(
+        responder.endpoint().is_none(),
+        "the last user handle is gone: no endpoint to hand out"
+    );
+    assert_eq!(
+        pending.wait_timeout(LIMIT).unwrap_err(),
+        CallError::Disconnected
+    );
+    drop(responder);
+    controller.disconnect();
+}

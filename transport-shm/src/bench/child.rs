@@ -4,12 +4,11 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitCode};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use orcwire::dispatch::InlineTaskDispatcher;
 use orcwire::stream::{StreamConfig, StreamTransport};
-use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, Transport, WrapperFunctionBuffer};
+use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffer};
 
 use crate::launch::attach_inherited;
 use crate::sync::{lock, Arc, Condvar, Mutex};
@@ -148,8 +147,6 @@ fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
 
 /// Serves `echo` and `drive` until the controller disconnects.
 fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
-    let me: Arc<OnceLock<Endpoint>> = Arc::new(OnceLock::new());
-    let me_for_drive = Arc::clone(&me);
     let endpoint = ExecutorBuilder::new()
         .dispatcher(Arc::new(InlineTaskDispatcher::new()))
         // The argument buffer goes back as the reply, as the floor's child
@@ -157,26 +154,18 @@ fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
         // payload per round trip, so the ratio compares transports, not
         // handlers.
         .function("echo", |args, responder| responder.respond(args))
-        .sync_function("drive", move |args: &[u8]| {
-            // The controller may call as soon as it has our Setup, before
-            // `connect` has returned here and the endpoint is stored.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(ep) = me_for_drive.get() {
-                    return peer::drive(ep, args);
-                }
-                if Instant::now() > deadline {
-                    return WrapperFunctionBuffer::out_of_band_error(
-                        "the executor's endpoint was not ready within 10 s",
-                    );
-                }
-                crate::sync::thread::sleep(Duration::from_micros(100));
-            }
+        .function("drive", |args, responder| {
+            // The responder hands out our endpoint even when the controller
+            // calls before `connect` below has returned it.
+            let reply = match responder.endpoint() {
+                Some(ep) => peer::drive(&ep, args.as_slice()),
+                None => WrapperFunctionBuffer::out_of_band_error("the executor is disconnecting"),
+            };
+            responder.respond(reply);
         })
         .controller_handler("ctl_echo")
         .connect(transport)
         .map_err(|e| e.to_string())?;
-    let _ = me.set(endpoint.clone());
     // Serve until the connection ends (the controller disconnects, or dies:
     // then the liveness channel or end of stream ends it).
     let ended: Arc<(Mutex<Option<DisconnectReason>>, Condvar)> =

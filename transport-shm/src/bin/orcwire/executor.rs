@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, WrapperFunctionBuffer};
@@ -26,29 +25,20 @@ pub fn run(opts: &Options) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let me: Arc<OnceLock<Endpoint>> = Arc::new(OnceLock::new());
-    let me_for_calls = Arc::clone(&me);
     let endpoint = ExecutorBuilder::new()
         .dispatcher(opts.dispatcher())
         .sync_function("echo", WrapperFunctionBuffer::from_slice)
         .sync_function("sum", |a: &[u8]| {
             WrapperFunctionBuffer::from_slice(&sum_reply(a))
         })
-        .sync_function("call_controller", move |a: &[u8]| {
-            // The controller may call as soon as it has our Setup, before
-            // `connect` has returned below and stored the endpoint.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(ep) = me_for_calls.get() {
-                    return call_controller(ep, a);
-                }
-                if Instant::now() >= deadline {
-                    return WrapperFunctionBuffer::out_of_band_error(
-                        "the executor's endpoint was not ready within 10 s",
-                    );
-                }
-                orcwire::sync::thread::sleep(Duration::from_micros(100));
-            }
+        .function("call_controller", |args, responder| {
+            // The responder hands out our endpoint even when the controller
+            // calls before `connect` below has returned it.
+            let reply = match responder.endpoint() {
+                Some(ep) => call_controller(&ep, args.as_slice()),
+                None => WrapperFunctionBuffer::out_of_band_error("the executor is disconnecting"),
+            };
+            responder.respond(reply);
         })
         .sync_function("exit_now", |_a: &[u8]| std::process::exit(3))
         .controller_handler("ctl_echo")
@@ -61,7 +51,6 @@ pub fn run(opts: &Options) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _ = me.set(endpoint.clone());
     let (tx, rx) = mpsc::channel();
     endpoint.on_disconnect(move |reason| {
         let _ = tx.send(reason.clone());
