@@ -307,13 +307,16 @@ impl ShmTransport {
     /// — records the death in the state word for anyone else looking, and
     /// wakes every waiter: blocked and later calls return
     /// [`TransportError::PeerDied`] (unless the transport had already
-    /// failed or been closed) and [`peer_died`](Transport::peer_died)
-    /// becomes true.
+    /// failed or been closed, or the peer had hung up first) and
+    /// [`peer_died`](Transport::peer_died) becomes true.
     pub fn mark_peer_dead(&self) {
         // SYNC POINT: local flags. Pairs with `record`. A peer that exits
-        // after we closed the connection cleanly did not die on us: later
-        // calls should keep reporting the clean close.
-        if self.local.load(Ordering::Acquire) & CLOSED != 0 {
+        // after the connection was closed cleanly — by us, or by itself
+        // (its disconnecting bit is set: it may exit before our own close
+        // in the hang-up handshake) — did not die on us: later calls keep
+        // reporting the clean close. Its bit already ended every wait.
+        if self.local.load(Ordering::Acquire) & CLOSED != 0 || self.peer_disconnecting() {
+            self.own.wake_all();
             return;
         }
         self.record(PEER_DEAD, TransportError::PeerDied);
