@@ -209,24 +209,9 @@ pub fn recv_fd_timeout(
 ) -> Result<(OwnedFd, usize), FdPassError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // Round up so a sub-millisecond remainder still waits rather than
-        // spinning; poll's limit is an i32 of milliseconds.
-        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid pollfd, and we pass a count of 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            match Errno::last() {
-                Errno::EINTR => continue,
-                source => return Err(FdPassError::Os { op: "poll", source }),
-            }
-        }
-        if rc > 0 {
+        let readable = poll_readable(sock, deadline)
+            .map_err(|source| FdPassError::Os { op: "poll", source })?;
+        if readable {
             // POLLHUP/POLLERR included: recvmsg then reports EOF or the error.
             match recv_once(sock, buf, libc::MSG_DONTWAIT) {
                 Err(FdPassError::Os {
@@ -238,6 +223,39 @@ pub fn recv_fd_timeout(
         }
         if Instant::now() >= deadline {
             return Err(FdPassError::Timeout(timeout));
+        }
+    }
+}
+
+/// Waits until `fd` is readable or hung up (`true`), or `deadline` passes
+/// (`false`). Interrupted polls are retried.
+///
+/// # Errors
+/// The `poll` system call's error, other than `EINTR`.
+pub(crate) fn poll_readable(fd: BorrowedFd<'_>, deadline: Instant) -> Result<bool, Errno> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Round up so a sub-millisecond remainder still waits rather than
+        // spinning; poll's limit is an i32 of milliseconds.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd, and we pass a count of 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        if rc > 0 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
         }
     }
 }

@@ -161,34 +161,7 @@ fn os(op: &'static str) -> impl FnOnce(Errno) -> LaunchError {
 
 /// Waits until `fd` is readable (or hung up), up to `deadline`.
 fn poll_readable(fd: BorrowedFd<'_>, deadline: Instant) -> Result<bool, LaunchError> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, count 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            match Errno::last() {
-                Errno::EINTR => continue,
-                e => {
-                    return Err(LaunchError::Os {
-                        op: "poll",
-                        source: e,
-                    })
-                }
-            }
-        }
-        if rc > 0 {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-    }
+    crate::fdpass::poll_readable(fd, deadline).map_err(os("poll"))
 }
 
 /// Reads the executor's one-datagram answer.

@@ -333,15 +333,17 @@ pub fn reset_futex_mock() {
     futex::reset();
 }
 
+/// The futex system calls (shared, not `FUTEX_PRIVATE`), also used by the
+/// benchmark's raw floor.
 #[cfg(not(orcwire_loom))]
-mod futex {
+pub(crate) mod futex {
     use std::time::Duration;
 
     use crate::sync::AtomicU32;
 
     /// Sleeps while `*word == expected`, at most `timeout`. Returns on a
     /// wake, a changed value, a signal or the timeout; the caller re-checks.
-    pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         let ts = timeout.map(|t| libc::timespec {
             tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
             tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -367,7 +369,7 @@ mod futex {
     }
 
     /// Wakes every thread (of any process) sleeping on `word`.
-    pub(super) fn wake_all(word: &AtomicU32) {
+    pub(crate) fn wake_all(word: &AtomicU32) {
         // SAFETY: the word is a live, aligned u32; FUTEX_WAKE only reads its
         // address. A failure can only mean a bad address, which it is not.
         unsafe {

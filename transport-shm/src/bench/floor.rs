@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::mapping::SharedMapping;
 use crate::segment::{dup2_for_exec, Segment};
 use crate::sync::{spin_loop, AtomicU32, AtomicU64, Ordering};
+use crate::wait::futex;
 
 use super::child::{child_env, wait_child, ChildSpec};
 use super::{BenchError, TransportKind};
@@ -117,45 +118,6 @@ impl<'a> Words<'a> {
     }
 }
 
-/// `FUTEX_WAIT` while `*word == expected`, at most `timeout`.
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: the word is a live, aligned u32 for the duration of the
-    // call; the timespec outlives it. Shared (not PRIVATE): the word is in
-    // memory mapped by two processes. Every outcome means "re-check".
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
-}
-
-/// `FUTEX_WAKE` one waiter on `word`.
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: the word is a live, aligned u32; FUTEX_WAKE only uses its
-    // address.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            1i32,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
-}
-
 /// Waits until `word == want` (or, with `want == None`, until it differs
 /// from `old`), spinning or sleeping on the futex. `alive` is asked every
 /// so often; false ends the wait with `None`.
@@ -173,7 +135,7 @@ fn wait_for(
             return Some(v);
         }
         if futex {
-            futex_wait(word, old, Duration::from_millis(100));
+            futex::wait(word, old, Some(Duration::from_millis(100)));
             if !alive() {
                 return None;
             }
@@ -187,7 +149,7 @@ fn wait_for(
             // Idle (other cases are running): nap on the word, and look
             // at it every millisecond (the spin floor's caller never calls
             // FUTEX_WAKE, so that stays out of its round trip).
-            futex_wait(word, old, Duration::from_millis(1));
+            futex::wait(word, old, Some(Duration::from_millis(1)));
             if !alive() {
                 return None;
             }
@@ -266,7 +228,7 @@ impl FloorPeer {
         // visible to the child once it sees the new round.
         words.ping().store(self.round, Ordering::Release);
         if futex {
-            futex_wake(words.ping());
+            futex::wake_all(words.ping());
         }
         let deadline = t + STUCK;
         let got = wait_for(words.pong(), old, futex, || {
@@ -315,7 +277,7 @@ impl FloorPeer {
             self.round = self.round.wrapping_add(1);
             // SYNC POINT: floor request (Release side), carrying QUIT.
             words.ping().store(self.round, Ordering::Release);
-            futex_wake(words.ping());
+            futex::wake_all(words.ping());
         }
         wait_child(&mut self.child, self.kind)
     }
@@ -356,7 +318,7 @@ pub(super) fn serve(kind: TransportKind, fd: OwnedFd, parent: u32) -> Result<(),
         // caller once it sees the round answered.
         words.pong().store(round, Ordering::Release);
         if futex {
-            futex_wake(words.pong());
+            futex::wake_all(words.pong());
         }
     }
 }

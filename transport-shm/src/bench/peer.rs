@@ -40,8 +40,9 @@ pub(super) fn shm_config(kind: TransportKind) -> ShmConfig {
     }
 }
 
-/// Deterministic test bytes.
-pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
+/// Deterministic test bytes (xorshift from `seed`), shared by the
+/// benchmarks and the demo.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {

@@ -2,18 +2,18 @@
 
 use std::time::Duration;
 
-/// Percentile `p` (0..=100) of `sorted` nanosecond samples, nearest rank;
-/// 0 for no samples.
+/// Percentile `p` (0..=100) of `sorted` samples (nanoseconds, durations,
+/// anything ordered), nearest rank; the default (zero) for no samples.
 ///
 /// ```
-/// use orcwire_shm::bench::percentile_ns;
+/// use orcwire_shm::bench::percentile;
 /// let s: Vec<u64> = (1..=1000).collect();
-/// assert_eq!(percentile_ns(&s, 50.0), 501);
-/// assert_eq!(percentile_ns(&s, 99.9), 999);
+/// assert_eq!(percentile(&s, 50.0), 501);
+/// assert_eq!(percentile(&s, 99.9), 999);
 /// ```
-pub fn percentile_ns(sorted: &[u64], p: f64) -> u64 {
+pub fn percentile<T: Copy + Default + PartialOrd>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     debug_assert!(sorted.windows(2).all(|w| w[0] <= w[1]), "samples sorted");
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
@@ -43,9 +43,9 @@ impl Summary {
         let secs = elapsed.as_secs_f64();
         Self {
             calls: samples.len() as u64,
-            p50_ns: percentile_ns(&samples, 50.0),
-            p99_ns: percentile_ns(&samples, 99.0),
-            p999_ns: percentile_ns(&samples, 99.9),
+            p50_ns: percentile(&samples, 50.0),
+            p99_ns: percentile(&samples, 99.0),
+            p999_ns: percentile(&samples, 99.9),
             ops_per_s: if secs > 0.0 {
                 samples.len() as f64 / secs
             } else {
@@ -67,6 +67,6 @@ mod tests {
         assert_eq!(s.p99_ns, 99);
         assert_eq!(s.p999_ns, 100);
         assert!((s.ops_per_s - 10_000.0).abs() < 1e-6);
-        assert_eq!(percentile_ns(&[], 50.0), 0);
+        assert_eq!(percentile::<u64>(&[], 50.0), 0);
     }
 }

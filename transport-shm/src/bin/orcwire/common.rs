@@ -1,7 +1,6 @@
 //! Options and helpers shared by the commands.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher, ThreadPoolTaskDispatcher};
 
@@ -97,15 +96,6 @@ pub fn wait_strategy(name: &str) -> Result<WaitStrategy, String> {
     }
 }
 
-/// Percentile `p` (0..=100) of sorted `samples`.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// `(byte sum, length)` as 16 little-endian bytes: what `sum` returns.
 pub fn sum_reply(bytes: &[u8]) -> [u8; 16] {
     let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
@@ -113,17 +103,4 @@ pub fn sum_reply(bytes: &[u8]) -> [u8; 16] {
     out[..8].copy_from_slice(&sum.to_le_bytes());
     out[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
     out
-}
-
-/// Deterministic test pattern.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }

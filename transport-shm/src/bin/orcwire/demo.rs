@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, WrapperFunctionBuffer};
 use orcwire_shm::launch::ExecutorCommand;
 
-use crate::common::{pattern, percentile, sum_reply, Options};
+use orcwire_shm::bench::{pattern, percentile};
+
+use crate::common::{sum_reply, Options};
 use crate::executor::CALL_REPLY_LEN;
 
 type DemoResult<T> = Result<T, String>;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, WrapperFunctionBuffer};
 use orcwire_shm::launch::{attach_inherited, attach_path, DEFAULT_ATTACH_TIMEOUT};
 
-use crate::common::{percentile, sum_reply, Options};
+use orcwire_shm::bench::percentile;
+
+use crate::common::{sum_reply, Options};
 
 /// `call_controller`'s reply: calls made, then p50, p99, p99.9 in ns.
 pub const CALL_REPLY_LEN: usize = 32;
