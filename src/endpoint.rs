@@ -38,12 +38,12 @@ use std::fmt;
 use std::time::Instant;
 
 use crate::buffer::WrapperFunctionBuffer;
-use crate::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
+use crate::dispatch::TaskDispatcher;
 pub use crate::engine::{DisconnectReason, EndpointConfig};
 use crate::engine::{Driver, Inner};
 use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
-use crate::pending::{CallError, PendingCall, WaitDriver};
+use crate::pending::{CallError, CallHost, PendingCall};
 use crate::sps::{self, SetupInfo};
 use crate::sync::{lock, Arc};
 use crate::transport::{Received, Transport, TransportError};
@@ -63,11 +63,8 @@ pub enum ConnectError {
     /// The first message was not `Setup`.
     #[error("expected the executor's Setup message first, got {0:?}; the peer is not an orcwire executor")]
     UnexpectedMessage(Opcode),
-    /// The default task dispatcher could not start its threads.
-    #[error("could not start the task dispatcher: {0}")]
-    Dispatcher(String),
     /// The reader thread could not be started.
-    #[error("could not start the connection's reader thread: {0}")]
+    #[error("could not start the connection's worker thread: {0}")]
     Thread(#[from] std::io::Error),
     /// Two entries were registered under one name.
     #[error("\"{0}\" is registered twice; each name may be registered once")]
@@ -87,18 +84,8 @@ impl Common {
         }
     }
 
-    fn dispatcher(&mut self) -> Result<Arc<dyn TaskDispatcher>, ConnectError> {
-        match self.dispatcher.take() {
-            Some(d) => Ok(d),
-            None => {
-                let threads = std::thread::available_parallelism()
-                    .map(|n| n.get().clamp(2, 8))
-                    .unwrap_or(2);
-                let pool = ThreadPoolTaskDispatcher::new(threads)
-                    .map_err(|e| ConnectError::Dispatcher(e.to_string()))?;
-                Ok(Arc::new(pool))
-            }
-        }
+    fn dispatcher(&mut self) -> Option<Arc<dyn TaskDispatcher>> {
+        self.dispatcher.take()
     }
 }
 
@@ -118,7 +105,8 @@ pub struct ControllerBuilder {
 }
 
 impl ControllerBuilder {
-    /// A builder with no handlers, the default dispatcher (a thread pool)
+    /// A builder with no handlers, handlers run on the connection's own
+    /// workers (see [`engine`](crate::engine)),
     /// and default [`EndpointConfig`].
     pub fn new() -> Self {
         Self {
@@ -147,7 +135,10 @@ impl ControllerBuilder {
     }
 
     /// Runs incoming calls on `dispatcher` (for example a
-    /// [`Session`](crate::Session)'s).
+    /// [`Session`](crate::Session)'s) instead of on the connection's own
+    /// workers. Each call then costs a boxed task and, for a pool, a thread
+    /// hop; with too few threads, handlers that call the peer back can wait
+    /// for each other.
     pub fn dispatcher(mut self, dispatcher: Arc<dyn TaskDispatcher>) -> Self {
         self.common.dispatcher = Some(dispatcher);
         self
@@ -207,7 +198,7 @@ impl ControllerBuilder {
                 None => table.insert_unbound(HandlerTag::new(tag), name),
             }
         }
-        let dispatcher = self.common.dispatcher()?;
+        let dispatcher = self.common.dispatcher();
         let config = self.common.config.clone();
         let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
         Endpoint::start(inner, Role::Controller)
@@ -228,7 +219,8 @@ pub struct ExecutorBuilder {
 }
 
 impl ExecutorBuilder {
-    /// A builder with no functions, the default dispatcher (a thread pool)
+    /// A builder with no functions, functions run on the connection's own
+    /// workers (see [`engine`](crate::engine)),
     /// and default [`EndpointConfig`].
     pub fn new() -> Self {
         Self {
@@ -264,7 +256,8 @@ impl ExecutorBuilder {
         self
     }
 
-    /// Runs incoming calls on `dispatcher`.
+    /// Runs incoming calls on `dispatcher` instead of on the connection's
+    /// own workers (see [`ControllerBuilder::dispatcher`]).
     pub fn dispatcher(mut self, dispatcher: Arc<dyn TaskDispatcher>) -> Self {
         self.common.dispatcher = Some(dispatcher);
         self
@@ -314,7 +307,7 @@ impl ExecutorBuilder {
             next_tag += 1;
         }
         transport.send(Opcode::Setup, 0, 0, &setup.encode())?;
-        let dispatcher = self.common.dispatcher()?;
+        let dispatcher = self.common.dispatcher();
         let config = self.common.config.clone();
         let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
         Endpoint::start(inner, Role::Executor)
@@ -361,7 +354,7 @@ pub struct Endpoint {
     role: Role,
     /// Shared by every call's handle (one allocation per endpoint, not
     /// per call).
-    driver: Arc<dyn WaitDriver>,
+    driver: Arc<dyn CallHost>,
     _owner: Arc<Owner>,
 }
 
@@ -394,7 +387,7 @@ impl Endpoint {
                 _owner: owner,
             })
         }));
-        if let Err(e) = inner.start_reader() {
+        if let Err(e) = inner.start() {
             *lock(&inner.user_handle) = None;
             // Nobody else can hold it yet: the reader never ran.
             if let Ok(mut never_started) = Arc::try_unwrap(owner) {
@@ -451,21 +444,65 @@ impl Endpoint {
     /// connection is closing or closed; [`CallError::Send`] if the
     /// transport refuses the message (for example, too large).
     pub fn call(&self, tag: HandlerTag, args: &[u8]) -> Result<PendingCall, CallError> {
-        let inner = &self.inner;
-        let _inside = inner.gate.enter().map_err(|_| inner.closed_error())?;
-        let (seq, slot) = inner.pending.register()?;
-        if let Err(e) = inner
-            .transport
-            .send(Opcode::CallWrapper, seq, tag.get(), args)
-        {
-            let err = match &e {
-                TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
-                _ => inner.closed_error(),
-            };
-            let _ = inner.pending.complete(seq, Err(err.clone()));
-            return Err(err);
-        }
-        Ok(PendingCall::new(seq, slot, Arc::clone(&self.driver)))
+        let seq = self.inner.call(tag.get(), args, None)?;
+        Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
+    }
+
+    /// As [`call`](Self::call), but gives up with
+    /// [`CallError::TimedOut`] (nothing sent) if the transport stays full
+    /// until `deadline`. A connection whose peer stopped reading cannot
+    /// hold the caller longer than that.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call), and [`CallError::TimedOut`].
+    pub fn call_deadline(
+        &self,
+        tag: HandlerTag,
+        args: &[u8],
+        deadline: Instant,
+    ) -> Result<PendingCall, CallError> {
+        let seq = self.inner.call(tag.get(), args, Some(deadline))?;
+        Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
+    }
+
+    /// Calls `tag` and waits for the result, all within `timeout`: the
+    /// wait for room to send and the wait for the result. On
+    /// [`CallError::TimedOut`] the call is forgotten (a late result is
+    /// discarded).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use orcwire::{CallError, ControllerBuilder, ExecutorBuilder, StreamTransport};
+    /// use orcwire::stream::StreamConfig;
+    ///
+    /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
+    /// let executor = std::thread::spawn(move || {
+    ///     ExecutorBuilder::new()
+    ///         // Never answers (until the connection ends).
+    ///         .function("silent", |_args, responder| std::mem::forget(responder))
+    ///         .connect(e_side)
+    ///         .unwrap()
+    /// });
+    /// let controller = ControllerBuilder::new().connect(c_side).unwrap();
+    /// let tag = controller.function_tag("silent").unwrap();
+    /// let r = controller.call_sync_timeout(tag, b"", Duration::from_millis(20));
+    /// assert_eq!(r, Err(CallError::TimedOut));
+    /// assert_eq!(controller.pending_calls(), 0);
+    /// controller.disconnect();
+    /// executor.join().unwrap().disconnect();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`call`](Self::call) and [`PendingCall::wait_timeout`].
+    pub fn call_sync_timeout(
+        &self,
+        tag: HandlerTag,
+        args: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<WrapperFunctionBuffer, CallError> {
+        let deadline = Instant::now() + timeout;
+        self.call_deadline(tag, args, deadline)?
+            .wait_deadline(deadline)
     }
 
     /// Calls `tag` and waits for the result: `call(tag, args)?.wait()`.
@@ -530,8 +567,9 @@ impl Endpoint {
         self.inner.transport.name()
     }
 
-    /// The task dispatcher running incoming calls.
-    pub fn dispatcher(&self) -> Arc<dyn TaskDispatcher> {
-        Arc::clone(&self.inner.dispatcher)
+    /// The task dispatcher running incoming calls, if one was configured
+    /// (by default they run on the connection's own workers).
+    pub fn dispatcher(&self) -> Option<Arc<dyn TaskDispatcher>> {
+        self.inner.dispatcher.clone()
     }
 }

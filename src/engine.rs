@@ -1,43 +1,56 @@
 //! The connection engine behind [`Endpoint`](crate::Endpoint): who reads
-//! the inbound side, where each message goes, and the disconnect protocol.
+//! the inbound side, who runs handlers, and the disconnect protocol.
 //!
-//! # Who reads (leader/follower)
-//! Exactly one thread at a time is the *leader*: it alone calls
-//! [`Transport::recv`]. Every other thread that wants progress is a
-//! *follower* parked on `rx_cv`. The leader routes what it reads —
-//! results complete pending calls, incoming calls become tasks — then gives
-//! up the lead (waking the followers) **before** it runs anything that can
-//! block or take long: dispatching tasks, disconnecting. So no handler ever
-//! runs while holding the lead, and a handler that makes a synchronous call
-//! or disconnects cannot deadlock against the reader.
+//! # Roles
+//! * The **lead**: exactly one thread at a time reads the transport. While
+//!   it leads it only *routes*: a result completes its pending-call slot, an
+//!   incoming call is handed on (never run), a `Hangup` ends the
+//!   connection. Routing never blocks on the peer: incoming calls beyond
+//!   [`EndpointConfig::max_queued_calls`] are refused with a "busy" error
+//!   result instead of stopping the reader.
+//! * **Callers** waiting synchronously for their own result take the lead
+//!   themselves, so a lone caller writes its frame and reads its result on
+//!   its own thread: no hand-over, no thread hop. A waiting caller never
+//!   runs a handler (seed 002: a wait is explicit and runs nothing else):
+//!   calls it reads go to the queue for a worker.
+//! * **Workers** are the connection's own threads (`orcwire-rx`). One
+//!   starts with the connection; it leads while no caller wants to. When a
+//!   worker reads a call it gives up the lead and runs the handler itself,
+//!   on the thread that read it (no hop), or hands it to the user's
+//!   [`TaskDispatcher`] if one was configured. Before a worker runs a
+//!   handler it makes sure another worker is idle (spawning one, up to
+//!   [`EndpointConfig::max_workers`]), so handlers that call the peer back
+//!   (re-entrant chains) or block never leave the connection unread.
 //!
-//! A dedicated reader thread leads while nobody else wants to; a thread
-//! waiting synchronously for its own result takes the lead itself (the
-//! reader is interrupted out of `recv` and stands aside until no
-//! synchronous waiter remains, plus a short grace period), so a lone
-//! synchronous caller pays no thread hop. Futures never lead: they are
-//! completed by whoever leads.
+//! # Deadlock freedom
+//! A thread that sends and finds the transport full calls the engine's
+//! `on_wait` hook before it sleeps; the hook makes sure some other thread
+//! leads (waking or starting a worker), so the inbound side keeps draining
+//! and the peer's sends — and so its reading — can progress. An idle
+//! worker also takes over the lead within [`HANDOVER`] whenever the lead is
+//! free while handlers run, so results flow even while every handler is
+//! busy.
 //!
 //! # Disconnect
-//! 1. Close the [`Gate`]: no call can start, no incoming call is accepted.
-//!    Exactly one caller (the *doer*) does steps 2-6; all others wait for
-//!    step 6.
-//! 2. Wait for operations inside the gate to leave (bounded; past the
-//!    deadline the transport is closed, which makes blocked sends fail).
-//! 3. Send `Hangup`: to the peer it is the request, or our acknowledgement
-//!    of its request.
+//! 1. Close the [`Gate`]: no call can start, no incoming call is accepted,
+//!    no handler starts (each handler start enters the gate). Exactly one
+//!    caller (the *doer*) does steps 2-6; all others wait for step 6.
+//! 2. Drop the queued incoming calls without running them; wait (bounded)
+//!    for calls being sent to leave the gate.
+//! 3. Send `Hangup`: to the peer it is the request, or our acknowledgement.
 //! 4. If we started it, wait (bounded by `hangup_timeout`) for the peer's
-//!    `Hangup`, end of stream, or death — results already on their way are
-//!    still delivered meanwhile.
+//!    `Hangup`, end of stream, or death.
 //! 5. Close the transport; fail every pending call with `Disconnected`, or
 //!    `PeerDied` if the peer is known dead.
-//! 6. Mark the connection disconnected, wake everyone, run the
+//! 6. Mark the connection disconnected, stop the workers, run the
 //!    disconnect callbacks.
 //!
-//! A watchdog thread closes the transport if steps 2-4 outlive their
-//! deadline, so a peer that stops reading cannot hang `disconnect()`.
+//! When `disconnect()` returns no handler of the endpoint starts any more;
+//! handlers already running may finish, and their results are discarded.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crate::buffer::WrapperFunctionBuffer;
@@ -45,13 +58,22 @@ use crate::dispatch::TaskDispatcher;
 use crate::gate::Gate;
 use crate::handler::{HandlerTable, Responder, ResultSink};
 use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
-use crate::pending::{CallError, PendingTable, Slot, WaitDriver};
+use crate::pending::{CallError, CallHost, PendingTable};
 use crate::sps::SetupInfo;
-use crate::sync::{lock, thread, Arc, Condvar, Mutex, MutexGuard};
+use crate::sync::{
+    lock, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
+    Ordering,
+};
 use crate::transport::{Received, Transport, TransportError};
 
-/// Most messages one leader takes per turn before handing the lead on.
-const LEAD_BATCH: usize = 32;
+/// How long an idle worker lets the lead lie free while handlers run
+/// before it takes over (results for futures keep flowing at this pace
+/// even when every other thread is busy in a handler).
+pub const HANDOVER: Duration = Duration::from_millis(1);
+
+/// Refusals waiting to be sent beyond this mean the peer floods calls
+/// without reading our results: a protocol error.
+const MAX_REFUSALS: usize = 1 << 16;
 
 /// Tunables of an endpoint.
 #[derive(Clone, Debug)]
@@ -63,12 +85,21 @@ pub struct EndpointConfig {
     /// How long the controller waits for the executor's `Setup` message.
     /// Default 10 s.
     pub setup_timeout: Duration,
-    /// After the last synchronous waiter leaves, how long the reader thread
-    /// stays aside before it takes the lead again. A caller that makes
-    /// synchronous calls back to back then never has to interrupt the
-    /// reader; incoming calls during that window are picked up at its end.
+    /// After the last synchronous waiter leaves, how long the worker stays
+    /// aside before it takes the lead again. A caller that makes
+    /// synchronous calls back to back then never has to interrupt it.
     /// Default 200 µs.
     pub reader_grace: Duration,
+    /// Calls waiting for a result at once (slots of the pending table,
+    /// rounded up to a power of two). One more fails with
+    /// [`CallError::TooManyPending`]. Default 1024.
+    pub max_pending_calls: usize,
+    /// Incoming calls queued while every worker is busy. One more is
+    /// answered at once with a "busy" error result. Default 1024.
+    pub max_queued_calls: usize,
+    /// Most worker threads this connection starts (they run handlers and
+    /// lead while nobody else does). At least 1. Default 16.
+    pub max_workers: usize,
 }
 
 impl Default for EndpointConfig {
@@ -77,6 +108,9 @@ impl Default for EndpointConfig {
             hangup_timeout: Duration::from_secs(1),
             setup_timeout: Duration::from_secs(10),
             reader_grace: Duration::from_micros(200),
+            max_pending_calls: 1024,
+            max_queued_calls: 1024,
+            max_workers: 16,
         }
     }
 }
@@ -113,43 +147,12 @@ impl DisconnectReason {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Leader {
-    None,
-    Reader,
-    Caller,
-}
-
-struct RxState {
-    leader: Leader,
-    /// Threads inside `drive_until`.
-    waiters: usize,
-    /// `interrupt_recv` already sent to the current reader lead.
-    interrupted: bool,
-    /// When `waiters` last dropped to zero.
-    idle_since: Option<Instant>,
-    /// The transport returned a terminal error: nobody should recv again.
-    dead: bool,
-    /// The reader thread must exit.
-    stop: bool,
-    /// Followers parked on `rx_cv` right now: a notify with nobody parked
-    /// is skipped (it would cost a system call per hand-over).
-    parked: usize,
-    /// Advanced each time a caller leaves: tells the reader whether any
-    /// drive ended since it last looked (several pipelining callers keep
-    /// `waiters` above zero for long, but their drives keep ending).
-    drive_epoch: u64,
-    /// How long the reader sleeps between looks while callers drive (zero
-    /// while it leads). Doubles while the same drive goes on, up to
-    /// [`MAX_READER_POLL`]; the last caller out wakes the reader only when
-    /// it is backed off that way (after a long call), never per call.
-    reader_poll: Duration,
-}
-
-/// The longest the reader sleeps between looks while one caller drives on
-/// (a call that takes seconds costs the reader a few dozen wake-ups, not
-/// thousands).
-const MAX_READER_POLL: Duration = Duration::from_millis(50);
+/// `lead` values.
+const FREE: u32 = 0;
+/// A worker leads (it may be asleep in `recv`: interrupt it).
+const WORKER: u32 = 1;
+/// A caller leads.
+const CALLER: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -167,10 +170,34 @@ struct ConnState {
 
 type DisconnectCallback = Box<dyn FnOnce(&DisconnectReason) + Send + 'static>;
 
-/// Work found while leading, done after the lead is released.
-enum Deferred {
-    Dispatch(crate::dispatch::Task),
-    Disconnect(DisconnectReason),
+/// An incoming call not yet run.
+struct Incoming {
+    seq: u64,
+    tag: u64,
+    args: WrapperFunctionBuffer,
+}
+
+/// The workers' shared state (the slow path: queue, refusals, pool size).
+struct Work {
+    queue: VecDeque<Incoming>,
+    /// Sequence numbers of calls refused as busy, to answer.
+    refusals: Vec<u64>,
+    /// A disconnect found while a caller led, for a worker to carry out.
+    disconnect: Option<DisconnectReason>,
+    workers: usize,
+    /// Workers parked on `work_cv`.
+    idle: usize,
+    /// Workers running a handler.
+    busy: usize,
+    stop: bool,
+}
+
+/// What one turn of leading produced for the thread to do afterwards.
+#[derive(Default)]
+struct Turn {
+    /// A call a worker read: it runs it after giving up the lead.
+    call: Option<Incoming>,
+    disconnect: Option<DisconnectReason>,
 }
 
 pub(crate) struct Inner {
@@ -178,57 +205,140 @@ pub(crate) struct Inner {
     pub(crate) gate: Gate,
     pub(crate) pending: PendingTable,
     pub(crate) handlers: HandlerTable,
-    pub(crate) dispatcher: Arc<dyn TaskDispatcher>,
+    /// `None`: handlers run on the connection's workers.
+    pub(crate) dispatcher: Option<Arc<dyn TaskDispatcher>>,
     pub(crate) config: EndpointConfig,
     pub(crate) setup: SetupInfo,
-    rx: Mutex<RxState>,
-    rx_cv: Condvar,
-    /// Where the reader thread sleeps. Callers never wake it on their hot
-    /// path (a wake-up per call, and on a shared CPU a context switch, was
-    /// most of a round trip): it looks again every `reader_grace` while
-    /// callers drive, and is woken only by `kick` and shutdown.
-    reader_cv: Condvar,
+    /// [`FREE`], [`WORKER`] or [`CALLER`].
+    lead: AtomicU32,
+    /// Threads inside a synchronous wait (they want the lead).
+    callers: AtomicUsize,
+    /// Advanced each time a caller leaves its wait.
+    caller_epoch: AtomicU64,
+    /// Callers parked because another thread leads (`followers` holds
+    /// their threads); the lead's release wakes them.
+    follower_count: AtomicUsize,
+    followers: Mutex<Vec<thread::Thread>>,
+    /// A worker backed off its look at idle callers; the last caller out
+    /// wakes the workers.
+    workers_backed_off: AtomicBool,
+    work: Mutex<Work>,
+    work_cv: Condvar,
     conn: Mutex<ConnState>,
     conn_cv: Condvar,
     on_disconnect: Mutex<Vec<DisconnectCallback>>,
     /// Makes a user handle ([`crate::Endpoint`]) while one is alive, for
-    /// [`Responder::endpoint`]. Set by `Endpoint::start` before the reader
-    /// runs; it holds only a weak reference, so it keeps nothing alive.
+    /// [`Responder::endpoint`]. Set by `Endpoint::start` before the first
+    /// worker runs; it holds only a weak reference, so it keeps nothing
+    /// alive.
     pub(crate) user_handle: Mutex<Option<UserHandleFn>>,
 }
 
 /// See [`Inner::user_handle`].
 pub(crate) type UserHandleFn = Box<dyn Fn() -> Option<crate::Endpoint> + Send + Sync>;
 
+// Which endpoint's handler this thread is running (its `Inner` address),
+// for the would-deadlock check of a synchronous wait inside a handler.
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static IN_HANDLER_OF: Cell<usize> = const { Cell::new(0) };
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static IN_HANDLER_OF: Cell<usize> = Cell::new(0);
+}
+
+/// Wakes a parked thread: the waker a synchronous waiter registers in its
+/// pending-call slot. One per thread, made once (no allocation per wait).
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+}
+
+/// Parks the calling thread until unparked or `deadline` (spurious wakes
+/// allowed: callers re-check).
+fn park_until(deadline: Option<Instant>) {
+    #[cfg(not(orcwire_loom))]
+    match deadline {
+        None => thread::park(),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                thread::park_timeout(left);
+            }
+        }
+    }
+    #[cfg(orcwire_loom)]
+    {
+        let _ = deadline;
+        thread::yield_now();
+    }
+}
+
+fn wait_cv<'a, T>(
+    cv: &Condvar,
+    g: MutexGuard<'a, T>,
+    timeout: Option<Duration>,
+) -> MutexGuard<'a, T> {
+    match timeout {
+        None => match cv.wait(g) {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        },
+        Some(d) => match cv.wait_timeout(g, d) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        },
+    }
+}
+
 impl Inner {
     pub(crate) fn new(
         transport: Arc<dyn Transport>,
         handlers: HandlerTable,
-        dispatcher: Arc<dyn TaskDispatcher>,
+        dispatcher: Option<Arc<dyn TaskDispatcher>>,
         config: EndpointConfig,
         setup: SetupInfo,
     ) -> Arc<Self> {
+        let queue = VecDeque::with_capacity(config.max_queued_calls.clamp(1, 1 << 16));
         Arc::new(Self {
             transport,
             gate: Gate::new(),
-            pending: PendingTable::new(),
+            pending: PendingTable::new(config.max_pending_calls),
             handlers,
             dispatcher,
-            config,
             setup,
-            rx: Mutex::new(RxState {
-                leader: Leader::None,
-                waiters: 0,
-                interrupted: false,
-                idle_since: None,
-                dead: false,
+            lead: AtomicU32::new(FREE),
+            callers: AtomicUsize::new(0),
+            caller_epoch: AtomicU64::new(0),
+            follower_count: AtomicUsize::new(0),
+            followers: Mutex::new(Vec::new()),
+            workers_backed_off: AtomicBool::new(false),
+            work: Mutex::new(Work {
+                queue,
+                refusals: Vec::new(),
+                disconnect: None,
+                workers: 0,
+                idle: 0,
+                busy: 0,
                 stop: false,
-                parked: 0,
-                drive_epoch: 0,
-                reader_poll: Duration::ZERO,
             }),
-            rx_cv: Condvar::new(),
-            reader_cv: Condvar::new(),
+            work_cv: Condvar::new(),
             conn: Mutex::new(ConnState {
                 phase: Phase::Open,
                 peer_gone: false,
@@ -237,315 +347,440 @@ impl Inner {
             conn_cv: Condvar::new(),
             on_disconnect: Mutex::new(Vec::new()),
             user_handle: Mutex::new(None),
+            config,
         })
     }
 
-    /// Starts the reader thread.
-    pub(crate) fn start_reader(self: &Arc<Self>) -> std::io::Result<()> {
+    fn id(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Starts the first worker.
+    pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut w = lock(&self.work);
+        self.spawn_worker(&mut w)
+    }
+
+    /// Starts one more worker (the caller holds the work lock).
+    fn spawn_worker(self: &Arc<Self>, w: &mut Work) -> std::io::Result<()> {
         let me = Arc::clone(self);
         thread::Builder::new()
             .name("orcwire-rx".into())
-            .spawn(move || me.reader_loop())
-            .map(drop)
+            .spawn(move || me.worker_loop())?;
+        w.workers += 1;
+        Ok(())
     }
 
-    /// Wakes every thread parked on `rx_cv` and the reader so they
-    /// re-check their conditions.
-    fn kick(&self) {
-        let _g = lock(&self.rx);
-        self.rx_cv.notify_all();
-        self.reader_cv.notify_all();
-    }
+    // ---------------------------------------------------------------
+    // The lead
 
-    /// Wakes the followers, if any is parked.
-    fn notify_followers(&self, rx: &RxState) {
-        if rx.parked > 0 {
-            self.rx_cv.notify_all();
-        }
-    }
-
-    /// Parks a follower on `rx_cv` (counted in `parked`).
-    fn wait_rx<'a>(
-        &self,
-        mut g: MutexGuard<'a, RxState>,
-        until: Option<Instant>,
-    ) -> MutexGuard<'a, RxState> {
-        g.parked += 1;
-        let mut g = Self::wait_on(&self.rx_cv, g, until);
-        g.parked -= 1;
-        g
-    }
-
-    fn wait_on<'a>(
-        cv: &Condvar,
-        g: MutexGuard<'a, RxState>,
-        until: Option<Instant>,
-    ) -> MutexGuard<'a, RxState> {
-        match until {
-            None => match cv.wait(g) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            },
-            Some(t) => {
-                let d = t.saturating_duration_since(Instant::now());
-                match cv.wait_timeout(g, d) {
-                    Ok((g, _)) => g,
-                    Err(p) => p.into_inner().0,
-                }
-            }
-        }
-    }
-
-    /// The reader's first poll interval while callers drive.
-    fn reader_poll_base(&self) -> Duration {
-        self.config.reader_grace.max(Duration::from_micros(100))
-    }
-
-    fn reader_loop(self: Arc<Self>) {
-        let base = self.reader_poll_base();
-        loop {
-            let mut rx = lock(&self.rx);
-            let mut looked_at: Option<u64> = None;
-            loop {
-                if rx.stop || rx.dead {
-                    return;
-                }
-                if rx.leader == Leader::None && rx.waiters == 0 {
-                    match rx.idle_since {
-                        Some(t) if t.elapsed() < self.config.reader_grace => {
-                            let until = t + self.config.reader_grace;
-                            rx = Self::wait_on(&self.reader_cv, rx, Some(until));
-                            continue;
-                        }
-                        _ => break,
-                    }
-                }
-                // Callers are driving; they do not wake us when they
-                // leave (unless we backed off), so look again later: soon
-                // while drives keep ending, less often while none does.
-                rx.reader_poll = if looked_at == Some(rx.drive_epoch) {
-                    (rx.reader_poll * 2).clamp(base, MAX_READER_POLL.max(base))
-                } else {
-                    base
-                };
-                looked_at = Some(rx.drive_epoch);
-                let until = Instant::now() + rx.reader_poll;
-                rx = Self::wait_on(&self.reader_cv, rx, Some(until));
-            }
-            rx.reader_poll = Duration::ZERO;
-            rx.leader = Leader::Reader;
-            rx.interrupted = false;
-            drop(rx);
-            let deferred = self.lead_once(None, &|| false);
-            self.release_lead();
-            self.run_deferred(deferred);
-        }
+    fn try_lead(&self, who: u32) -> bool {
+        // SYNC POINT: lead. Acquire pairs with the Release in
+        // `release_lead`: the previous leader's reads of the transport
+        // happened before ours.
+        self.lead
+            .compare_exchange(FREE, who, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     fn release_lead(&self) {
-        let mut rx = lock(&self.rx);
-        rx.leader = Leader::None;
-        // Only followers wait for a free lead: the reader polls.
-        self.notify_followers(&rx);
+        // SYNC POINT: lead (Release half). SeqCst with the follower count
+        // below: a follower announces itself, then re-checks the lead; we
+        // free the lead, then check for followers; one of us sees the other.
+        self.lead.store(FREE, Ordering::SeqCst);
+        if self.follower_count.load(Ordering::SeqCst) > 0 {
+            for t in lock(&self.followers).iter() {
+                t.unpark();
+            }
+        }
     }
 
-    /// Drives the inbound side (or waits for whoever does) until `done()`
-    /// or `deadline`.
-    pub(crate) fn drive_until(
-        self: &Arc<Self>,
-        done: &dyn Fn() -> bool,
-        deadline: Option<Instant>,
-    ) {
-        let mut rx = lock(&self.rx);
-        rx.waiters += 1;
+    /// Reads and routes messages while leading. A caller (`own` is its
+    /// call) stops once its result is in or `deadline` passes; a worker
+    /// stops at the first call it reads (to run it) or when a caller wants
+    /// the lead.
+    fn lead_turn(self: &Arc<Self>, own: Option<u64>, deadline: Option<Instant>) -> Turn {
+        let mut turn = Turn::default();
         loop {
-            if done() || deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
+            match own {
+                Some(seq) if self.pending.is_done(seq) => return turn,
+                None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
+                _ => {}
             }
-            if rx.dead {
-                // Nothing more will be read; whoever saw the error is
-                // disconnecting and will complete everything. Wait for it.
-                rx = self.wait_rx(rx, deadline);
-                continue;
-            }
-            match rx.leader {
-                Leader::None => {
-                    rx.leader = Leader::Caller;
-                    drop(rx);
-                    let deferred = self.lead_once(deadline, done);
-                    rx = lock(&self.rx);
-                    rx.leader = Leader::None;
-                    self.notify_followers(&rx);
-                    if !deferred.is_empty() {
-                        // Tasks and disconnects run outside both the lead
-                        // and the lock; with nothing to run (the lone
-                        // caller's usual turn) one lock hands the lead back.
-                        drop(rx);
-                        self.run_deferred(deferred);
-                        rx = lock(&self.rx);
+            match self.transport.recv(deadline) {
+                Ok(Received::Message(msg)) => {
+                    self.route(msg, own.is_none(), &mut turn);
+                    if turn.call.is_some() || turn.disconnect.is_some() {
+                        return turn;
                     }
                 }
-                Leader::Reader => {
-                    if !rx.interrupted {
-                        rx.interrupted = true;
-                        self.transport.interrupt_recv();
-                    }
-                    rx = self.wait_rx(rx, deadline);
+                Ok(Received::TimedOut) | Ok(Received::Interrupted) => return turn,
+                Err(e) => {
+                    self.note_peer_gone();
+                    turn.disconnect = Some(DisconnectReason::from_transport(e));
+                    return turn;
                 }
-                Leader::Caller => rx = self.wait_rx(rx, deadline),
-            }
-        }
-        rx.waiters -= 1;
-        rx.drive_epoch = rx.drive_epoch.wrapping_add(1);
-        if rx.waiters == 0 {
-            // Nobody else is in here to wake; the reader notices the idle
-            // connection by itself (see `reader_cv`), unless it backed off
-            // because no drive ended for a while (a long call).
-            rx.idle_since = Some(Instant::now());
-            if rx.reader_poll > self.reader_poll_base() {
-                self.reader_cv.notify_all();
             }
         }
     }
 
-    /// One turn as leader: waits (until `deadline`) for a message, then
-    /// takes whatever else has already arrived, up to [`LEAD_BATCH`]
-    /// messages, without waiting again, and stops early once `done()` (a
-    /// synchronous caller's own result arrived: it should not pay for
-    /// routing other callers' results first). Batching amortises the
-    /// hand-over of the lead (a lock and a wake-up) over a burst.
-    fn lead_once(
-        self: &Arc<Self>,
-        deadline: Option<Instant>,
-        done: &dyn Fn() -> bool,
-    ) -> VecDeque<Deferred> {
-        let got = self.transport.recv(deadline);
-        let mut more = matches!(got, Ok(Received::Message(_)));
-        let mut out = self.route(got);
-        let mut taken = 1;
-        // One clock read per turn: any deadline already past means "take
-        // only what has arrived".
-        let now = more.then(Instant::now);
-        while more && taken < LEAD_BATCH && !done() {
-            let got = self.transport.recv(now);
-            more = matches!(got, Ok(Received::Message(_)));
-            out.extend(self.route(got));
-            taken += 1;
+    /// The outcome a `Result` message carries, or why it is malformed.
+    fn outcome_of(msg: Message) -> Result<(u64, WrapperFunctionBuffer), String> {
+        match msg.tag {
+            RESULT_OK => Ok((msg.seq, msg.payload)),
+            RESULT_ERROR => Ok((
+                msg.seq,
+                WrapperFunctionBuffer::out_of_band_error(
+                    String::from_utf8_lossy(msg.payload.as_slice()).into_owned(),
+                ),
+            )),
+            other => Err(format!(
+                "result for sequence number {} has unknown kind {other}",
+                msg.seq
+            )),
         }
-        out
     }
 
-    /// Routes one `recv` outcome. Runs while holding the lead, so it never
-    /// blocks: anything that might is returned as deferred work.
-    fn route(self: &Arc<Self>, got: Result<Received, TransportError>) -> VecDeque<Deferred> {
-        let mut out = VecDeque::new();
-        match got {
-            Ok(Received::Message(msg)) => self.route_message(msg, &mut out),
-            Ok(Received::TimedOut) | Ok(Received::Interrupted) => {}
-            Err(e) => {
-                {
-                    let mut rx = lock(&self.rx);
-                    rx.dead = true;
-                }
-                self.note_peer_gone();
-                out.push_back(Deferred::Disconnect(DisconnectReason::from_transport(e)));
-            }
-        }
-        out
-    }
-
-    fn route_message(self: &Arc<Self>, msg: Message, out: &mut VecDeque<Deferred>) {
+    /// Routes one message. Never blocks.
+    fn route(self: &Arc<Self>, msg: Message, worker: bool, turn: &mut Turn) {
         match msg.opcode {
-            Opcode::Result => {
-                let outcome = match msg.tag {
-                    RESULT_OK => msg.payload,
-                    RESULT_ERROR => WrapperFunctionBuffer::out_of_band_error(
-                        String::from_utf8_lossy(msg.payload.as_slice()).into_owned(),
-                    ),
-                    other => {
-                        return self.protocol_error(
-                            format!(
-                                "result for sequence number {} has unknown kind {other}",
-                                msg.seq
-                            ),
-                            out,
-                        )
-                    }
-                };
-                if let Err(e) = self.pending.complete(msg.seq, Ok(outcome)) {
-                    // After we failed every pending call (disconnect step
-                    // 5) a late result is expected, not an error.
-                    if !self.gate.is_closed() {
-                        self.protocol_error(e.to_string(), out);
+            Opcode::Result => match Self::outcome_of(msg) {
+                Ok((seq, outcome)) => {
+                    if let Err(e) = self.pending.complete(seq, Ok(outcome)) {
+                        self.protocol_error(e.to_string(), turn);
                     }
                 }
-            }
+                Err(what) => self.protocol_error(what, turn),
+            },
             Opcode::CallWrapper => {
-                // The gate decides acceptance; the guard is dropped before
-                // the handler can run, so a handler may disconnect.
-                if self.gate.enter().is_err() {
+                if self.gate.is_closed() {
                     return; // Disconnecting: the peer fails this call.
                 }
-                let sink: Arc<dyn ResultSink> = Arc::clone(self) as Arc<dyn ResultSink>;
-                let responder = Responder::new(msg.seq, sink);
-                let task: crate::dispatch::Task = match self.handlers.get(msg.tag) {
-                    Some(entry) => {
-                        let f = Arc::clone(&entry.f);
-                        let args = msg.payload;
-                        Box::new(move || f(args, responder))
-                    }
-                    None => {
-                        let err = self.handlers.unknown_tag_error(msg.tag);
-                        Box::new(move || responder.respond(err))
-                    }
+                let call = Incoming {
+                    seq: msg.seq,
+                    tag: msg.tag,
+                    args: msg.payload,
                 };
-                out.push_back(Deferred::Dispatch(task));
+                if worker {
+                    turn.call = Some(call);
+                    return;
+                }
+                let mut w = lock(&self.work);
+                if w.queue.len() < self.config.max_queued_calls.max(1) {
+                    w.queue.push_back(call);
+                    self.wake_or_spawn(&mut w);
+                } else if w.refusals.len() < MAX_REFUSALS {
+                    w.refusals.push(call.seq);
+                    self.wake_or_spawn(&mut w);
+                } else {
+                    drop(w);
+                    self.protocol_error(
+                        "the peer keeps sending calls while it does not read their results".into(),
+                        turn,
+                    );
+                }
             }
             Opcode::Hangup => {
                 self.note_peer_gone();
-                out.push_back(Deferred::Disconnect(DisconnectReason::PeerHungUp));
+                turn.disconnect = Some(DisconnectReason::PeerHungUp);
             }
             Opcode::Setup => self.protocol_error(
                 "a second Setup message arrived after the connection was set up".into(),
-                out,
+                turn,
             ),
         }
     }
 
-    fn protocol_error(&self, what: String, out: &mut VecDeque<Deferred>) {
-        {
-            let mut rx = lock(&self.rx);
-            rx.dead = true;
-        }
+    fn protocol_error(&self, what: String, turn: &mut Turn) {
         // The peer cannot be trusted to acknowledge anything any more.
         self.note_peer_gone();
         self.transport.close();
-        out.push_back(Deferred::Disconnect(DisconnectReason::Protocol(what)));
+        turn.disconnect = Some(DisconnectReason::Protocol(what));
     }
 
     fn note_peer_gone(&self) {
         let mut c = lock(&self.conn);
         c.peer_gone = true;
         self.conn_cv.notify_all();
-        drop(c);
-        self.kick();
     }
 
     fn peer_gone(&self) -> bool {
         lock(&self.conn).peer_gone
     }
 
-    fn run_deferred(self: &Arc<Self>, deferred: VecDeque<Deferred>) {
-        for d in deferred {
-            match d {
-                Deferred::Dispatch(task) => self.dispatcher.dispatch(task),
-                // Found while driving: never wait for another doer here —
-                // this thread may *be* the doer (step 4 drives the
-                // connection), and nobody needs this thread to return late.
-                Deferred::Disconnect(reason) => self.disconnect_with(reason, false),
+    /// The `on_wait` hook of every send: the sender is about to sleep for
+    /// room, so make sure somebody reads meanwhile.
+    fn ensure_reader(self: &Arc<Self>) {
+        if self.lead.load(Ordering::Acquire) != FREE || self.callers.load(Ordering::Relaxed) > 0 {
+            return; // someone leads, or a caller is about to
+        }
+        let mut w = lock(&self.work);
+        if w.stop {
+            return;
+        }
+        if w.idle > 0 {
+            self.work_cv.notify_one();
+        } else if w.workers < self.config.max_workers.max(1) {
+            let _ = self.spawn_worker(&mut w);
+        }
+    }
+
+    /// Sends on the transport with the engine's hook.
+    fn send(
+        self: &Arc<Self>,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), TransportError> {
+        self.transport
+            .send_until(opcode, seq, tag, payload, deadline, &|| {
+                self.ensure_reader()
+            })
+    }
+
+    // ---------------------------------------------------------------
+    // Callers
+
+    /// Blocks until call `seq` is done or `deadline` passes, leading when
+    /// the lead is free; never runs a handler.
+    fn wait_for_call(
+        self: &Arc<Self>,
+        seq: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), CallError> {
+        self.callers.fetch_add(1, Ordering::SeqCst);
+        let r = self.caller_loop(seq, deadline);
+        if self.callers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.caller_epoch.fetch_add(1, Ordering::Relaxed);
+            if self.workers_backed_off.swap(false, Ordering::Relaxed) {
+                let _w = lock(&self.work);
+                self.work_cv.notify_all();
+            }
+        }
+        r
+    }
+
+    fn caller_loop(self: &Arc<Self>, seq: u64, deadline: Option<Instant>) -> Result<(), CallError> {
+        let mut interrupted = false;
+        loop {
+            if self.pending.is_done(seq) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            if self.try_lead(CALLER) {
+                interrupted = false;
+                let turn = self.lead_turn(Some(seq), deadline);
+                self.release_lead();
+                self.after_caller_turn(turn);
+                self.check_would_deadlock()?;
+                continue;
+            }
+            if self.is_disconnected() {
+                // Step 5 completes every call; nothing more will be read.
+                return Ok(());
+            }
+            // Someone else leads. A worker may be asleep in `recv`: ask it
+            // once to stand aside (it sees `callers > 0` and releases).
+            if !interrupted && self.lead.load(Ordering::Relaxed) == WORKER {
+                interrupted = true;
+                self.transport.interrupt_recv();
+            }
+            self.park_as_follower(seq, deadline);
+            self.check_would_deadlock()?;
+        }
+    }
+
+    /// Parks until our result comes, the lead is released, or `deadline`.
+    fn park_as_follower(&self, seq: u64, deadline: Option<Instant>) {
+        THREAD_WAKER.with(|w| self.pending.register_waker(seq, w));
+        lock(&self.followers).push(thread::current());
+        self.follower_count.fetch_add(1, Ordering::SeqCst);
+        if !self.pending.is_done(seq) && self.lead.load(Ordering::SeqCst) != FREE {
+            // A long wait is bounded by the handover so a lead lost to a
+            // blocked handler is noticed (spurious returns are fine).
+            let cap = Instant::now() + HANDOVER * 10;
+            park_until(Some(deadline.map_or(cap, |d| d.min(cap))));
+        }
+        self.follower_count.fetch_sub(1, Ordering::SeqCst);
+        let me = thread::current().id();
+        let mut f = lock(&self.followers);
+        if let Some(i) = f.iter().position(|t| t.id() == me) {
+            f.swap_remove(i);
+        }
+    }
+
+    fn after_caller_turn(self: &Arc<Self>, turn: Turn) {
+        if let Some(r) = turn.disconnect {
+            let mut w = lock(&self.work);
+            w.disconnect.get_or_insert(r);
+            self.wake_or_spawn(&mut w);
+        }
+    }
+
+    /// Wakes an idle worker, or starts one if none is idle.
+    fn wake_or_spawn(self: &Arc<Self>, w: &mut Work) {
+        if w.idle > 0 {
+            self.work_cv.notify_all();
+        } else if w.workers < self.config.max_workers.max(1) && !w.stop {
+            let _ = self.spawn_worker(w);
+        }
+    }
+
+    /// A caller inside one of our handlers whose wait needs a handler run
+    /// that no worker can take: it would wait for itself.
+    fn check_would_deadlock(&self) -> Result<(), CallError> {
+        if IN_HANDLER_OF.with(|h| h.get()) != self.id() {
+            return Ok(());
+        }
+        let w = lock(&self.work);
+        if !w.queue.is_empty() && w.idle == 0 && w.busy >= self.config.max_workers.max(1) {
+            return Err(CallError::WouldDeadlock(
+                "every worker of this connection is inside a handler (this one included) and the \
+                 peer's next call cannot run; raise EndpointConfig::max_workers, or answer through \
+                 the Responder later instead of waiting inside the handler",
+            ));
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------
+    // Workers
+
+    fn worker_loop(self: Arc<Self>) {
+        let mut last_epoch = self.caller_epoch.load(Ordering::Relaxed);
+        let base = self.config.reader_grace.max(Duration::from_micros(50));
+        let mut poll = base;
+        let mut w = lock(&self.work);
+        loop {
+            if w.stop {
+                w.workers -= 1;
+                self.work_cv.notify_all();
+                return;
+            }
+            if let Some(reason) = w.disconnect.take() {
+                drop(w);
+                self.disconnect_with(reason, false);
+                w = lock(&self.work);
+                continue;
+            }
+            if !w.refusals.is_empty() {
+                let refusals = std::mem::take(&mut w.refusals);
+                drop(w);
+                self.send_refusals(&refusals);
+                w = lock(&self.work);
+                continue;
+            }
+            if let Some(call) = w.queue.pop_front() {
+                w = self.run_call(w, call);
+                continue;
+            }
+            // Lead if no caller wants to and none left just now.
+            let callers = self.callers.load(Ordering::Relaxed);
+            let epoch = self.caller_epoch.load(Ordering::Relaxed);
+            if callers == 0 && epoch == last_epoch && self.try_lead(WORKER) {
+                drop(w);
+                poll = base;
+                let turn = self.lead_turn(None, None);
+                self.release_lead();
+                w = lock(&self.work);
+                if let Some(r) = turn.disconnect {
+                    w.disconnect.get_or_insert(r);
+                }
+                if let Some(call) = turn.call {
+                    w = self.run_call(w, call);
+                }
+                continue;
+            }
+            // Stand aside: callers drive, another thread leads, or the
+            // grace after the last caller runs. Look again later.
+            let timeout = if callers > 0 {
+                if epoch == last_epoch {
+                    poll = (poll * 2).min(Duration::from_millis(50));
+                    self.workers_backed_off.store(true, Ordering::Relaxed);
+                }
+                poll
+            } else if epoch != last_epoch {
+                base
+            } else if w.busy > 0 {
+                HANDOVER
+            } else {
+                // Another worker leads and nothing runs: sleep until woken.
+                Duration::from_millis(100)
+            };
+            last_epoch = epoch;
+            w.idle += 1;
+            w = wait_cv(&self.work_cv, w, Some(timeout));
+            w.idle -= 1;
+        }
+    }
+
+    /// Runs one incoming call (unless the connection is closing), with the
+    /// work lock released meanwhile; makes sure another worker stays idle
+    /// to lead while this one is busy.
+    fn run_call<'a>(
+        self: &'a Arc<Self>,
+        mut w: MutexGuard<'a, Work>,
+        call: Incoming,
+    ) -> MutexGuard<'a, Work> {
+        // A handler starts only inside the gate: once disconnect closed
+        // it, queued and just-read calls are dropped unrun.
+        let Ok(entered) = self.gate.enter() else {
+            return w;
+        };
+        drop(entered);
+        if w.idle == 0 && w.workers < self.config.max_workers.max(1) && !w.stop {
+            let _ = self.spawn_worker(&mut w);
+        }
+        w.busy += 1;
+        drop(w);
+        let responder = Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
+        match &self.dispatcher {
+            None => {
+                let prev = IN_HANDLER_OF.with(|h| h.replace(self.id()));
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.invoke(call.tag, call.args, responder)
+                }));
+                IN_HANDLER_OF.with(|h| h.set(prev));
+                // A panicking handler's responder answered with an error
+                // as it unwound; the worker carries on.
+                drop(ran);
+            }
+            Some(d) => {
+                let me = Arc::clone(self);
+                let (tag, args) = (call.tag, call.args);
+                d.dispatch(Box::new(move || me.invoke(tag, args, responder)));
+            }
+        }
+        let mut w = lock(&self.work);
+        w.busy -= 1;
+        w
+    }
+
+    fn invoke(&self, tag: u64, args: WrapperFunctionBuffer, responder: Responder) {
+        match self.handlers.get(tag) {
+            Some(entry) => (entry.f)(args, responder),
+            None => responder.respond(self.handlers.unknown_tag_error(tag)),
+        }
+    }
+
+    fn send_refusals(self: &Arc<Self>, seqs: &[u64]) {
+        const BUSY: &str = "the callee is busy: its queue of incoming calls is full; call again later, or raise its EndpointConfig::max_queued_calls";
+        for &seq in seqs {
+            let Ok(_inside) = self.gate.enter() else {
+                return;
+            };
+            if self
+                .send(Opcode::Result, seq, RESULT_ERROR, BUSY.as_bytes(), None)
+                .is_err()
+            {
+                return;
             }
         }
     }
+
+    // ---------------------------------------------------------------
+    // Disconnect
 
     /// The error a call gets when the connection is (being) closed.
     pub(crate) fn closed_error(&self) -> CallError {
@@ -610,22 +845,30 @@ impl Inner {
             }
             return;
         }
-        self.kick(); // followers re-check the gate-dependent conditions
-
+        // Step 2: queued calls are dropped unrun (their responders answer
+        // into a closed gate: nothing is sent, the peer's calls fail when
+        // the connection ends); sends in flight finish or are made to fail.
+        let dropped = {
+            let mut w = lock(&self.work);
+            w.refusals.clear();
+            std::mem::take(&mut w.queue)
+        };
+        drop(dropped);
         let deadline = Instant::now() + self.config.hangup_timeout;
-        let watchdog = self.spawn_watchdog(deadline);
-
-        // Step 2: in-flight sends finish, or are made to fail.
         if !self.gate.wait_idle_until(deadline) {
             self.transport.close();
-            self.gate.wait_idle();
+            // Closing fails every blocked send; they leave at once.
+            self.gate
+                .wait_idle_until(Instant::now() + self.config.hangup_timeout);
         }
-        // Step 3: tell the peer (request or acknowledgement).
-        let _ = self.transport.send(Opcode::Hangup, 0, 0, &[]);
-        // Step 4: wait for the peer's answer if we asked first.
+        // Step 3: tell the peer (request or acknowledgement), bounded.
+        let _ = self
+            .transport
+            .send_until(Opcode::Hangup, 0, 0, &[], Some(deadline), &|| {});
+        // Step 4: wait for the peer's answer if we asked first. Results
+        // already on their way are still delivered meanwhile.
         if !self.peer_gone() {
-            let me = Arc::clone(self);
-            self.drive_until(&move || me.peer_gone(), Some(deadline));
+            self.drain_until_peer_gone(deadline);
         }
         // Step 5.
         self.transport.close();
@@ -633,12 +876,11 @@ impl Inner {
         self.pending.fail_all(err);
         // Step 6.
         {
-            let mut rx = lock(&self.rx);
-            rx.stop = true;
-            rx.dead = true;
-            self.rx_cv.notify_all();
-            self.reader_cv.notify_all();
+            let mut w = lock(&self.work);
+            w.stop = true;
+            self.work_cv.notify_all();
         }
+        self.transport.interrupt_recv();
         let callbacks = {
             let mut cbs = lock(&self.on_disconnect);
             {
@@ -648,38 +890,93 @@ impl Inner {
             }
             std::mem::take(&mut *cbs)
         };
-        if let Some(w) = watchdog {
-            // The watchdog wakes on the phase change and exits; it holds
-            // only an Arc, so it need not be joined.
-            drop(w);
-        }
+        self.wake_followers();
         let reason = self.reason().unwrap_or(DisconnectReason::Local);
         for cb in callbacks {
             cb(&reason);
         }
     }
 
-    fn spawn_watchdog(self: &Arc<Self>, deadline: Instant) -> Option<thread::JoinHandle<()>> {
-        let me = Arc::clone(self);
-        thread::Builder::new()
-            .name("orcwire-hangup".into())
-            .spawn(move || {
-                let mut c = lock(&me.conn);
-                while c.phase != Phase::Disconnected {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        drop(c);
-                        me.transport.close();
-                        me.kick();
-                        return;
-                    }
-                    c = match me.conn_cv.wait_timeout(c, deadline - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    };
+    /// Step 4: reads (as the lead, taken from whoever has it) until the
+    /// peer's `Hangup`, end of stream or death, or `deadline`.
+    fn drain_until_peer_gone(self: &Arc<Self>, deadline: Instant) {
+        while !self.peer_gone() && Instant::now() < deadline {
+            if !self.try_lead(CALLER) {
+                self.transport.interrupt_recv();
+                thread::yield_now();
+                if Instant::now() >= deadline {
+                    break;
                 }
-            })
-            .ok()
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            loop {
+                match self.transport.recv(Some(deadline)) {
+                    Ok(Received::Message(m)) => match m.opcode {
+                        Opcode::Result => {
+                            if let Ok((seq, outcome)) = Self::outcome_of(m) {
+                                let _ = self.pending.complete(seq, Ok(outcome));
+                            }
+                        }
+                        Opcode::Hangup => {
+                            self.note_peer_gone();
+                            break;
+                        }
+                        _ => {}
+                    },
+                    Ok(Received::Interrupted) => continue,
+                    Ok(Received::TimedOut) => break,
+                    Err(_) => {
+                        self.note_peer_gone();
+                        break;
+                    }
+                }
+            }
+            self.release_lead();
+        }
+    }
+
+    fn wake_followers(&self) {
+        for t in lock(&self.followers).iter() {
+            t.unpark();
+        }
+    }
+}
+
+/// Lets a [`PendingCall`](crate::PendingCall) drive the connection.
+pub(crate) struct Driver(pub(crate) Arc<Inner>);
+
+impl CallHost for Driver {
+    fn table(&self) -> &PendingTable {
+        &self.0.pending
+    }
+
+    fn wait_for(&self, seq: u64, deadline: Option<Instant>) -> Result<(), CallError> {
+        self.0.wait_for_call(seq, deadline)
+    }
+}
+
+impl Inner {
+    /// Sends a call: the fast path of [`Endpoint::call`](crate::Endpoint::call).
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        tag: u64,
+        args: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<u64, CallError> {
+        let _inside = self.gate.enter().map_err(|_| self.closed_error())?;
+        let seq = self.pending.register()?;
+        if let Err(e) = self.send(Opcode::CallWrapper, seq, tag, args, deadline) {
+            let err = match &e {
+                TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
+                TransportError::TimedOut => CallError::TimedOut,
+                _ => self.closed_error(),
+            };
+            let _ = self.pending.complete(seq, Err(err.clone()));
+            drop(self.pending.try_take(seq, false));
+            return Err(err);
+        }
+        Ok(seq)
     }
 }
 
@@ -692,32 +989,49 @@ impl ResultSink for Inner {
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.
         };
+        // The hook needs the Arc; a result sent without it still never
+        // deadlocks the reader (a worker leads while this thread waits
+        // unless every worker is busy, and idle workers take over).
+        let hook = || {
+            if self.lead.load(Ordering::Acquire) == FREE {
+                let w = lock(&self.work);
+                if w.idle > 0 {
+                    self.work_cv.notify_one();
+                }
+            }
+        };
         let sent = match result.error_message() {
-            Some(msg) => self
-                .transport
-                .send(Opcode::Result, seq, RESULT_ERROR, msg.as_bytes()),
-            None => self
-                .transport
-                .send(Opcode::Result, seq, RESULT_OK, result.as_slice()),
+            Some(msg) => self.transport.send_until(
+                Opcode::Result,
+                seq,
+                RESULT_ERROR,
+                msg.as_bytes(),
+                None,
+                &hook,
+            ),
+            None => self.transport.send_until(
+                Opcode::Result,
+                seq,
+                RESULT_OK,
+                result.as_slice(),
+                None,
+                &hook,
+            ),
         };
         if let Err(TransportError::TooLarge { size, limit }) = sent {
             let msg = format!(
                 "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
             );
-            let _ = self
-                .transport
-                .send(Opcode::Result, seq, RESULT_ERROR, msg.as_bytes());
+            let _ = self.transport.send_until(
+                Opcode::Result,
+                seq,
+                RESULT_ERROR,
+                msg.as_bytes(),
+                None,
+                &hook,
+            );
         }
         // Any other failure means the connection is ending; the caller's
         // pending call fails with the disconnect.
-    }
-}
-
-/// Lets a [`PendingCall`](crate::PendingCall) drive the connection.
-pub(crate) struct Driver(pub(crate) Arc<Inner>);
-
-impl WaitDriver for Driver {
-    fn wait_for(&self, slot: &Slot, deadline: Option<Instant>) {
-        self.0.drive_until(&|| slot.is_done(), deadline);
     }
 }

@@ -35,6 +35,7 @@ pub mod sps;
 pub mod stream;
 pub mod sync;
 pub mod transport;
+mod waker;
 
 pub use access::{attach_executor, AttachError};
 pub use buffer::WrapperFunctionBuffer;

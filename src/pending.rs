@@ -1,23 +1,48 @@
-//! Pending calls: the table from sequence number to the caller waiting for
-//! that result, and [`PendingCall`], the caller's handle.
+//! Pending calls: a fixed array of slots indexed by sequence number, and
+//! [`PendingCall`], the caller's handle on one slot.
 //!
-//! Every call completes exactly once: with the peer's result, or with an
-//! error when the connection ends. Both paths go through the table's one
-//! lock — a result removes its entry under the lock, and disconnect
-//! (`PendingTable::fail_all`) closes the table and drains it under the
-//! same lock — so a result racing a disconnect can win or lose but never
-//! complete a call twice or leave it waiting. Wakers and the waiting
-//! thread are told after the lock is released.
+//! No map, no lock, no allocation per call. A call takes the slot
+//! `seq % slots` for a fresh sequence number (if that slot is busy it
+//! takes the next number, so sequence numbers on the wire may skip); the
+//! reader delivers a result by indexing the same slot and checking that the
+//! slot still belongs to that sequence number.
+//!
+//! # The slot's state word
+//! ```text
+//!  63 ............................ 8   7 .. 5   4          3        2       1       0
+//! [ sequence number of the owner     ][  0   ][ABANDONED][CLAIMED][ (0) ][VALUE][OCCUPIED]
+//! ```
+//! * `OCCUPIED`: a call owns the slot. Set by [`PendingTable::register`]
+//!   (CAS from 0), cleared (store 0) by whoever frees the slot: the owner
+//!   after taking the outcome, or the completer of an abandoned call.
+//! * `CLAIMED`: one completer (the reader with a result, or disconnect
+//!   failing every call) won the right to write the outcome. Only the
+//!   claimer writes the value cell, and only before it sets `VALUE`.
+//! * `VALUE`: the outcome is in the value cell; from here only the owner
+//!   (or, if `ABANDONED`, the completer) touches the cell.
+//! * `ABANDONED`: the handle was dropped before the outcome came; the
+//!   completer drops the outcome and frees the slot.
+//!
+//! Every call therefore completes exactly once: the claim is one CAS, so a
+//! result racing a disconnect wins or loses but never completes a call
+//! twice, and a late result for a freed or reused slot sees another
+//! sequence number (or no `OCCUPIED`) and is discarded.
+//!
+//! Waiting: each slot embeds an [`AtomicWaker`]. A
+//! future registers its task's waker; a synchronous waiter registers a
+//! waker that unparks its thread. A completer sets `VALUE` and then wakes.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
 
 use crate::buffer::WrapperFunctionBuffer;
-use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU64, Ordering, UnsafeCell};
 use crate::transport::TransportError;
+use crate::waker::AtomicWaker;
 
 /// Why a call produced no result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -31,8 +56,10 @@ pub enum CallError {
     /// The peer process died before the result arrived.
     #[error("the peer process died before answering; start a new peer to call again")]
     PeerDied,
-    /// [`PendingCall::wait_timeout`] ran out of time. The call is still
-    /// pending: wait again, or drop the handle to forget the result.
+    /// A deadline passed. From [`PendingCall::wait_timeout`] the call is
+    /// still pending (wait again, or drop the handle to forget it); from
+    /// [`Endpoint::call_timeout`](crate::Endpoint::call_timeout) the call
+    /// was not sent.
     #[error(
         "no result within the timeout; the call is still pending, so wait again or drop the handle"
     )]
@@ -43,6 +70,13 @@ pub enum CallError {
     /// The transport refused the call (for example, it is too large).
     #[error("the call could not be sent: {0}")]
     Send(TransportError),
+    /// Every pending-call slot is in use.
+    #[error("{0} calls are already waiting for results on this connection; wait for some, or raise EndpointConfig::max_pending_calls")]
+    TooManyPending(usize),
+    /// A synchronous wait on this thread could only finish by running a
+    /// handler on this same thread, which a waiting thread never does.
+    #[error("this wait would deadlock: {0}")]
+    WouldDeadlock(&'static str),
 }
 
 impl CallError {
@@ -58,241 +92,338 @@ impl CallError {
 /// The outcome a call ends with.
 pub type CallResult = Result<WrapperFunctionBuffer, CallError>;
 
-#[derive(Debug)]
-enum SlotState {
-    /// Waiting; the waker of the last poll, if any.
-    Pending(Option<Waker>),
-    Ready(CallResult),
-    Taken,
-}
+/// A call owns the slot.
+pub const OCCUPIED: u64 = 1 << 0;
+/// The outcome is in the value cell.
+pub const VALUE: u64 = 1 << 1;
+/// A completer won the right to write the outcome.
+pub const CLAIMED: u64 = 1 << 3;
+/// The handle was dropped; the completer frees the slot.
+pub const ABANDONED: u64 = 1 << 4;
+const SEQ_SHIFT: u32 = 8;
+/// Sequence numbers stay below this (they fit the state word's seq field).
+const SEQ_LIMIT: u64 = 1 << (64 - SEQ_SHIFT);
 
 /// Where one call's result lands.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    state: Mutex<SlotState>,
-    /// Set (Release) after the state became `Ready`, so waiters can poll
-    /// without taking the lock.
-    done: AtomicBool,
+struct Slot {
+    /// `seq << 8 | flags`, or 0 when free. See the module docs.
+    state: AtomicU64,
+    /// Written by the claimer before `VALUE`; read by the owner after.
+    value: UnsafeCell<Option<CallResult>>,
+    waker: AtomicWaker,
 }
+
+// SAFETY: the value cell is touched only by the thread the state word's
+// protocol gives it to (the claimer before VALUE, the owner or the
+// completer of an abandoned call after); see the module docs.
+unsafe impl Sync for Slot {}
+// SAFETY: as above; the contents are Send.
+unsafe impl Send for Slot {}
 
 impl Slot {
     fn new() -> Self {
         Self {
-            state: Mutex::new(SlotState::Pending(None)),
-            done: AtomicBool::new(false),
+            state: AtomicU64::new(0),
+            value: UnsafeCell::new(None),
+            waker: AtomicWaker::new(),
         }
     }
 
-    /// Stores the outcome unless one is already there; returns whether it
-    /// stored. Wakes the task waiting on it.
-    fn complete(&self, outcome: CallResult) -> bool {
-        let waker = {
-            let mut st = lock(&self.state);
-            match &mut *st {
-                SlotState::Pending(w) => {
-                    let w = w.take();
-                    *st = SlotState::Ready(outcome);
-                    w
-                }
-                _ => return false,
-            }
-        };
-        // SYNC POINT: slot done. Release pairs with the Acquire in
-        // `is_done`; the outcome itself is published by the state lock.
-        self.done.store(true, Ordering::Release);
-        if let Some(w) = waker {
-            w.wake();
-        }
-        true
-    }
-
-    /// Whether an outcome is stored (or was taken).
-    #[inline]
-    pub(crate) fn is_done(&self) -> bool {
-        // SYNC POINT: slot done (Acquire half).
-        self.done.load(Ordering::Acquire)
-    }
-
-    /// Takes the outcome if there is one.
-    fn try_take(&self) -> Option<CallResult> {
-        let mut st = lock(&self.state);
-        match std::mem::replace(&mut *st, SlotState::Taken) {
-            SlotState::Ready(r) => Some(r),
-            SlotState::Taken => Some(Err(CallError::AlreadyTaken)),
-            pending @ SlotState::Pending(_) => {
-                *st = pending;
-                None
-            }
-        }
-    }
-
-    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<CallResult> {
-        let mut st = lock(&self.state);
-        match std::mem::replace(&mut *st, SlotState::Taken) {
-            SlotState::Ready(r) => Poll::Ready(r),
-            SlotState::Taken => Poll::Ready(Err(CallError::AlreadyTaken)),
-            SlotState::Pending(w) => {
-                let w = match w {
-                    Some(w) if w.will_wake(cx.waker()) => w,
-                    _ => cx.waker().clone(),
-                };
-                *st = SlotState::Pending(Some(w));
-                Poll::Pending
-            }
-        }
+    fn take_value(&self) -> Option<CallResult> {
+        // SAFETY: callers own the cell by the state protocol (VALUE seen
+        // with Acquire by the owner, or the claimer of an abandoned call).
+        self.value.with_mut(|v| unsafe { (*v).take() })
     }
 }
 
-/// Hashes a sequence number by Fibonacci multiplication. The keys are our
-/// own consecutive numbers (a peer's result only *looks one up*), so they
-/// spread well without std's seeded SipHash; and the same table behaves the
-/// same in every run, which loom's exploration needs (a seeded hash drains
-/// the table in a different order each time).
-#[derive(Clone, Copy, Debug, Default)]
-struct SeqHash;
-
-impl BuildHasher for SeqHash {
-    type Hasher = SeqHasher;
-
-    fn build_hasher(&self) -> SeqHasher {
-        SeqHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct SeqHasher(u64);
-
-impl Hasher for SeqHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-        self.0 = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-#[derive(Debug)]
-struct TableInner {
-    /// Next sequence number to hand out; starts at 1 (0 is for
-    /// `Setup`/`Hangup`).
-    next_seq: u64,
-    calls: HashMap<u64, Arc<Slot>, SeqHash>,
-    /// Set by `fail_all`: the error every later registration gets.
-    closed: Option<CallError>,
-}
-
-/// Sequence number to waiting caller.
-#[derive(Debug)]
-pub(crate) struct PendingTable {
-    inner: Mutex<TableInner>,
-}
-
-/// A result arrived for a sequence number with no pending call: the peer
-/// answered twice, or made one up. A protocol error.
+/// A result arrived for a sequence number this side never handed out. A
+/// protocol error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the peer sent a result for sequence number {0}, which has no pending call")]
+#[error("the peer sent a result for sequence number {0}, which this side never used")]
 pub(crate) struct UnknownSeq(pub u64);
 
+/// What [`PendingTable::complete`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// The outcome was stored for the waiting call.
+    Delivered,
+    /// No call waits under that number any more (it was dropped, already
+    /// answered, or failed by disconnect); the outcome was dropped.
+    Discarded,
+}
+
+/// Sequence number to waiting caller; see the [module docs](self).
+pub(crate) struct PendingTable {
+    slots: Box<[CachePadded<Slot>]>,
+    mask: u64,
+    /// Next sequence number to try; starts at 1 (0 is `Setup`/`Hangup`).
+    next_seq: CachePadded<AtomicU64>,
+}
+
+impl std::fmt::Debug for PendingTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTable")
+            .field("slots", &self.slots.len())
+            .field("pending", &self.len())
+            .finish()
+    }
+}
+
 impl PendingTable {
-    pub(crate) fn new() -> Self {
+    /// A table of `capacity` slots, rounded up to a power of two (at least 2).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let n = capacity.clamp(2, 1 << 24).next_power_of_two();
         Self {
-            inner: Mutex::new(TableInner {
-                next_seq: 1,
-                calls: HashMap::with_hasher(SeqHash),
-                closed: None,
-            }),
+            slots: (0..n).map(|_| CachePadded::new(Slot::new())).collect(),
+            mask: n as u64 - 1,
+            next_seq: CachePadded::new(AtomicU64::new(1)),
         }
     }
 
-    /// Allocates a sequence number and a slot for a new call.
-    pub(crate) fn register(&self) -> Result<(u64, Arc<Slot>), CallError> {
-        let mut t = lock(&self.inner);
-        if let Some(e) = &t.closed {
-            // Loom must-fail variant: register after `fail_all` drained the
-            // table, so nothing will ever complete the call.
-            if !crate::sync::is_broken("pending") {
-                return Err(e.clone());
+    fn slot(&self, seq: u64) -> &Slot {
+        &self.slots[(seq & self.mask) as usize]
+    }
+
+    /// Takes a free slot under a fresh sequence number.
+    pub(crate) fn register(&self) -> Result<u64, CallError> {
+        for _ in 0..self.slots.len() {
+            let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if seq >= SEQ_LIMIT || seq == 0 {
+                // 2^56 calls later: start again at 1. Racing threads may
+                // both reset; any number they then take is still unique
+                // among the occupied slots, which is all that matters.
+                self.next_seq.store(2, Ordering::Relaxed);
+                seq = 1;
+            }
+            // SYNC POINT: slot freed. Acquire pairs with the Release store
+            // of 0 by whoever freed the slot: its last use of the value
+            // cell happened before ours.
+            if self
+                .slot(seq)
+                .state
+                .compare_exchange(
+                    0,
+                    seq << SEQ_SHIFT | OCCUPIED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Ok(seq);
             }
         }
-        let seq = t.next_seq;
-        t.next_seq = t.next_seq.wrapping_add(1).max(1);
-        let slot = Arc::new(Slot::new());
-        t.calls.insert(seq, Arc::clone(&slot));
-        Ok((seq, slot))
+        Err(CallError::TooManyPending(self.slots.len()))
     }
 
     /// Completes call `seq` with `outcome`.
-    pub(crate) fn complete(&self, seq: u64, outcome: CallResult) -> Result<(), UnknownSeq> {
-        let slot = lock(&self.inner)
-            .calls
-            .remove(&seq)
-            .ok_or(UnknownSeq(seq))?;
-        slot.complete(outcome);
-        Ok(())
+    ///
+    /// # Errors
+    /// [`UnknownSeq`] for a number this table never handed out.
+    pub(crate) fn complete(&self, seq: u64, outcome: CallResult) -> Result<Completed, UnknownSeq> {
+        // `next_seq` only grows (bar the wrap after 2^56 calls), so a number
+        // at or above it was never used. Relaxed suffices: our increment
+        // happened before the call was sent, and the peer's result reached
+        // us through the transport's own Release/Acquire pairs.
+        if seq == 0 || seq >= SEQ_LIMIT || seq >= self.next_seq.load(Ordering::Relaxed) {
+            return Err(UnknownSeq(seq));
+        }
+        if self.claim(seq) && self.fill(seq, outcome) {
+            Ok(Completed::Delivered)
+        } else {
+            Ok(Completed::Discarded)
+        }
     }
 
-    /// Completes every pending call with `err`, and every later
-    /// registration fails with it. The first error sticks.
-    pub(crate) fn fail_all(&self, err: CallError) {
-        let drained: Vec<Arc<Slot>> = {
-            let mut t = lock(&self.inner);
-            let err = t.closed.get_or_insert(err).clone();
-            let slots = t.calls.drain().map(|(_, s)| s).collect::<Vec<_>>();
-            drop(t);
-            for s in &slots {
-                s.complete(Err(err.clone()));
+    /// Wins the right to write call `seq`'s outcome, if it is still waiting
+    /// and nobody else won it.
+    fn claim(&self, seq: u64) -> bool {
+        let slot = self.slot(seq);
+        let mut cur = slot.state.load(Ordering::Relaxed);
+        loop {
+            if cur >> SEQ_SHIFT != seq || cur & OCCUPIED == 0 || cur & CLAIMED != 0 {
+                return false;
             }
-            slots
-        };
-        drop(drained);
+            if crate::sync::is_broken("pending") {
+                // Loom must-fail variant: claim with a plain store, so two
+                // completers can both believe they won.
+                slot.state.store(cur | CLAIMED, Ordering::Relaxed);
+                return true;
+            }
+            // SYNC POINT: slot claimed. The RMW total order on the state
+            // word makes exactly one claimer win; Acquire pairs with the
+            // slot-freed Release so the cell is ours to write.
+            match slot.state.compare_exchange_weak(
+                cur,
+                cur | CLAIMED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
-    /// Number of calls waiting.
+    /// Stores a claimed call's outcome and wakes its owner; `false` if the
+    /// owner had abandoned the call (the outcome was dropped).
+    fn fill(&self, seq: u64, outcome: CallResult) -> bool {
+        let slot = self.slot(seq);
+        // SAFETY: CLAIMED is ours and VALUE not yet set: nobody else
+        // touches the cell (module docs).
+        slot.value.with_mut(|v| unsafe { *v = Some(outcome) });
+        // SYNC POINT: outcome stored. Release pairs with the owner's
+        // Acquire loads (`try_take`, `abandon`): the cell write above is
+        // visible to whoever sees VALUE.
+        let prev = slot.state.fetch_or(VALUE, Ordering::AcqRel);
+        if prev & ABANDONED != 0 {
+            // The owner left before the outcome came: drop it, free the slot.
+            drop(slot.take_value());
+            // SYNC POINT: slot freed (Release half, see `register`).
+            slot.state.store(0, Ordering::Release);
+            return false;
+        }
+        slot.waker.wake();
+        true
+    }
+
+    /// Completes every call still waiting with `err`. The caller makes sure
+    /// no new call registers meanwhile (the endpoint's gate is closed and
+    /// idle), so afterwards the table is empty or holds only outcomes.
+    pub(crate) fn fail_all(&self, err: CallError) {
+        for slot in self.slots.iter() {
+            let cur = slot.state.load(Ordering::Relaxed);
+            if cur & OCCUPIED != 0 && cur & (CLAIMED | VALUE) == 0 {
+                let seq = cur >> SEQ_SHIFT;
+                if self.claim(seq) {
+                    let _ = self.fill(seq, Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Whether call `seq`'s outcome is there.
+    #[inline]
+    pub(crate) fn is_done(&self, seq: u64) -> bool {
+        // SYNC POINT: outcome stored (Acquire half, see `fill`).
+        self.slot(seq).state.load(Ordering::Acquire) & VALUE != 0
+    }
+
+    /// Takes call `seq`'s outcome and frees the slot, if the outcome is
+    /// there. Owner only.
+    pub(crate) fn try_take(&self, seq: u64, registered: bool) -> Option<CallResult> {
+        let slot = self.slot(seq);
+        // SYNC POINT: outcome stored (Acquire half, see `fill`).
+        if slot.state.load(Ordering::Acquire) & VALUE == 0 {
+            return None;
+        }
+        let r = slot.take_value();
+        if registered {
+            // Drop our waker now rather than leave it for the next owner.
+            drop(slot.waker.take());
+        }
+        // SYNC POINT: slot freed (Release half, see `register`).
+        slot.state.store(0, Ordering::Release);
+        // The claimer stored an outcome before VALUE; `None` cannot happen.
+        Some(r.unwrap_or(Err(CallError::AlreadyTaken)))
+    }
+
+    /// Registers `waker` for call `seq`. Owner only; re-check
+    /// [`is_done`](Self::is_done) afterwards.
+    pub(crate) fn register_waker(&self, seq: u64, waker: &Waker) {
+        self.slot(seq).waker.register(waker);
+    }
+
+    /// Forgets call `seq`: its outcome, now or later, is dropped and the
+    /// slot freed. Owner only.
+    pub(crate) fn abandon(&self, seq: u64, registered: bool) {
+        let slot = self.slot(seq);
+        if registered {
+            drop(slot.waker.take());
+        }
+        let mut cur = slot.state.load(Ordering::Acquire);
+        loop {
+            if cur & VALUE != 0 {
+                drop(self.try_take(seq, false));
+                return;
+            }
+            // SYNC POINT: outcome stored. AcqRel: if the CAS fails because
+            // VALUE was just set, the reload (Acquire) sees the cell.
+            match slot.state.compare_exchange_weak(
+                cur,
+                cur | ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Calls waiting for an outcome (or holding one not yet taken).
     pub(crate) fn len(&self) -> usize {
-        lock(&self.inner).calls.len()
+        self.slots
+            .iter()
+            .filter(|s| {
+                let st = s.state.load(Ordering::Relaxed);
+                st & OCCUPIED != 0 && st & ABANDONED == 0
+            })
+            .count()
     }
 }
 
-/// Hooks the endpoint gives a [`PendingCall`] so that a synchronous wait
-/// can drive the inbound side itself instead of sleeping.
-pub(crate) trait WaitDriver: Send + Sync {
-    /// Blocks until `slot` is done or `deadline` passes.
-    fn wait_for(&self, slot: &Slot, deadline: Option<std::time::Instant>);
+/// What a [`PendingCall`] needs from its endpoint.
+pub(crate) trait CallHost: Send + Sync {
+    /// The table the call's slot lives in.
+    fn table(&self) -> &PendingTable;
+    /// Blocks until call `seq` is done or `deadline` passes; the waiting
+    /// thread may read the connection to get there (completing results
+    /// only, never running a handler).
+    ///
+    /// # Errors
+    /// [`CallError::WouldDeadlock`] when the wait could only end by running
+    /// a handler on this very thread.
+    fn wait_for(&self, seq: u64, deadline: Option<Instant>) -> Result<(), CallError>;
 }
 
 /// The handle of one call in flight.
 ///
 /// It is a [`Future`] (with no runtime dependency: any executor can poll
 /// it) and can also be waited on synchronously with
-/// [`wait`](Self::wait) or [`wait_timeout`](Self::wait_timeout). Dropping
-/// it forgets the result; the call itself is not cancelled.
+/// [`wait`](Self::wait) or [`wait_timeout`](Self::wait_timeout). A
+/// waiting thread only completes results: it never runs a handler, so a
+/// wait cannot re-enter user code.
+///
+/// Dropping it forgets the call: its slot is freed (at once, or when the
+/// result arrives, which is then discarded). The call itself is not
+/// cancelled on the other side.
 #[must_use = "a call's result is only seen through its handle"]
 pub struct PendingCall {
     seq: u64,
-    slot: Arc<Slot>,
-    driver: Arc<dyn WaitDriver>,
+    host: Arc<dyn CallHost>,
+    /// The outcome was taken (the slot is no longer ours).
+    taken: bool,
+    /// A waker was registered in the slot at some point.
+    registered: bool,
 }
 
 impl std::fmt::Debug for PendingCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingCall")
             .field("seq", &self.seq)
-            .field("done", &self.slot.is_done())
+            .field("done", &self.is_done())
             .finish()
     }
 }
 
 impl PendingCall {
-    pub(crate) fn new(seq: u64, slot: Arc<Slot>, driver: Arc<dyn WaitDriver>) -> Self {
-        Self { seq, slot, driver }
+    pub(crate) fn new(seq: u64, host: Arc<dyn CallHost>) -> Self {
+        Self {
+            seq,
+            host,
+            taken: false,
+            registered: false,
+        }
     }
 
     /// The call's sequence number on the wire.
@@ -300,51 +431,87 @@ impl PendingCall {
         self.seq
     }
 
-    /// Whether the outcome has arrived.
+    /// Whether the outcome has arrived (or was already taken).
     pub fn is_done(&self) -> bool {
-        self.slot.is_done()
+        self.taken || self.host.table().is_done(self.seq)
+    }
+
+    fn try_take(&mut self) -> Option<CallResult> {
+        if self.taken {
+            return Some(Err(CallError::AlreadyTaken));
+        }
+        let r = self.host.table().try_take(self.seq, self.registered)?;
+        self.taken = true;
+        Some(r)
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> CallResult {
+        loop {
+            if let Some(r) = self.try_take() {
+                return r;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(CallError::TimedOut);
+            }
+            // A waiter that parks registers its thread's waker.
+            self.registered = true;
+            self.host.wait_for(self.seq, deadline)?;
+        }
     }
 
     /// Waits for the outcome.
     ///
     /// # Errors
-    /// A [`CallError`] when the connection ended first. An out-of-band
-    /// error result (for example, an unknown handler tag) is *not* an
-    /// error here: it is an `Ok` buffer whose
-    /// [`is_error`](WrapperFunctionBuffer::is_error) is true.
-    pub fn wait(self) -> CallResult {
-        loop {
-            if let Some(r) = self.slot.try_take() {
-                return r;
-            }
-            self.driver.wait_for(&self.slot, None);
-        }
+    /// A [`CallError`] when the connection ended first, or
+    /// [`CallError::WouldDeadlock`]. An out-of-band error result (for
+    /// example, an unknown handler tag) is *not* an error here: it is an
+    /// `Ok` buffer whose [`is_error`](WrapperFunctionBuffer::is_error) is
+    /// true.
+    pub fn wait(mut self) -> CallResult {
+        self.wait_until(None)
     }
 
     /// Waits for the outcome at most `timeout`.
     ///
     /// # Errors
     /// [`CallError::TimedOut`] if none came in time (the call stays
-    /// pending: wait again), otherwise as [`wait`](Self::wait).
-    pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> CallResult {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        loop {
-            if let Some(r) = self.slot.try_take() {
-                return r;
-            }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Err(CallError::TimedOut);
-            }
-            self.driver.wait_for(&self.slot, deadline);
-        }
+    /// pending: wait again or drop the handle), otherwise as
+    /// [`wait`](Self::wait).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> CallResult {
+        let deadline = Instant::now().checked_add(timeout);
+        self.wait_until(deadline)
+    }
+
+    /// Waits for the outcome until `deadline`.
+    ///
+    /// # Errors
+    /// As [`wait_timeout`](Self::wait_timeout).
+    pub fn wait_deadline(&mut self, deadline: Instant) -> CallResult {
+        self.wait_until(Some(deadline))
     }
 }
 
 impl Future for PendingCall {
     type Output = CallResult;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
-        self.slot.poll_take(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
+        if let Some(r) = self.try_take() {
+            return Poll::Ready(r);
+        }
+        self.registered = true;
+        self.host.table().register_waker(self.seq, cx.waker());
+        match self.try_take() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.host.table().abandon(self.seq, self.registered);
+        }
     }
 }
 
@@ -353,68 +520,70 @@ impl Future for PendingCall {
 /// code the endpoint uses, without an endpoint around it.
 #[cfg(orcwire_loom)]
 pub mod model {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use super::{CallError, CallResult, PendingTable, Slot, UnknownSeq};
+    use super::{CallError, CallHost, CallResult, Completed, PendingCall, PendingTable};
     use crate::sync::Arc;
 
-    /// A [`PendingTable`](super) of its own.
-    #[derive(Debug)]
-    pub struct Table(PendingTable);
+    struct Host(PendingTable);
 
-    /// One registered call: a future of its outcome.
-    #[derive(Debug)]
-    pub struct Call(Arc<Slot>);
+    impl CallHost for Host {
+        fn table(&self) -> &PendingTable {
+            &self.0
+        }
+        fn wait_for(
+            &self,
+            _seq: u64,
+            _deadline: Option<std::time::Instant>,
+        ) -> Result<(), CallError> {
+            Err(CallError::WouldDeadlock("the loom model polls instead"))
+        }
+    }
+
+    /// A [`PendingTable`](super) of its own with `slots` slots.
+    #[derive(Clone)]
+    pub struct Table(Arc<Host>);
 
     impl Table {
-        /// An empty, open table.
-        pub fn new() -> Self {
-            Self(PendingTable::new())
+        /// An empty table of (at least) `slots` slots.
+        pub fn new(slots: usize) -> Self {
+            Self(Arc::new(Host(PendingTable::new(slots))))
         }
 
         /// Registers a call (what `Endpoint::call` does first).
         ///
         /// # Errors
-        /// The table's closing error once [`fail_all`](Self::fail_all) ran.
-        pub fn register(&self) -> Result<(u64, Call), CallError> {
-            self.0.register().map(|(seq, slot)| (seq, Call(slot)))
+        /// [`CallError::TooManyPending`] when every slot is taken.
+        pub fn register(&self) -> Result<PendingCall, CallError> {
+            let seq = self.0 .0.register()?;
+            Ok(PendingCall::new(
+                seq,
+                Arc::clone(&self.0) as Arc<dyn CallHost>,
+            ))
         }
 
         /// Delivers a result (what the reader does with a `Result`
-        /// message). `false` if no call was pending under `seq`.
-        pub fn complete(&self, seq: u64, outcome: CallResult) -> bool {
-            !matches!(self.0.complete(seq, outcome), Err(UnknownSeq(_)))
+        /// message): `Some(true)` delivered, `Some(false)` discarded, `None`
+        /// for a number never handed out.
+        pub fn complete(&self, seq: u64, outcome: CallResult) -> Option<bool> {
+            self.0
+                 .0
+                .complete(seq, outcome)
+                .ok()
+                .map(|c| c == Completed::Delivered)
         }
 
-        /// Fails every pending and later call (what disconnect does).
+        /// Fails every pending call (what disconnect does).
         pub fn fail_all(&self, err: CallError) {
-            self.0.fail_all(err);
+            self.0 .0.fail_all(err);
         }
 
-        /// Calls still waiting.
+        /// Calls still holding a slot.
         pub fn len(&self) -> usize {
-            self.0.len()
+            self.0 .0.len()
         }
 
-        /// Whether no call is waiting.
+        /// Whether no slot is held.
         pub fn is_empty(&self) -> bool {
-            self.0.len() == 0
-        }
-    }
-
-    impl Default for Table {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
-    impl Future for Call {
-        type Output = CallResult;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
-            self.0.poll_take(cx)
+            self.len() == 0
         }
     }
 }
@@ -423,33 +592,107 @@ pub mod model {
 mod tests {
     use super::*;
 
-    #[test]
-    fn complete_once_then_unknown() {
-        let t = PendingTable::new();
-        let (seq, slot) = t.register().unwrap();
-        assert_eq!(seq, 1);
-        t.complete(seq, Ok(WrapperFunctionBuffer::from_slice(b"x")))
-            .unwrap();
-        assert!(slot.is_done());
-        assert_eq!(
-            t.complete(seq, Ok(WrapperFunctionBuffer::new())),
-            Err(UnknownSeq(seq))
-        );
-        assert_eq!(slot.try_take().unwrap().unwrap().as_slice(), b"x");
-        assert_eq!(slot.try_take().unwrap(), Err(CallError::AlreadyTaken));
+    struct Host(PendingTable);
+    impl CallHost for Host {
+        fn table(&self) -> &PendingTable {
+            &self.0
+        }
+        fn wait_for(&self, _: u64, _: Option<Instant>) -> Result<(), CallError> {
+            std::thread::yield_now();
+            Ok(())
+        }
+    }
+
+    fn host(n: usize) -> Arc<Host> {
+        Arc::new(Host(PendingTable::new(n)))
+    }
+
+    fn call(h: &Arc<Host>) -> PendingCall {
+        let seq = h.0.register().unwrap();
+        PendingCall::new(seq, Arc::clone(h) as Arc<dyn CallHost>)
     }
 
     #[test]
-    fn fail_all_completes_everything_and_sticks() {
-        let t = PendingTable::new();
-        let slots: Vec<_> = (0..10).map(|_| t.register().unwrap()).collect();
-        t.fail_all(CallError::PeerDied);
-        t.fail_all(CallError::Disconnected);
-        for (seq, s) in &slots {
-            assert_eq!(s.try_take().unwrap(), Err(CallError::PeerDied));
-            assert!(t.complete(*seq, Ok(WrapperFunctionBuffer::new())).is_err());
+    fn complete_once_then_discarded() {
+        let h = host(4);
+        let c = call(&h);
+        assert_eq!(c.seq(), 1);
+        let b = |s: &[u8]| Ok(WrapperFunctionBuffer::from_slice(s));
+        assert_eq!(h.0.complete(1, b(b"x")), Ok(Completed::Delivered));
+        assert!(c.is_done());
+        assert_eq!(h.0.complete(1, b(b"y")), Ok(Completed::Discarded));
+        assert_eq!(h.0.complete(99, b(b"y")), Err(UnknownSeq(99)));
+        assert_eq!(h.0.complete(0, b(b"y")), Err(UnknownSeq(0)));
+        assert_eq!(c.wait().unwrap().as_slice(), b"x");
+        assert_eq!(h.0.len(), 0);
+    }
+
+    #[test]
+    fn dropped_call_frees_its_slot_now_or_when_the_result_comes() {
+        let h = host(2);
+        let a = call(&h);
+        let b = call(&h);
+        assert_eq!(h.0.register(), Err(CallError::TooManyPending(2)));
+        let (sa, sb) = (a.seq(), b.seq());
+        drop(a); // before its result
+        h.0.complete(sb, Ok(WrapperFunctionBuffer::new())).unwrap();
+        drop(b); // after its result
+        assert_eq!(
+            h.0.complete(sa, Ok(WrapperFunctionBuffer::new())),
+            Ok(Completed::Discarded)
+        );
+        assert_eq!(h.0.len(), 0);
+        // Both slots are free again.
+        let _c = call(&h);
+        let _d = call(&h);
+        assert_eq!(h.0.len(), 2);
+    }
+
+    #[test]
+    fn abandoned_then_answered_frees_the_slot() {
+        let h = host(2);
+        let a = call(&h);
+        let seq = a.seq();
+        drop(a);
+        assert_eq!(h.0.len(), 0);
+        assert_eq!(
+            h.0.complete(seq, Ok(WrapperFunctionBuffer::from_slice(&[1; 100]))),
+            Ok(Completed::Discarded)
+        );
+        // The completer freed it.
+        for _ in 0..2 {
+            std::mem::forget(call(&h));
         }
-        assert_eq!(t.register().unwrap_err(), CallError::PeerDied);
-        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn fail_all_completes_everything() {
+        let h = host(16);
+        let calls: Vec<_> = (0..10).map(|_| call(&h)).collect();
+        h.0.fail_all(CallError::PeerDied);
+        h.0.fail_all(CallError::Disconnected);
+        for c in calls {
+            let seq = c.seq();
+            assert_eq!(c.wait(), Err(CallError::PeerDied));
+            assert_eq!(
+                h.0.complete(seq, Ok(WrapperFunctionBuffer::new())),
+                Ok(Completed::Discarded)
+            );
+        }
+        assert_eq!(h.0.len(), 0);
+    }
+
+    #[test]
+    fn timeout_leaves_the_call_pending() {
+        let h = host(4);
+        let mut c = call(&h);
+        assert_eq!(
+            c.wait_timeout(Duration::from_millis(5)),
+            Err(CallError::TimedOut)
+        );
+        h.0.complete(c.seq(), Ok(WrapperFunctionBuffer::from_slice(b"late")))
+            .unwrap();
+        assert_eq!(c.wait_timeout(Duration::ZERO).unwrap().as_slice(), b"late");
+        assert_eq!(c.wait_timeout(Duration::ZERO), Err(CallError::AlreadyTaken));
     }
 }

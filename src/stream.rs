@@ -499,12 +499,14 @@ impl StreamTransport {
 }
 
 impl Transport for StreamTransport {
-    fn send(
+    fn send_until(
         &self,
         opcode: Opcode,
         seq: u64,
         tag: u64,
         payload: &[u8],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
     ) -> Result<(), TransportError> {
         let len = payload.len() as u64;
         if len > self.max_message_size {
@@ -514,7 +516,23 @@ impl Transport for StreamTransport {
             });
         }
         let header = encode_header(opcode, seq, tag, len);
-        let writer = sync::lock(&self.writer);
+        let writer = match deadline {
+            None => sync::lock(&self.writer),
+            // Another sender may be blocked mid-frame: wait for it only
+            // until the deadline.
+            Some(d) => loop {
+                match self.writer.try_lock() {
+                    Ok(g) => break g,
+                    Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        if Instant::now() >= d {
+                            return Err(TransportError::TimedOut);
+                        }
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
+            },
+        };
         // SYNC POINT: transport stopped (see `Shared::stop`).
         if self.shared.stopped.load(Ordering::Acquire) {
             return Err(self.shared.terminal_error());
@@ -528,8 +546,11 @@ impl Transport for StreamTransport {
             &header,
             payload,
             &self.shared.wake,
+            deadline,
+            on_wait,
         ) {
             Ok(()) => Ok(()),
+            Err(WriteStop::TimedOut) => Err(TransportError::TimedOut),
             Err(WriteStop::Woken) => Err(self.shared.terminal_error()),
             Err(WriteStop::PeerGone) => Err(TransportError::PeerHungUp),
             Err(WriteStop::Os(e)) => Err(TransportError::io(e.into())),
@@ -814,7 +835,7 @@ fn read_some(fd: BorrowedFd<'_>, dst: &mut [u8], shared: &Shared) -> Result<usiz
             Ok(0) => return Err(ReadStop::Eof),
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => match wait_ready(fd, PollFlags::POLLIN, &shared.wake) {
+            Err(Errno::EAGAIN) => match wait_ready(fd, PollFlags::POLLIN, &shared.wake, None) {
                 Ok(()) => {}
                 Err(WaitStop::Woken) => return Err(ReadStop::Stopped),
                 Err(WaitStop::Os(e)) => return Err(ReadStop::Failed(TransportError::io(e.into()))),
@@ -860,14 +881,31 @@ enum WaitStop {
 }
 
 /// Waits until `fd` reports `events` (or an error/hang-up, which the next
-/// I/O call turns into an error) or the wake eventfd is signalled.
-fn wait_ready(fd: BorrowedFd<'_>, events: PollFlags, wake: &EventFd) -> Result<(), WaitStop> {
+/// I/O call turns into an error) or the wake eventfd is signalled, or
+/// `deadline` passes (then `Ok` with nothing ready: the caller re-checks).
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    wake: &EventFd,
+    deadline: Option<Instant>,
+) -> Result<(), WaitStop> {
     let mut fds = [
         PollFd::new(fd, events),
         PollFd::new(wake.as_fd(), PollFlags::POLLIN),
     ];
     loop {
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let ms = d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .saturating_add(1)
+                    .min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) => break,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(WaitStop::Os(e)),
@@ -883,6 +921,8 @@ fn wait_ready(fd: BorrowedFd<'_>, events: PollFlags, wake: &EventFd) -> Result<(
 enum WriteStop {
     /// The transport stopped while the write was blocked.
     Woken,
+    /// The deadline passed before any byte was written.
+    TimedOut,
     /// `EPIPE`/`ECONNRESET`: nobody reads the other end any more.
     PeerGone,
     /// Any other OS error.
@@ -897,6 +937,8 @@ fn write_frame(
     header: &[u8; HEADER_SIZE],
     payload: &[u8],
     wake: &EventFd,
+    deadline: Option<Instant>,
+    on_wait: &dyn Fn(),
 ) -> Result<(), WriteStop> {
     let total = HEADER_SIZE + payload.len();
     let mut done = 0;
@@ -924,11 +966,20 @@ fn write_frame(
         match written {
             Ok(n) => done += n,
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => match wait_ready(fd, PollFlags::POLLOUT, wake) {
-                Ok(()) => {}
-                Err(WaitStop::Woken) => return Err(WriteStop::Woken),
-                Err(WaitStop::Os(e)) => return Err(WriteStop::Os(e)),
-            },
+            Err(Errno::EAGAIN) => {
+                // The deadline only holds before the first byte: a frame
+                // half written must be finished.
+                let deadline = if done == 0 { deadline } else { None };
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(WriteStop::TimedOut);
+                }
+                on_wait();
+                match wait_ready(fd, PollFlags::POLLOUT, wake, deadline) {
+                    Ok(()) => {}
+                    Err(WaitStop::Woken) => return Err(WriteStop::Woken),
+                    Err(WaitStop::Os(e)) => return Err(WriteStop::Os(e)),
+                }
+            }
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(WriteStop::PeerGone),
             Err(e) => return Err(WriteStop::Os(e)),
         }

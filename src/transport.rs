@@ -62,6 +62,10 @@ pub enum TransportError {
     /// The operating system refused an operation.
     #[error("I/O error on the transport: {0}")]
     Io(String),
+    /// [`Transport::send_until`]'s deadline passed before any of the
+    /// message could be written; nothing was sent.
+    #[error("the transport stayed full until the deadline; nothing was sent, so try again later")]
+    TimedOut,
 }
 
 impl TransportError {
@@ -80,20 +84,45 @@ impl TransportError {
 /// Moves messages between the two processes. See the [module
 /// docs](self) for the threading rules.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends one message, whole.
-    ///
-    /// Blocks while the transport is full; a concurrent
-    /// [`close`](Transport::close) unblocks it with an error.
+    /// Sends one message, whole; [`send_until`](Transport::send_until)
+    /// with no deadline and no hook.
     ///
     /// # Errors
-    /// A [`TransportError`] when the message cannot be sent: the transport
-    /// is closed, the peer is gone, or the message is too large.
+    /// As [`send_until`](Transport::send_until).
     fn send(
         &self,
         opcode: Opcode,
         seq: u64,
         tag: u64,
         payload: &[u8],
+    ) -> Result<(), TransportError> {
+        self.send_until(opcode, seq, tag, payload, None, &|| {})
+    }
+
+    /// Sends one message, whole.
+    ///
+    /// Blocks while the transport is full. Before each time it goes to
+    /// sleep for room it calls `on_wait` (the endpoint uses it to make sure
+    /// some thread keeps reading meanwhile, so two full directions cannot
+    /// deadlock). `deadline` bounds the wait for room *before the first
+    /// byte is written*; once part of a message is out, the rest follows
+    /// (a half-written message would corrupt the stream), bounded only by
+    /// [`close`](Transport::close). A concurrent `close` unblocks it with
+    /// an error.
+    ///
+    /// # Errors
+    /// [`TransportError::TimedOut`] when the deadline passed with nothing
+    /// sent; another [`TransportError`] when the message cannot be sent:
+    /// the transport is closed, the peer is gone, or the message is too
+    /// large.
+    fn send_until(
+        &self,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
     ) -> Result<(), TransportError>;
 
     /// Waits for the next inbound message until `deadline` (`None`: no

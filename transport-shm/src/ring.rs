@@ -445,6 +445,11 @@ impl<'a> OutgoingMessage<'a> {
         self.finished
     }
 
+    /// Whether its first frame is written (it can no longer be withdrawn).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
     /// Payload bytes written so far.
     pub fn written(&self) -> usize {
         self.written

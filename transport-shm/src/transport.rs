@@ -438,12 +438,14 @@ impl ShmTransport {
 }
 
 impl Transport for ShmTransport {
-    fn send(
+    fn send_until(
         &self,
         opcode: Opcode,
         seq: u64,
         tag: u64,
         payload: &[u8],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
     ) -> Result<(), TransportError> {
         let limit = self.attached.layout.max_message_size;
         if payload.len() as u64 > limit {
@@ -452,7 +454,23 @@ impl Transport for ShmTransport {
                 limit,
             });
         }
-        let mut producer = lock(&self.producer);
+        let mut producer = match deadline {
+            None => lock(&self.producer),
+            // Another sender may hold the producer while it waits for room:
+            // wait for it only until the deadline.
+            Some(d) => loop {
+                match self.producer.try_lock() {
+                    Ok(g) => break g,
+                    Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        if Instant::now() >= d {
+                            return Err(TransportError::TimedOut);
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+            },
+        };
         let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
         loop {
             self.check_send()?;
@@ -465,12 +483,19 @@ impl Transport for ShmTransport {
             if status == WriteStatus::Complete {
                 return Ok(());
             }
+            // The deadline holds only until the first frame is out: a
+            // message half written must be finished.
+            let deadline = if msg.is_started() { None } else { deadline };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(TransportError::TimedOut);
+            }
+            on_wait();
             // Ring full: sleep on our word until the peer frees space (it
             // bumps our word when it sees our SPACE announcement) or a
             // local event wakes us.
             let producer = &mut *producer;
             let msg = &msg;
-            self.own.wait_until(&self.wait, waiting::SPACE, None, || {
+            let outcome = self.own.wait_until(&self.wait, waiting::SPACE, deadline, || {
                 self.check_send()?;
                 // A corrupt head is reported by `try_write` next round.
                 Ok(match producer.can_write(msg) {
@@ -478,6 +503,9 @@ impl Transport for ShmTransport {
                     Ok(true) | Err(_) => Poll::Ready(()),
                 })
             })?;
+            if outcome == WaitOutcome::TimedOut {
+                return Err(TransportError::TimedOut);
+            }
         }
     }
 
