@@ -198,6 +198,8 @@ struct Turn {
     /// A call a worker read: it runs it after giving up the lead.
     call: Option<Incoming>,
     disconnect: Option<DisconnectReason>,
+    /// A caller read an incoming call (and queued or refused it).
+    saw_call: bool,
 }
 
 pub(crate) struct Inner {
@@ -410,7 +412,7 @@ impl Inner {
             match self.transport.recv(deadline) {
                 Ok(Received::Message(msg)) => {
                     self.route(msg, own.is_none(), &mut turn);
-                    if turn.call.is_some() || turn.disconnect.is_some() {
+                    if turn.call.is_some() || turn.disconnect.is_some() || turn.saw_call {
                         return turn;
                     }
                 }
@@ -465,6 +467,7 @@ impl Inner {
                     turn.call = Some(call);
                     return;
                 }
+                turn.saw_call = true;
                 let mut w = lock(&self.work);
                 if w.queue.len() < self.config.max_queued_calls.max(1) {
                     w.queue.push_back(call);
@@ -551,7 +554,16 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> Result<(), CallError> {
         self.callers.fetch_add(1, Ordering::SeqCst);
-        let r = self.caller_loop(seq, deadline);
+        let mut active = true;
+        let r = self.caller_loop(seq, deadline, &mut active);
+        if active {
+            self.caller_leaves();
+        }
+        r
+    }
+
+    /// A caller stops wanting the lead.
+    fn caller_leaves(&self) {
         if self.callers.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.caller_epoch.fetch_add(1, Ordering::Relaxed);
             if self.workers_backed_off.swap(false, Ordering::Relaxed) {
@@ -559,21 +571,50 @@ impl Inner {
                 self.work_cv.notify_all();
             }
         }
-        r
     }
 
-    fn caller_loop(self: &Arc<Self>, seq: u64, deadline: Option<Instant>) -> Result<(), CallError> {
+    /// The caller's wait. While `active` it counts in `callers` and so
+    /// keeps the workers from leading; once it reads an incoming call it
+    /// turns passive: the peer is calling us while we wait (a long call, or
+    /// a re-entrant chain), so a worker should lead and run those calls on
+    /// the thread that reads them, and this caller's result reaches it by
+    /// its waker. A passive caller still takes a lead that lies free.
+    fn caller_loop(
+        self: &Arc<Self>,
+        seq: u64,
+        deadline: Option<Instant>,
+        active: &mut bool,
+    ) -> Result<(), CallError> {
         let mut interrupted = false;
         loop {
             if self.pending.is_done(seq) || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
+            if !*active && !self.workers_saturated() {
+                // The workers lead and run the peer's calls; our result
+                // comes by our waker. Look again now and then in case
+                // every worker gets stuck in a handler.
+                THREAD_WAKER.with(|w| self.pending.register_waker(seq, w));
+                if !self.pending.is_done(seq) {
+                    let cap = Instant::now() + HANDOVER * 10;
+                    park_until(Some(deadline.map_or(cap, |d| d.min(cap))));
+                }
+                self.check_would_deadlock()?;
+                continue;
+            }
             if self.try_lead(CALLER) {
                 interrupted = false;
                 let turn = self.lead_turn(Some(seq), deadline);
                 self.release_lead();
+                let saw_call = turn.saw_call;
                 self.after_caller_turn(turn);
                 self.check_would_deadlock()?;
+                if saw_call && *active {
+                    *active = false;
+                    self.caller_leaves();
+                    // Let the woken worker take the lead first.
+                    self.park_as_follower(seq, deadline);
+                }
                 continue;
             }
             if self.is_disconnected() {
@@ -582,7 +623,7 @@ impl Inner {
             }
             // Someone else leads. A worker may be asleep in `recv`: ask it
             // once to stand aside (it sees `callers > 0` and releases).
-            if !interrupted && self.lead.load(Ordering::Relaxed) == WORKER {
+            if *active && !interrupted && self.lead.load(Ordering::Relaxed) == WORKER {
                 interrupted = true;
                 self.transport.interrupt_recv();
             }
@@ -625,6 +666,13 @@ impl Inner {
         } else if w.workers < self.config.max_workers.max(1) && !w.stop {
             let _ = self.spawn_worker(w);
         }
+    }
+
+    /// Whether no worker is idle and no more can start: then nobody but a
+    /// caller can lead.
+    fn workers_saturated(&self) -> bool {
+        let w = lock(&self.work);
+        w.idle == 0 && w.workers >= self.config.max_workers.max(1)
     }
 
     /// A caller inside one of our handlers whose wait needs a handler run

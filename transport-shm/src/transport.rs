@@ -495,14 +495,16 @@ impl Transport for ShmTransport {
             // local event wakes us.
             let producer = &mut *producer;
             let msg = &msg;
-            let outcome = self.own.wait_until(&self.wait, waiting::SPACE, deadline, || {
-                self.check_send()?;
-                // A corrupt head is reported by `try_write` next round.
-                Ok(match producer.can_write(msg) {
-                    Ok(false) => Poll::Pending,
-                    Ok(true) | Err(_) => Poll::Ready(()),
-                })
-            })?;
+            let outcome = self
+                .own
+                .wait_until(&self.wait, waiting::SPACE, deadline, || {
+                    self.check_send()?;
+                    // A corrupt head is reported by `try_write` next round.
+                    Ok(match producer.can_write(msg) {
+                        Ok(false) => Poll::Pending,
+                        Ok(true) | Err(_) => Poll::Ready(()),
+                    })
+                })?;
             if outcome == WaitOutcome::TimedOut {
                 return Err(TransportError::TimedOut);
             }
