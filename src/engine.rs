@@ -469,13 +469,7 @@ impl Inner {
                 }
                 turn.saw_call = true;
                 let mut w = lock(&self.work);
-                if w.queue.len() < self.config.max_queued_calls.max(1) {
-                    w.queue.push_back(call);
-                    self.wake_or_spawn(&mut w);
-                } else if w.refusals.len() < MAX_REFUSALS {
-                    w.refusals.push(call.seq);
-                    self.wake_or_spawn(&mut w);
-                } else {
+                if !self.enqueue(&mut w, call) {
                     drop(w);
                     self.protocol_error(
                         "the peer keeps sending calls while it does not read their results".into(),
@@ -659,6 +653,28 @@ impl Inner {
         }
     }
 
+    /// Queues an incoming call for a worker, or refuses it as busy when the
+    /// queue is full; `false` when even the refusals overflow.
+    fn enqueue(self: &Arc<Self>, w: &mut Work, call: Incoming) -> bool {
+        if w.queue.len() < self.config.max_queued_calls.max(1) {
+            w.queue.push_back(call);
+        } else if w.refusals.len() < MAX_REFUSALS {
+            w.refusals.push(call.seq);
+        } else {
+            return false;
+        }
+        self.wake_or_spawn(w);
+        true
+    }
+
+    /// Whether a worker may start a handler now: unless it is the only
+    /// one allowed, another worker must stay free to read (or be startable),
+    /// so results and refusals keep flowing while handlers run.
+    fn may_run_handler(&self, w: &Work) -> bool {
+        let max = self.config.max_workers.max(1);
+        max == 1 || w.workers < max || w.workers - w.busy >= 2
+    }
+
     /// Wakes an idle worker, or starts one if none is idle.
     fn wake_or_spawn(self: &Arc<Self>, w: &mut Work) {
         if w.idle > 0 {
@@ -719,9 +735,11 @@ impl Inner {
                 w = lock(&self.work);
                 continue;
             }
-            if let Some(call) = w.queue.pop_front() {
-                w = self.run_call(w, call);
-                continue;
+            if self.may_run_handler(&w) {
+                if let Some(call) = w.queue.pop_front() {
+                    w = self.run_call(w, call);
+                    continue;
+                }
             }
             // Lead if no caller wants to and none left just now.
             let callers = self.callers.load(Ordering::Relaxed);
@@ -736,7 +754,14 @@ impl Inner {
                     w.disconnect.get_or_insert(r);
                 }
                 if let Some(call) = turn.call {
-                    w = self.run_call(w, call);
+                    if self.may_run_handler(&w) {
+                        w = self.run_call(w, call);
+                    } else if !self.enqueue(&mut w, call) {
+                        w.disconnect.get_or_insert(DisconnectReason::Protocol(
+                            "the peer keeps sending calls while it does not read their results"
+                                .into(),
+                        ));
+                    }
                 }
                 continue;
             }

@@ -696,3 +696,40 @@ mod tests {
         assert_eq!(c.wait_timeout(Duration::ZERO), Err(CallError::AlreadyTaken));
     }
 }
+
+#[cfg(all(test, not(orcwire_loom)))]
+mod wake_tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Count(AtomicU64);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    struct Host(PendingTable);
+    impl CallHost for Host {
+        fn table(&self) -> &PendingTable {
+            &self.0
+        }
+        fn wait_for(&self, _: u64, _: Option<Instant>) -> Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_polled_call_is_woken_once_by_its_result() {
+        let h = Arc::new(Host(PendingTable::new(4)));
+        let seq = h.0.register().unwrap();
+        let mut call = PendingCall::new(seq, Arc::clone(&h) as Arc<dyn CallHost>);
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut call).poll(&mut cx).is_pending());
+        h.0.complete(seq, Ok(WrapperFunctionBuffer::new())).unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(Pin::new(&mut call).poll(&mut cx).is_ready());
+    }
+}

@@ -130,3 +130,30 @@ impl std::fmt::Debug for AtomicWaker {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, not(orcwire_loom)))]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_registered_waker_is_woken_once_and_replaced_ones_not() {
+        let a = std::sync::Arc::new(Count(AtomicUsize::new(0)));
+        let b = std::sync::Arc::new(Count(AtomicUsize::new(0)));
+        let cell = AtomicWaker::new();
+        cell.register(&Waker::from(std::sync::Arc::clone(&a)));
+        cell.register(&Waker::from(std::sync::Arc::clone(&b)));
+        cell.wake();
+        cell.wake();
+        assert_eq!(a.0.load(Ordering::Relaxed), 0);
+        assert_eq!(b.0.load(Ordering::Relaxed), 1);
+        assert!(cell.take().is_none());
+    }
+}
