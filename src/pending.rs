@@ -12,7 +12,7 @@
 //!  63 ............................ 8   7 .. 5   4          3        2       1       0
 //! [ sequence number of the owner     ][  0   ][ABANDONED][CLAIMED][ (0) ][VALUE][OCCUPIED]
 //! ```
-//! * `OCCUPIED`: a call owns the slot. Set by [`PendingTable::register`]
+//! * `OCCUPIED`: a call owns the slot. Set by `PendingTable::register`
 //!   (CAS from 0), cleared (store 0) by whoever frees the slot: the owner
 //!   after taking the outcome, or the completer of an abandoned call.
 //! * `CLAIMED`: one completer (the reader with a result, or disconnect
@@ -28,7 +28,7 @@
 //! twice, and a late result for a freed or reused slot sees another
 //! sequence number (or no `OCCUPIED`) and is discarded.
 //!
-//! Waiting: each slot embeds an [`AtomicWaker`]. A
+//! Waiting: each slot embeds an `AtomicWaker`. A
 //! future registers its task's waker; a synchronous waiter registers a
 //! waker that unparks its thread. A completer sets `VALUE` and then wakes.
 
