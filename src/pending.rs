@@ -58,7 +58,7 @@ pub enum CallError {
     PeerDied,
     /// A deadline passed. From [`PendingCall::wait_timeout`] the call is
     /// still pending (wait again, or drop the handle to forget it); from
-    /// [`Endpoint::call_timeout`](crate::Endpoint::call_timeout) the call
+    /// [`Endpoint::call_deadline`](crate::Endpoint::call_deadline) the call
     /// was not sent.
     #[error(
         "no result within the timeout; the call is still pending, so wait again or drop the handle"
