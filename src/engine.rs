@@ -26,10 +26,12 @@
 //! A thread that sends and finds the transport full calls the engine's
 //! `on_wait` hook before it sleeps; the hook makes sure some other thread
 //! leads (waking or starting a worker), so the inbound side keeps draining
-//! and the peer's sends — and so its reading — can progress. An idle
-//! worker also takes over the lead within [`HANDOVER`] whenever the lead is
-//! free while handlers run, so results flow even while every handler is
-//! busy.
+//! and the peer's sends — and so its reading — can progress. At the worker
+//! cap the last free worker does not start a handler: it keeps reading and
+//! queues (or refuses) calls. An idle standby worker also takes a lead
+//! left free while handlers run — it notices within `IDLE_LOOK` (100 ms),
+//! then looks every [`HANDOVER`] — so results for futures flow even while
+//! a handler blocks without sending.
 //!
 //! # Disconnect
 //! 1. Close the [`Gate`]: no call can start, no incoming call is accepted,
@@ -66,10 +68,20 @@ use crate::sync::{
 };
 use crate::transport::{Received, Transport, TransportError};
 
-/// How long an idle worker lets the lead lie free while handlers run
-/// before it takes over (results for futures keep flowing at this pace
-/// even when every other thread is busy in a handler).
+/// How often an idle worker looks at a free lead while handlers run, and
+/// takes it (results for futures keep flowing at this pace even when every
+/// other thread is busy in a handler).
 pub const HANDOVER: Duration = Duration::from_millis(1);
+
+/// How long an idle worker sleeps when nothing asks for it: the longest a
+/// handler that blocks without sending can leave the lead free before the
+/// standby notices (starting a handler wakes nobody; that would cost a
+/// system call per call).
+const IDLE_LOOK: Duration = Duration::from_millis(100);
+
+/// How long a parked caller sleeps before it looks at the lead again
+/// (its result wakes it at once).
+const LOOK_AGAIN: Duration = Duration::from_millis(10);
 
 /// Refusals waiting to be sent beyond this mean the peer floods calls
 /// without reading our results: a protocol error.
@@ -511,15 +523,7 @@ impl Inner {
         if self.lead.load(Ordering::Acquire) != FREE || self.callers.load(Ordering::Relaxed) > 0 {
             return; // someone leads, or a caller is about to
         }
-        let mut w = lock(&self.work);
-        if w.stop {
-            return;
-        }
-        if w.idle > 0 {
-            self.work_cv.notify_one();
-        } else if w.workers < self.config.max_workers.max(1) {
-            let _ = self.spawn_worker(&mut w);
-        }
+        self.wake_or_spawn(&mut lock(&self.work));
     }
 
     /// Sends on the transport with the engine's hook.
@@ -546,10 +550,11 @@ impl Inner {
         self: &Arc<Self>,
         seq: u64,
         deadline: Option<Instant>,
+        registered: &mut bool,
     ) -> Result<(), CallError> {
         self.callers.fetch_add(1, Ordering::SeqCst);
         let mut active = true;
-        let r = self.caller_loop(seq, deadline, &mut active);
+        let r = self.caller_loop(seq, deadline, &mut active, registered);
         if active {
             self.caller_leaves();
         }
@@ -578,6 +583,7 @@ impl Inner {
         seq: u64,
         deadline: Option<Instant>,
         active: &mut bool,
+        registered: &mut bool,
     ) -> Result<(), CallError> {
         let mut interrupted = false;
         loop {
@@ -588,11 +594,7 @@ impl Inner {
                 // The workers lead and run the peer's calls; our result
                 // comes by our waker. Look again now and then in case
                 // every worker gets stuck in a handler.
-                THREAD_WAKER.with(|w| self.pending.register_waker(seq, w));
-                if !self.pending.is_done(seq) {
-                    let cap = Instant::now() + HANDOVER * 10;
-                    park_until(Some(deadline.map_or(cap, |d| d.min(cap))));
-                }
+                self.park_for_result(seq, deadline, registered, || true);
                 self.check_would_deadlock()?;
                 continue;
             }
@@ -607,7 +609,7 @@ impl Inner {
                     *active = false;
                     self.caller_leaves();
                     // Let the woken worker take the lead first.
-                    self.park_as_follower(seq, deadline);
+                    self.park_as_follower(seq, deadline, registered);
                 }
                 continue;
             }
@@ -621,22 +623,36 @@ impl Inner {
                 interrupted = true;
                 self.transport.interrupt_recv();
             }
-            self.park_as_follower(seq, deadline);
+            self.park_as_follower(seq, deadline, registered);
             self.check_would_deadlock()?;
         }
     }
 
-    /// Parks until our result comes, the lead is released, or `deadline`.
-    fn park_as_follower(&self, seq: u64, deadline: Option<Instant>) {
+    /// Parks until call `seq`'s result wakes us, `deadline`, or
+    /// [`LOOK_AGAIN`] (spurious returns are fine: callers re-check), unless
+    /// `still_wait` says otherwise once the waker is in place.
+    fn park_for_result(
+        &self,
+        seq: u64,
+        deadline: Option<Instant>,
+        registered: &mut bool,
+        still_wait: impl Fn() -> bool,
+    ) {
         THREAD_WAKER.with(|w| self.pending.register_waker(seq, w));
-        lock(&self.followers).push(thread::current());
-        self.follower_count.fetch_add(1, Ordering::SeqCst);
-        if !self.pending.is_done(seq) && self.lead.load(Ordering::SeqCst) != FREE {
-            // A long wait is bounded by the handover so a lead lost to a
-            // blocked handler is noticed (spurious returns are fine).
-            let cap = Instant::now() + HANDOVER * 10;
+        *registered = true;
+        if !self.pending.is_done(seq) && still_wait() {
+            let cap = Instant::now() + LOOK_AGAIN;
             park_until(Some(deadline.map_or(cap, |d| d.min(cap))));
         }
+    }
+
+    /// Parks until our result comes, the lead is released, or `deadline`.
+    fn park_as_follower(&self, seq: u64, deadline: Option<Instant>, registered: &mut bool) {
+        lock(&self.followers).push(thread::current());
+        self.follower_count.fetch_add(1, Ordering::SeqCst);
+        self.park_for_result(seq, deadline, registered, || {
+            self.lead.load(Ordering::SeqCst) != FREE
+        });
         self.follower_count.fetch_sub(1, Ordering::SeqCst);
         let me = thread::current().id();
         let mut f = lock(&self.followers);
@@ -675,11 +691,16 @@ impl Inner {
         max == 1 || w.workers < max || w.workers - w.busy >= 2
     }
 
-    /// Wakes an idle worker, or starts one if none is idle.
+    /// Wakes an idle worker, or starts one if none is idle (and the cap
+    /// allows). Every idle worker re-checks everything it could do, so one
+    /// is enough.
     fn wake_or_spawn(self: &Arc<Self>, w: &mut Work) {
+        if w.stop {
+            return;
+        }
         if w.idle > 0 {
-            self.work_cv.notify_all();
-        } else if w.workers < self.config.max_workers.max(1) && !w.stop {
+            self.work_cv.notify_one();
+        } else if w.workers < self.config.max_workers.max(1) {
             let _ = self.spawn_worker(w);
         }
     }
@@ -778,8 +799,10 @@ impl Inner {
             } else if w.busy > 0 {
                 HANDOVER
             } else {
-                // Another worker leads and nothing runs: sleep until woken.
-                Duration::from_millis(100)
+                // Another worker leads and nothing runs: every event that
+                // needs us notifies; the timeout only bounds a lead left
+                // free by a handler that blocks (see `IDLE_LOOK`).
+                IDLE_LOOK
             };
             last_epoch = epoch;
             w.idle += 1;
@@ -802,8 +825,9 @@ impl Inner {
             return w;
         };
         drop(entered);
-        if w.idle == 0 && w.workers < self.config.max_workers.max(1) && !w.stop {
-            let _ = self.spawn_worker(&mut w);
+        if w.idle == 0 {
+            // Keep a standby to lead while this worker is in the handler.
+            self.wake_or_spawn(&mut w);
         }
         w.busy += 1;
         drop(w);
@@ -953,7 +977,8 @@ impl Inner {
             w.stop = true;
             self.work_cv.notify_all();
         }
-        self.transport.interrupt_recv();
+        // Workers in `recv` were woken by the close in step 5, and every
+        // waiting caller by its slot's waker in `fail_all`.
         let callbacks = {
             let mut cbs = lock(&self.on_disconnect);
             {
@@ -963,7 +988,6 @@ impl Inner {
             }
             std::mem::take(&mut *cbs)
         };
-        self.wake_followers();
         let reason = self.reason().unwrap_or(DisconnectReason::Local);
         for cb in callbacks {
             cb(&reason);
@@ -975,12 +999,14 @@ impl Inner {
     fn drain_until_peer_gone(self: &Arc<Self>, deadline: Instant) {
         while !self.peer_gone() && Instant::now() < deadline {
             if !self.try_lead(CALLER) {
-                self.transport.interrupt_recv();
-                thread::yield_now();
-                if Instant::now() >= deadline {
-                    break;
+                // Whoever leads routes the peer's Hangup (or sees the end
+                // of the stream) and signals `conn_cv`; look again shortly
+                // in case that leader leaves without reading it.
+                let c = lock(&self.conn);
+                if !c.peer_gone {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    drop(wait_cv(&self.conn_cv, c, Some(left.min(HANDOVER))));
                 }
-                std::thread::sleep(Duration::from_micros(100));
                 continue;
             }
             loop {
@@ -1008,12 +1034,6 @@ impl Inner {
             self.release_lead();
         }
     }
-
-    fn wake_followers(&self) {
-        for t in lock(&self.followers).iter() {
-            t.unpark();
-        }
-    }
 }
 
 /// Lets a [`PendingCall`](crate::PendingCall) drive the connection.
@@ -1024,8 +1044,13 @@ impl CallHost for Driver {
         &self.0.pending
     }
 
-    fn wait_for(&self, seq: u64, deadline: Option<Instant>) -> Result<(), CallError> {
-        self.0.wait_for_call(seq, deadline)
+    fn wait_for(
+        &self,
+        seq: u64,
+        deadline: Option<Instant>,
+        registered: &mut bool,
+    ) -> Result<(), CallError> {
+        self.0.wait_for_call(seq, deadline, registered)
     }
 }
 
@@ -1045,8 +1070,7 @@ impl Inner {
                 TransportError::TimedOut => CallError::TimedOut,
                 _ => self.closed_error(),
             };
-            let _ = self.pending.complete(seq, Err(err.clone()));
-            drop(self.pending.try_take(seq, false));
+            self.pending.free_unsent(seq);
             return Err(err);
         }
         Ok(seq)
@@ -1058,51 +1082,21 @@ impl ResultSink for Inner {
         lock(&self.user_handle).as_ref().and_then(|make| make())
     }
 
-    fn send_result(&self, seq: u64, result: WrapperFunctionBuffer) {
+    fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.
         };
-        // The hook needs the Arc; a result sent without it still never
-        // deadlocks the reader (a worker leads while this thread waits
-        // unless every worker is busy, and idle workers take over).
-        let hook = || {
-            if self.lead.load(Ordering::Acquire) == FREE {
-                let w = lock(&self.work);
-                if w.idle > 0 {
-                    self.work_cv.notify_one();
-                }
-            }
+        let (kind, bytes) = match result.error_message() {
+            Some(msg) => (RESULT_ERROR, msg.as_bytes()),
+            None => (RESULT_OK, result.as_slice()),
         };
-        let sent = match result.error_message() {
-            Some(msg) => self.transport.send_until(
-                Opcode::Result,
-                seq,
-                RESULT_ERROR,
-                msg.as_bytes(),
-                None,
-                &hook,
-            ),
-            None => self.transport.send_until(
-                Opcode::Result,
-                seq,
-                RESULT_OK,
-                result.as_slice(),
-                None,
-                &hook,
-            ),
-        };
-        if let Err(TransportError::TooLarge { size, limit }) = sent {
+        if let Err(TransportError::TooLarge { size, limit }) =
+            self.send(Opcode::Result, seq, kind, bytes, None)
+        {
             let msg = format!(
                 "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
             );
-            let _ = self.transport.send_until(
-                Opcode::Result,
-                seq,
-                RESULT_ERROR,
-                msg.as_bytes(),
-                None,
-                &hook,
-            );
+            let _ = self.send(Opcode::Result, seq, RESULT_ERROR, msg.as_bytes(), None);
         }
         // Any other failure means the connection is ending; the caller's
         // pending call fails with the disconnect.

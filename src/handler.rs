@@ -49,7 +49,7 @@ pub type HandlerFn = dyn Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 's
 
 /// Where a [`Responder`] sends its result.
 pub(crate) trait ResultSink: Send + Sync {
-    fn send_result(&self, seq: u64, result: WrapperFunctionBuffer);
+    fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer);
     /// A user handle on the endpoint the call came in on, while one exists.
     fn endpoint(&self) -> Option<crate::Endpoint>;
 }

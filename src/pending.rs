@@ -333,6 +333,14 @@ impl PendingTable {
         self.slot(seq).waker.register(waker);
     }
 
+    /// Frees the slot of call `seq`, which was never sent (so no result
+    /// can be meant for it; a forged one finds the slot free and is
+    /// discarded). Owner only.
+    pub(crate) fn free_unsent(&self, seq: u64) {
+        // SYNC POINT: slot freed (Release half, see `register`).
+        self.slot(seq).state.store(0, Ordering::Release);
+    }
+
     /// Forgets call `seq`: its outcome, now or later, is dropped and the
     /// slot freed. Owner only.
     pub(crate) fn abandon(&self, seq: u64, registered: bool) {
@@ -378,12 +386,19 @@ pub(crate) trait CallHost: Send + Sync {
     fn table(&self) -> &PendingTable;
     /// Blocks until call `seq` is done or `deadline` passes; the waiting
     /// thread may read the connection to get there (completing results
-    /// only, never running a handler).
+    /// only, never running a handler). Sets `registered` if it stored a
+    /// waker in the slot (a lone caller that reads its own result never
+    /// does, and then pays nothing to clear one).
     ///
     /// # Errors
     /// [`CallError::WouldDeadlock`] when the wait could only end by running
     /// a handler on this very thread.
-    fn wait_for(&self, seq: u64, deadline: Option<Instant>) -> Result<(), CallError>;
+    fn wait_for(
+        &self,
+        seq: u64,
+        deadline: Option<Instant>,
+        registered: &mut bool,
+    ) -> Result<(), CallError>;
 }
 
 /// The handle of one call in flight.
@@ -453,9 +468,8 @@ impl PendingCall {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(CallError::TimedOut);
             }
-            // A waiter that parks registers its thread's waker.
-            self.registered = true;
-            self.host.wait_for(self.seq, deadline)?;
+            self.host
+                .wait_for(self.seq, deadline, &mut self.registered)?;
         }
     }
 
@@ -533,6 +547,7 @@ pub mod model {
             &self,
             _seq: u64,
             _deadline: Option<std::time::Instant>,
+            _registered: &mut bool,
         ) -> Result<(), CallError> {
             Err(CallError::WouldDeadlock("the loom model polls instead"))
         }
@@ -597,7 +612,7 @@ mod tests {
         fn table(&self) -> &PendingTable {
             &self.0
         }
-        fn wait_for(&self, _: u64, _: Option<Instant>) -> Result<(), CallError> {
+        fn wait_for(&self, _: u64, _: Option<Instant>, _: &mut bool) -> Result<(), CallError> {
             std::thread::yield_now();
             Ok(())
         }
@@ -714,7 +729,7 @@ mod wake_tests {
         fn table(&self) -> &PendingTable {
             &self.0
         }
-        fn wait_for(&self, _: u64, _: Option<Instant>) -> Result<(), CallError> {
+        fn wait_for(&self, _: u64, _: Option<Instant>, _: &mut bool) -> Result<(), CallError> {
             Ok(())
         }
     }

@@ -516,22 +516,10 @@ impl Transport for StreamTransport {
             });
         }
         let header = encode_header(opcode, seq, tag, len);
-        let writer = match deadline {
-            None => sync::lock(&self.writer),
-            // Another sender may be blocked mid-frame: wait for it only
-            // until the deadline.
-            Some(d) => loop {
-                match self.writer.try_lock() {
-                    Ok(g) => break g,
-                    Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
-                        if Instant::now() >= d {
-                            return Err(TransportError::TimedOut);
-                        }
-                        std::thread::sleep(std::time::Duration::from_micros(50));
-                    }
-                }
-            },
+        // Another sender may be blocked mid-frame: wait for it only until
+        // the deadline.
+        let Some(writer) = sync::lock_until(&self.writer, deadline) else {
+            return Err(TransportError::TimedOut);
         };
         // SYNC POINT: transport stopped (see `Shared::stop`).
         if self.shared.stopped.load(Ordering::Acquire) {

@@ -141,6 +141,45 @@ pub fn is_broken(name: &str) -> bool {
 /// one of the protocols this crate asks loom to check.
 pub use std::sync::Arc;
 
+/// Locks `m` like [`lock`], but gives up at `deadline` (`None`: waits as
+/// long as it takes). For a sender that must not wait behind another one
+/// blocked on a full transport past its own deadline.
+pub fn lock_until<T: ?Sized>(
+    m: &Mutex<T>,
+    deadline: Option<std::time::Instant>,
+) -> Option<MutexGuard<'_, T>> {
+    let Some(deadline) = deadline else {
+        return Some(lock(m));
+    };
+    let mut spins = 0u32;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        // The holder is usually between two frames: yield a few times,
+        // then back off (it may be waiting for the peer to make room).
+        spins += 1;
+        if spins < 16 {
+            thread::yield_now();
+        } else {
+            nap();
+        }
+    }
+}
+
+/// A short sleep; under loom, where time does not pass, a yield.
+fn nap() {
+    #[cfg(not(orcwire_loom))]
+    std::thread::sleep(std::time::Duration::from_micros(50));
+    #[cfg(orcwire_loom)]
+    thread::yield_now();
+}
+
 /// Locks `m`, recovering the data if a previous holder panicked.
 ///
 /// Poisoning protects invariants that a panic broke half-way; every lock in

@@ -454,22 +454,10 @@ impl Transport for ShmTransport {
                 limit,
             });
         }
-        let mut producer = match deadline {
-            None => lock(&self.producer),
-            // Another sender may hold the producer while it waits for room:
-            // wait for it only until the deadline.
-            Some(d) => loop {
-                match self.producer.try_lock() {
-                    Ok(g) => break g,
-                    Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
-                        if Instant::now() >= d {
-                            return Err(TransportError::TimedOut);
-                        }
-                        std::thread::yield_now();
-                    }
-                }
-            },
+        // Another sender may hold the producer while it waits for room:
+        // wait for it only until the deadline.
+        let Some(mut producer) = crate::sync::lock_until(&self.producer, deadline) else {
+            return Err(TransportError::TimedOut);
         };
         let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
         loop {
