@@ -9,42 +9,45 @@
 //! `SimpleRemoteEPC`/`SimpleRemoteEPCServer` peer can talk over the same
 //! pipes or socket.
 //!
-//! # Threads, queue and backpressure
-//! One reader thread per connection (`orcwire-stream-rx`) reads frames,
-//! validates each header *before* allocating anything, and pushes decoded
-//! [`Message`]s onto a queue that [`Transport::recv`] pops. The queue is
-//! bounded: the reader stops reading (so the kernel buffers fill and the
-//! peer's writes block) while the queue holds at least
-//! [`StreamConfig::max_queued_messages`] messages or
-//! [`StreamConfig::max_queued_bytes`] bytes. The bound is checked between
-//! frames, so the queue may exceed it by one message, and it always admits
-//! one message however small the limits are.
+//! # Threads and backpressure
+//! No thread of its own and no queue: the thread that calls
+//! [`Transport::recv`] reads the descriptor itself, waiting in `poll(2)` on
+//! the descriptor, a stop `eventfd` and an interrupt `eventfd`, so a message
+//! reaches the caller with no thread hop (the endpoint makes a waiting
+//! caller that reader). Each header is validated *before* anything is
+//! allocated. A deadline or an interrupt that comes in the middle of a
+//! frame keeps what was read: the next `recv` carries on from there.
+//!
+//! Nothing reads the stream unless `recv` is called, so backpressure is
+//! the kernel's: once its buffers are full the peer's writes block. A
+//! `send` that finds the stream full blocks too (calling the `on_wait`
+//! hook first, with which the endpoint makes sure some thread reads
+//! meanwhile); a deadline bounds that wait until the first byte is out.
 //!
 //! Senders are serialised by a mutex around the write side; each frame goes
 //! out with vectored writes (header and payload together), so frames are
-//! never interleaved.
+//! never interleaved. One `recv` at a time (the endpoint guarantees it; a
+//! mutex enforces it).
 //!
 //! # Closing and unblocking
 //! LLVM's transport closes its descriptors to stop, which leaves a reader
 //! blocked in `read(2)` hanging when one socket serves both directions.
-//! Here every blocking point waits in `poll(2)` on its descriptor *and* a
-//! wake `eventfd`; [`close`](Transport::close) signals that eventfd (it
-//! stays signalled), `shutdown(2)`s sockets, closes the write side (so a
-//! pipe peer sees end of stream) and joins the reader thread. Both
-//! descriptors are put in non-blocking mode for this: do not share their
-//! open file descriptions with other code.
+//! Here every blocking point waits in `poll` with the stop eventfd;
+//! [`close`](Transport::close) signals it (it stays signalled),
+//! `shutdown(2)`s sockets and closes both descriptors (so a pipe peer sees
+//! end of stream, and its writes fail). Both descriptors are put in
+//! non-blocking mode for this: do not share their open file descriptions
+//! with other code.
 //!
 //! # Terminal errors
-//! Once the reader stops — clean end of stream at a frame boundary
-//! ([`PeerHungUp`](TransportError::PeerHungUp)), a malformed frame
-//! ([`Protocol`](TransportError::Protocol) or
-//! [`TooLarge`](TransportError::TooLarge)), an OS error — `recv` still
-//! returns the messages already queued, then that error on every later
-//! call. [`close`](Transport::close) discards queued messages; afterwards
-//! `recv` and `send` return [`Closed`](TransportError::Closed) — unless a
-//! terminal error was recorded first: **the first terminal cause wins**, so
-//! a transport whose peer hung up before the local close keeps reporting
-//! `PeerHungUp`.
+//! A clean end of stream at a frame boundary is
+//! [`PeerHungUp`](TransportError::PeerHungUp); a malformed frame is
+//! [`Protocol`](TransportError::Protocol) or
+//! [`TooLarge`](TransportError::TooLarge); every later `recv` returns the
+//! same error. [`close`](Transport::close) makes `recv` and `send` return
+//! [`Closed`](TransportError::Closed) — unless a terminal error was
+//! recorded first: **the first terminal cause wins**, so a transport whose
+//! peer hung up before the local close keeps reporting `PeerHungUp`.
 //!
 //! A malformed frame also stops the send side (blocked sends return the
 //! protocol error); a clean end of stream does not, since the peer may have
@@ -58,7 +61,6 @@
 //! `main` is not Rust's (a C host loading orcwire) must ignore `SIGPIPE`
 //! itself before using a pipe transport.
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -77,7 +79,7 @@ use nix::sys::stat::{fstat, SFlag};
 
 use crate::buffer::WrapperFunctionBuffer;
 use crate::message::{Message, Opcode};
-use crate::sync::{self, thread, Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{self, Arc, AtomicBool, Mutex, Ordering};
 use crate::transport::{decode_message, Received, Transport, TransportError};
 
 /// Size of the frame header: four little-endian `u64`s.
@@ -85,12 +87,6 @@ pub const HEADER_SIZE: usize = 32;
 
 /// Default [`StreamConfig::max_message_size`]: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1 << 30;
-
-/// Default [`StreamConfig::max_queued_bytes`]: 64 MiB.
-pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 << 20;
-
-/// Default [`StreamConfig::max_queued_messages`].
-pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1 << 16;
 
 /// Bytes the reader asks the kernel for at once; small frames are parsed
 /// out of this buffer, payloads at least this large are read in place.
@@ -108,8 +104,8 @@ const MAX_MESSAGE_SIZE_LIMIT: u64 = (isize::MAX as u64) - HEADER_SIZE as u64;
 /// ```
 /// use orcwire::stream::StreamConfig;
 ///
-/// let config = StreamConfig { max_message_size: 16 << 20, ..StreamConfig::default() };
-/// assert_eq!(config.max_queued_bytes, orcwire::stream::DEFAULT_MAX_QUEUED_BYTES);
+/// let config = StreamConfig { max_message_size: 16 << 20 };
+/// assert_eq!(StreamConfig::default().max_message_size, orcwire::stream::DEFAULT_MAX_MESSAGE_SIZE);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamConfig {
@@ -118,20 +114,12 @@ pub struct StreamConfig {
     /// written, and a larger inbound frame is refused before anything is
     /// allocated. Range `0 ..= isize::MAX - 32`; default 1 GiB.
     pub max_message_size: u64,
-    /// The reader stops reading while the inbound queue holds at least this
-    /// many bytes (payload plus 32 per message). Any value; default 64 MiB.
-    pub max_queued_bytes: u64,
-    /// The reader stops reading while the inbound queue holds at least this
-    /// many messages. Any value (0 behaves as 1); default 65 536.
-    pub max_queued_messages: usize,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
-            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
         }
     }
 }
@@ -143,7 +131,7 @@ pub enum StreamError {
     #[error("invalid stream transport configuration: {0}")]
     Config(String),
     /// The operating system refused a step of the setup.
-    #[error("could not {what} for the stream transport: {source}; check that the descriptors are open and the process has descriptors and threads to spare")]
+    #[error("could not {what} for the stream transport: {source}; check that the descriptors are open and the process has descriptors to spare")]
     Os {
         /// The step that failed.
         what: &'static str,
@@ -210,146 +198,83 @@ impl Kind {
 pub struct StreamTransport {
     kind: Kind,
     max_message_size: u64,
-    /// State shared with the reader thread.
-    shared: Arc<Shared>,
+    shared: Shared,
     /// The write side; `None` once closed. Held for the whole of a frame's
     /// write, which is what keeps frames from interleaving.
     writer: Mutex<Option<OwnedFd>>,
     /// Whether the write side is a socket (`MSG_NOSIGNAL`, `shutdown`).
     write_is_socket: bool,
-    /// The reader thread; taken (and joined) by the first `close`. Held
-    /// during the join so that every concurrent `close` returns only once
-    /// the reader has stopped.
-    reader: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The read side, with any frame read only in part. Held by the one
+    /// `recv` at a time for as long as it reads or waits.
+    reader: Mutex<FrameReader>,
 }
 
-/// What the reader thread and the transport share.
+/// What every operation consults: the stop and interrupt signals and the
+/// terminal error.
 struct Shared {
-    state: Mutex<State>,
-    /// `recv` waits here for a message, an error or an interrupt.
-    readable: Condvar,
-    /// The reader waits here for room in the queue.
-    room: Condvar,
-    /// Set once by whoever stops the transport (`close`, or the reader on a
-    /// fatal error), just before `wake` is signalled. Never cleared.
+    /// Set once by whoever stops the transport (`close`, or a `recv` that
+    /// met a malformed frame), just before `wake` is signalled. Never
+    /// cleared.
     stopped: AtomicBool,
     /// Signalled (and never drained) when `stopped` is set: every `poll`
     /// includes it, so no thread stays blocked on the stream after a stop.
     wake: EventFd,
-    max_queued_bytes: u64,
-    max_queued_messages: usize,
-}
-
-/// The inbound side, under `Shared::state`.
-#[derive(Default)]
-struct State {
-    /// Validated messages not yet returned by `recv`.
-    queue: VecDeque<Message>,
-    /// Sum of [`queue_cost`] over `queue`.
-    queued_bytes: u64,
+    /// An `interrupt_recv` not yet consumed by a `recv`.
+    interrupted: AtomicBool,
+    /// Signalled by `interrupt_recv` so that a `recv` blocked in `poll`
+    /// returns; drained by the `recv` that consumes the interrupt (a
+    /// leftover signal only makes one `poll` return early).
+    interrupt: EventFd,
     /// The first reason no more messages will come; set once, never
     /// replaced (the first terminal cause wins).
-    terminal: Option<TransportError>,
-    /// `close` was called; the queue is emptied and stays empty.
-    closed: bool,
-    /// An `interrupt_recv` not yet consumed by a `recv`.
-    interrupted: bool,
-    /// `recv` is waiting on `readable` (there is at most one `recv`).
-    recv_waiting: bool,
-    /// The reader is waiting on `room`.
-    reader_waiting: bool,
-}
-
-/// What a queued message counts against [`StreamConfig::max_queued_bytes`].
-fn queue_cost(message: &Message) -> u64 {
-    message.payload.len() as u64 + HEADER_SIZE as u64
+    terminal: Mutex<Option<TransportError>>,
 }
 
 impl Shared {
     /// Marks the transport stopped and wakes every `poll`. Idempotent.
     fn stop(&self) {
         // SYNC POINT: transport stopped. Pairs with the Acquire loads in
-        // `send` and `read_some`; whatever was recorded in `state.terminal`
+        // `send_until` and `read_some`; whatever was recorded in `terminal`
         // before this store is visible to a thread that sees `true`.
         if !self.stopped.swap(true, Ordering::AcqRel) {
             // The counter goes from 0 to 1, which cannot fail; if it did,
             // the stopped flag still ends every loop at its next check.
             let _ = self.wake.write(1);
         }
-        self.readable.notify_all();
-        self.room.notify_all();
     }
 
     /// The error for an operation refused because the transport stopped.
     fn terminal_error(&self) -> TransportError {
-        sync::lock(&self.state)
-            .terminal
+        sync::lock(&self.terminal)
             .clone()
             .unwrap_or(TransportError::Closed)
     }
 
-    /// Waits until the queue has room for another message. `false` when
-    /// the transport was closed meanwhile.
-    fn wait_for_room(&self) -> bool {
-        let mut st = sync::lock(&self.state);
-        loop {
-            if st.closed {
-                return false;
-            }
-            if self.has_room(&st) {
-                return true;
-            }
-            st.reader_waiting = true;
-            st = wait(&self.room, st);
-            st.reader_waiting = false;
-        }
-    }
-
-    fn has_room(&self, st: &State) -> bool {
-        st.queue.is_empty()
-            || (st.queue.len() < self.max_queued_messages
-                && st.queued_bytes < self.max_queued_bytes)
-    }
-
-    /// Queues a message for `recv`. `false` when the transport was closed
-    /// (the message is dropped).
-    fn push(&self, message: Message) -> bool {
-        let mut st = sync::lock(&self.state);
-        if st.closed {
-            return false;
-        }
-        st.queued_bytes += queue_cost(&message);
-        st.queue.push_back(message);
-        let wake = st.recv_waiting;
-        drop(st);
-        if wake {
-            self.readable.notify_one();
-        }
-        true
-    }
-
-    /// Records why the reader stopped. A fatal error (anything but the peer
-    /// going away) also stops the send side.
-    fn finish(&self, error: TransportError) {
+    /// Records why no more messages will come (unless a cause was recorded
+    /// first) and returns the cause that stands. A fatal error (anything
+    /// but the peer going away) also stops the send side.
+    fn finish(&self, error: TransportError) -> TransportError {
         let fatal = !error.is_peer_gone();
-        let mut st = sync::lock(&self.state);
-        if st.terminal.is_none() {
-            st.terminal = Some(error);
-        }
-        drop(st);
+        let first = sync::lock(&self.terminal).get_or_insert(error).clone();
         if fatal {
             self.stop();
-        } else {
-            self.readable.notify_all();
         }
+        first
     }
-}
 
-/// `Condvar::wait` that ignores poisoning, like [`sync::lock`].
-fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    match cv.wait(guard) {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
+    /// Consumes a pending interrupt, if any.
+    fn take_interrupt(&self) -> bool {
+        // SYNC POINT: interrupt. Pairs with the Release store in
+        // `interrupt_recv`. A load first: no read-modify-write per `recv`.
+        if !self.interrupted.load(Ordering::Acquire)
+            || !self.interrupted.swap(false, Ordering::AcqRel)
+        {
+            return false;
+        }
+        // Drain the signal (EAGAIN: it was already drained, or the writer
+        // has not written yet; a late signal makes one `poll` return early).
+        let _ = self.interrupt.read();
+        true
     }
 }
 
@@ -378,7 +303,7 @@ impl StreamTransport {
     /// # Errors
     /// [`StreamError::Config`] for an out-of-range config;
     /// [`StreamError::Os`] when a descriptor cannot be inspected or set up,
-    /// or the reader thread cannot be started.
+    /// or an eventfd cannot be created.
     pub fn from_fds(
         read: OwnedFd,
         write: OwnedFd,
@@ -465,35 +390,23 @@ impl StreamTransport {
         }
         set_nonblocking(read.as_fd())?;
         set_nonblocking(write.as_fd())?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|e| StreamError::os("create the wake eventfd", e))?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            readable: Condvar::new(),
-            room: Condvar::new(),
-            stopped: AtomicBool::new(false),
-            wake,
-            max_queued_bytes: config.max_queued_bytes,
-            max_queued_messages: config.max_queued_messages,
-        });
-        let reader = FrameReader::new(read, config.max_message_size);
-        let handle = thread::Builder::new()
-            .name("orcwire-stream-rx".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || run_reader(&shared, reader)
-            })
-            .map_err(|source| StreamError::Os {
-                what: "start the reader thread",
-                source,
-            })?;
+        let eventfd = |what| {
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(|e| StreamError::os(what, e))
+        };
         Ok(Arc::new(Self {
             kind,
             max_message_size: config.max_message_size,
-            shared,
+            shared: Shared {
+                stopped: AtomicBool::new(false),
+                wake: eventfd("create the wake eventfd")?,
+                interrupted: AtomicBool::new(false),
+                interrupt: eventfd("create the interrupt eventfd")?,
+                terminal: Mutex::new(None),
+            },
             writer: Mutex::new(Some(write)),
             write_is_socket,
-            reader: Mutex::new(Some(handle)),
+            reader: Mutex::new(FrameReader::new(read, config.max_message_size)),
         }))
     }
 }
@@ -546,88 +459,62 @@ impl Transport for StreamTransport {
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError> {
-        let shared = &*self.shared;
-        let mut st = sync::lock(&shared.state);
-        loop {
-            if st.interrupted {
-                st.interrupted = false;
-                return Ok(Received::Interrupted);
+        let shared = &self.shared;
+        if shared.take_interrupt() {
+            return Ok(Received::Interrupted);
+        }
+        let mut reader = sync::lock(&self.reader);
+        if let Some(error) = &reader.done {
+            return Err(error.clone());
+        }
+        let io = Io { shared, deadline };
+        match reader.next_frame(&io) {
+            Ok(Some(message)) => Ok(Received::Message(message)),
+            Ok(None) | Err(ReadStop::Eof) => {
+                let error = shared.finish(TransportError::PeerHungUp);
+                reader.done = Some(error.clone());
+                Err(error)
             }
-            if let Some(message) = st.queue.pop_front() {
-                st.queued_bytes -= queue_cost(&message);
-                if st.reader_waiting && shared.has_room(&st) {
-                    shared.room.notify_one();
-                }
-                return Ok(Received::Message(message));
+            Err(ReadStop::Failed(error)) => {
+                let error = shared.finish(error);
+                reader.done = Some(error.clone());
+                Err(error)
             }
-            if let Some(error) = &st.terminal {
-                return Err(error.clone());
-            }
-            st.recv_waiting = true;
-            st = match deadline {
-                None => wait(&shared.readable, st),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        st.recv_waiting = false;
-                        return Ok(Received::TimedOut);
-                    }
-                    match shared.readable.wait_timeout(st, deadline - now) {
-                        Ok((g, _)) => g,
-                        Err(poisoned) => poisoned.into_inner().0,
-                    }
-                }
-            };
-            st.recv_waiting = false;
+            Err(ReadStop::Stopped) => Err(shared.terminal_error()),
+            Err(ReadStop::TimedOut) => Ok(Received::TimedOut),
+            Err(ReadStop::Interrupted) => Ok(Received::Interrupted),
         }
     }
 
     fn interrupt_recv(&self) {
-        let mut st = sync::lock(&self.shared.state);
-        st.interrupted = true;
-        let wake = st.recv_waiting;
-        drop(st);
-        if wake {
-            self.shared.readable.notify_one();
-        }
+        // SYNC POINT: interrupt (Release half, see `take_interrupt`).
+        self.shared.interrupted.store(true, Ordering::Release);
+        // Wakes a `recv` blocked in `poll`; the counter cannot overflow in
+        // practice, and a failed write only delays the interrupt to the
+        // next `recv`.
+        let _ = self.shared.interrupt.write(1);
     }
 
     fn close(&self) {
-        {
-            let mut st = sync::lock(&self.shared.state);
-            if !st.closed {
-                st.closed = true;
-                if st.terminal.is_none() {
-                    st.terminal = Some(TransportError::Closed);
-                }
-                st.queue.clear();
-                st.queued_bytes = 0;
-            }
-        }
-        // Wakes the reader and any blocked sender, which then releases the
-        // writer lock taken below.
+        sync::lock(&self.shared.terminal).get_or_insert(TransportError::Closed);
+        // Wakes a blocked `recv` and any blocked sender, which then release
+        // the locks taken below.
         self.shared.stop();
         if let Some(fd) = sync::lock(&self.writer).take() {
             if self.write_is_socket {
                 // Ends both directions of the socket even where other
-                // descriptors of it stay open (the reader's dup, a child's
-                // copy); ENOTCONN just means the peer already went.
+                // descriptors of it stay open (a child's copy); ENOTCONN
+                // just means the peer already went.
                 let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
             drop(fd);
         }
+        // Close the read side too, so a pipe peer's writes fail at once
+        // rather than fill the pipe. A `recv` holding it returns promptly:
+        // it sees the stop in its next `poll` or read.
         let mut reader = sync::lock(&self.reader);
-        if let Some(handle) = reader.take() {
-            if handle.thread().id() == thread::current().id() {
-                // Cannot join ourselves; the reader returns as soon as
-                // this call unwinds back to its loop, which sees `stopped`.
-                drop(handle);
-            } else {
-                // An Err means the reader panicked; it has stopped either
-                // way, and its error has nowhere more useful to go.
-                let _ = handle.join();
-            }
-        }
+        reader.fd = None;
+        reader.partial = None;
     }
 
     fn name(&self) -> &'static str {
@@ -707,7 +594,7 @@ fn truncated(got: usize, want: usize) -> TransportError {
 // ---------------------------------------------------------------------------
 // Reading
 
-/// Why a read stopped.
+/// Why a read stopped without a whole message.
 enum ReadStop {
     /// The transport was stopped.
     Stopped,
@@ -715,45 +602,124 @@ enum ReadStop {
     Eof,
     /// The connection is unusable.
     Failed(TransportError),
+    /// The caller's deadline passed; the partial frame is kept.
+    TimedOut,
+    /// `interrupt_recv` was called; the partial frame is kept.
+    Interrupted,
 }
 
-/// Buffered frame reader over the read descriptor; owned by the reader
-/// thread, which closes the descriptor when it exits.
+/// A frame whose header was read and whose payload is arriving.
+struct Partial {
+    message: Message,
+    /// Payload bytes received, in `0 ..= message.payload.len()`.
+    filled: usize,
+}
+
+/// Buffered frame reader over the read descriptor. Every byte it took from
+/// the descriptor is kept here (in `buf`, or in `partial`) before it
+/// returns, so a deadline or an interrupt in the middle of a frame loses
+/// nothing: the next `recv` goes on where this one stopped.
 struct FrameReader {
-    fd: OwnedFd,
+    /// `None` once closed.
+    fd: Option<OwnedFd>,
     max_message_size: u64,
     buf: Box<[u8]>,
     /// Start of the unparsed bytes; in `0 ..= end`.
     start: usize,
     /// End of the unparsed bytes; in `start ..= buf.len()`.
     end: usize,
+    partial: Option<Partial>,
+    /// Set once the stream ended or broke: every later `recv` returns it.
+    done: Option<TransportError>,
+}
+
+/// How a `recv` waits: its deadline and the transport's signals.
+struct Io<'a> {
+    shared: &'a Shared,
+    deadline: Option<Instant>,
 }
 
 impl FrameReader {
     fn new(fd: OwnedFd, max_message_size: u64) -> Self {
         Self {
-            fd,
+            fd: Some(fd),
             max_message_size,
             buf: vec![0u8; READ_BUFFER_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
+            partial: None,
+            done: None,
         }
     }
 
     /// The next whole message; `Ok(None)` at a clean end of stream.
-    fn next_frame(&mut self, shared: &Shared) -> Result<Option<Message>, ReadStop> {
-        debug_assert!(self.start <= self.end && self.end <= self.buf.len());
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        while self.end - self.start < HEADER_SIZE {
-            if self.buf.len() - self.start < HEADER_SIZE {
+    fn next_frame(&mut self, io: &Io<'_>) -> Result<Option<Message>, ReadStop> {
+        loop {
+            debug_assert!(self.start <= self.end && self.end <= self.buf.len());
+            if let Some(p) = &mut self.partial {
+                let len = p.message.payload.len();
+                let dst = p.message.payload.as_mut_slice();
+                let take = (self.end - self.start).min(len - p.filled);
+                dst[p.filled..p.filled + take]
+                    .copy_from_slice(&self.buf[self.start..self.start + take]);
+                self.start += take;
+                p.filled += take;
+                if p.filled == len {
+                    let done = self.partial.take().map(|p| p.message);
+                    return Ok(done);
+                }
+                // The buffer is empty here: everything in it went to `dst`.
+                self.start = 0;
+                self.end = 0;
+                let want = len - p.filled;
+                let Some(fd) = self.fd.as_ref() else {
+                    return Err(ReadStop::Stopped);
+                };
+                let got = if want >= self.buf.len() {
+                    // Large payloads are read in place.
+                    read_some(fd.as_fd(), &mut dst[p.filled..], io)
+                } else {
+                    read_some(fd.as_fd(), &mut self.buf[..], io).map(|n| {
+                        self.end = n;
+                        0
+                    })
+                };
+                match got {
+                    Ok(n) => p.filled += n,
+                    Err(ReadStop::Eof) => {
+                        return Err(ReadStop::Failed(truncated(
+                            HEADER_SIZE + p.filled,
+                            HEADER_SIZE + len,
+                        )))
+                    }
+                    Err(stop) => return Err(stop),
+                }
+                continue;
+            }
+            if self.end - self.start >= HEADER_SIZE {
+                let mut header = [0u8; HEADER_SIZE];
+                header.copy_from_slice(&self.buf[self.start..self.start + HEADER_SIZE]);
+                self.start += HEADER_SIZE;
+                let (mut message, len) =
+                    parse_header(&header, self.max_message_size).map_err(ReadStop::Failed)?;
+                message.payload = WrapperFunctionBuffer::try_zeroed(len)
+                    .map_err(|e| ReadStop::Failed(TransportError::Io(e.to_string())))?;
+                self.partial = Some(Partial { message, filled: 0 });
+                continue;
+            }
+            // Not a whole header yet: make room at the end and read.
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.buf.len() - self.start < HEADER_SIZE {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
             }
-            match read_some(self.fd.as_fd(), &mut self.buf[self.end..], shared) {
+            let Some(fd) = self.fd.as_ref() else {
+                return Err(ReadStop::Stopped);
+            };
+            match read_some(fd.as_fd(), &mut self.buf[self.end..], io) {
                 Ok(n) => self.end += n,
                 Err(ReadStop::Eof) if self.end == self.start => return Ok(None),
                 Err(ReadStop::Eof) => {
@@ -765,69 +731,26 @@ impl FrameReader {
                 Err(stop) => return Err(stop),
             }
         }
-        let mut header = [0u8; HEADER_SIZE];
-        header.copy_from_slice(&self.buf[self.start..self.start + HEADER_SIZE]);
-        self.start += HEADER_SIZE;
-        let (mut message, len) =
-            parse_header(&header, self.max_message_size).map_err(ReadStop::Failed)?;
-
-        let mut payload = WrapperFunctionBuffer::try_zeroed(len)
-            .map_err(|e| ReadStop::Failed(TransportError::Io(e.to_string())))?;
-        let dst = payload.as_mut_slice();
-        let mut filled = (self.end - self.start).min(len);
-        dst[..filled].copy_from_slice(&self.buf[self.start..self.start + filled]);
-        self.start += filled;
-        while filled < len {
-            // The buffer is empty here: everything in it went to `dst`.
-            let got = if len - filled >= self.buf.len() {
-                read_some(self.fd.as_fd(), &mut dst[filled..], shared)
-            } else {
-                self.start = 0;
-                self.end = 0;
-                read_some(self.fd.as_fd(), &mut self.buf[..], shared).map(|n| {
-                    self.end = n;
-                    let take = n.min(len - filled);
-                    dst[filled..filled + take].copy_from_slice(&self.buf[..take]);
-                    self.start = take;
-                    take
-                })
-            };
-            match got {
-                Ok(n) => filled += n,
-                Err(ReadStop::Eof) => {
-                    return Err(ReadStop::Failed(truncated(
-                        HEADER_SIZE + filled,
-                        HEADER_SIZE + len,
-                    )))
-                }
-                Err(stop) => return Err(stop),
-            }
-        }
-        message.payload = payload;
-        Ok(Some(message))
     }
 }
 
 /// One `read(2)` of at least one byte into a non-empty `dst`, waiting in
-/// `poll` (with the wake eventfd) while there is nothing to read.
-fn read_some(fd: BorrowedFd<'_>, dst: &mut [u8], shared: &Shared) -> Result<usize, ReadStop> {
+/// `poll` (with the stop and interrupt eventfds, until the deadline) while
+/// there is nothing to read.
+fn read_some(fd: BorrowedFd<'_>, dst: &mut [u8], io: &Io<'_>) -> Result<usize, ReadStop> {
     debug_assert!(!dst.is_empty());
     loop {
         // SYNC POINT: transport stopped (see `Shared::stop`). Checked on
         // every read so that a peer streaming without pause cannot keep
-        // the reader from noticing a close.
-        if shared.stopped.load(Ordering::Acquire) {
+        // a reader from noticing a close.
+        if io.shared.stopped.load(Ordering::Acquire) {
             return Err(ReadStop::Stopped);
         }
         match nix::unistd::read(fd, dst) {
             Ok(0) => return Err(ReadStop::Eof),
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => match wait_ready(fd, PollFlags::POLLIN, &shared.wake, None) {
-                Ok(()) => {}
-                Err(WaitStop::Woken) => return Err(ReadStop::Stopped),
-                Err(WaitStop::Os(e)) => return Err(ReadStop::Failed(TransportError::io(e.into()))),
-            },
+            Err(Errno::EAGAIN) => io.wait_readable(fd)?,
             // The peer closed with data unread, or its host reset the
             // connection: it is gone, whatever it was in the middle of.
             Err(Errno::ECONNRESET) => return Err(ReadStop::Failed(TransportError::PeerHungUp)),
@@ -836,23 +759,54 @@ fn read_some(fd: BorrowedFd<'_>, dst: &mut [u8], shared: &Shared) -> Result<usiz
     }
 }
 
-/// The reader thread: frames to the queue until end of stream, an error or
-/// a stop.
-fn run_reader(shared: &Shared, mut reader: FrameReader) {
-    loop {
-        if !shared.wait_for_room() {
-            return;
-        }
-        match reader.next_frame(shared) {
-            Ok(Some(message)) => {
-                if !shared.push(message) {
-                    return;
-                }
+impl Io<'_> {
+    /// Waits in `poll` until `fd` is readable (or reports an error, which
+    /// the next read turns into one), the transport stops, an interrupt
+    /// comes, or the deadline passes.
+    fn wait_readable(&self, fd: BorrowedFd<'_>) -> Result<(), ReadStop> {
+        loop {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ReadStop::TimedOut);
             }
-            Ok(None) => return shared.finish(TransportError::PeerHungUp),
-            Err(ReadStop::Stopped) => return,
-            Err(ReadStop::Eof) => return shared.finish(TransportError::PeerHungUp),
-            Err(ReadStop::Failed(error)) => return shared.finish(error),
+            let mut fds = [
+                PollFd::new(fd, PollFlags::POLLIN),
+                PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.shared.interrupt.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, poll_timeout(self.deadline)) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(ReadStop::Failed(TransportError::io(e.into()))),
+            }
+            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            if ready(1) {
+                return Err(ReadStop::Stopped);
+            }
+            if ready(2) && self.shared.take_interrupt() {
+                return Err(ReadStop::Interrupted);
+            }
+            if ready(0) {
+                return Ok(());
+            }
+            // A timeout (checked at the top) or a stale interrupt signal.
+            if ready(2) {
+                let _ = self.shared.interrupt.read();
+            }
+        }
+    }
+}
+
+/// `poll`'s timeout for `deadline`, rounded up to whole milliseconds.
+fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    match deadline {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let ms = d
+                .saturating_duration_since(Instant::now())
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
         }
     }
 }
@@ -882,18 +836,7 @@ fn wait_ready(
         PollFd::new(wake.as_fd(), PollFlags::POLLIN),
     ];
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let ms = d
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .saturating_add(1)
-                    .min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, poll_timeout(deadline)) {
             Ok(_) => break,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(WaitStop::Os(e)),
@@ -1099,7 +1042,6 @@ mod tests {
     fn config_limit_is_checked() {
         let config = StreamConfig {
             max_message_size: u64::MAX,
-            ..StreamConfig::default()
         };
         let err = StreamTransport::pipe_pair(config).unwrap_err();
         assert!(matches!(err, StreamError::Config(_)), "{err:?}");

@@ -40,7 +40,6 @@ fn controller() -> (Endpoint, UnixStream) {
     let (ours, raw) = UnixStream::pair().unwrap();
     let cfg = StreamConfig {
         max_message_size: 1 << 20,
-        ..StreamConfig::default()
     };
     let t = StreamTransport::from_unix(ours, cfg).unwrap();
     let mut raw_w = raw.try_clone().unwrap();
