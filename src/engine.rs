@@ -28,10 +28,12 @@
 //! leads (waking or starting a worker), so the inbound side keeps draining
 //! and the peer's sends — and so its reading — can progress. At the worker
 //! cap the last free worker does not start a handler: it keeps reading and
-//! queues (or refuses) calls. An idle standby worker also takes a lead
-//! left free while handlers run — it notices within `IDLE_LOOK` (100 ms),
-//! then looks every [`HANDOVER`] — so results for futures flow even while
-//! a handler blocks without sending.
+//! queues (or refuses) calls. A standby worker (started with the first
+//! call) also takes a lead left free while a handler runs — it notices
+//! within `IDLE_LOOK` (100 ms), then looks every [`HANDOVER`] — so results
+//! for futures flow even while a handler blocks without sending. If every
+//! worker is inside a handler that blocks without sending or calling the
+//! peer, reading resumes when one of them returns.
 //!
 //! # Disconnect
 //! 1. Close the [`Gate`]: no call can start, no incoming call is accepted,
@@ -63,8 +65,8 @@ use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
 use crate::pending::{CallError, CallHost, PendingTable};
 use crate::sps::SetupInfo;
 use crate::sync::{
-    lock, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
-    Ordering,
+    fence, lock, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex,
+    MutexGuard, Ordering,
 };
 use crate::transport::{Received, Transport, TransportError};
 
@@ -82,6 +84,34 @@ const IDLE_LOOK: Duration = Duration::from_millis(100);
 /// How long a parked caller sleeps before it looks at the lead again
 /// (its result wakes it at once).
 const LOOK_AGAIN: Duration = Duration::from_millis(10);
+
+/// How the engine's waits end: the timing policy, a parameter of the
+/// engine so that the loom models run the same code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timing {
+    /// Production. A worker that stands aside for callers, for the grace
+    /// after them, or as a standby looks again after a timeout, so that no
+    /// caller pays a wake-up per call (a system call, and on a shared CPU
+    /// a context switch).
+    Polled,
+    /// Every wait ends by a notification, none by a timeout: what a model
+    /// checker needs, since time does not pass under loom (its timed waits
+    /// wait forever). The last caller out always wakes a worker that stood
+    /// aside for it, there is no grace period, and a worker that starts a
+    /// handler wakes an idle one to lead.
+    Notified,
+}
+
+impl Timing {
+    /// The policy of this build: `Notified` under `--cfg orcwire_loom`.
+    const fn of_build() -> Self {
+        if cfg!(orcwire_loom) {
+            Self::Notified
+        } else {
+            Self::Polled
+        }
+    }
+}
 
 /// Refusals waiting to be sent beyond this mean the peer floods calls
 /// without reading our results: a protocol error.
@@ -197,6 +227,10 @@ struct Work {
     /// A disconnect found while a caller led, for a worker to carry out.
     disconnect: Option<DisconnectReason>,
     workers: usize,
+    /// Worker threads ever started (compared with [`Exits`]).
+    spawned: usize,
+    /// Their handles, until `disconnect` joins the ones that exited.
+    handles: Vec<thread::JoinHandle<()>>,
     /// Workers parked on `work_cv`.
     idle: usize,
     /// Workers running a handler.
@@ -225,6 +259,10 @@ pub(crate) struct Inner {
     pub(crate) setup: SetupInfo,
     /// [`FREE`], [`WORKER`] or [`CALLER`].
     lead: AtomicU32,
+    /// The transport reported a terminal error: nobody reads again (each
+    /// read would fail at once; a thread that kept taking the lead would
+    /// spin until disconnect stops the workers). Only ever set.
+    rx_dead: AtomicBool,
     /// Threads inside a synchronous wait (they want the lead).
     callers: AtomicUsize,
     /// Advanced each time a caller leaves its wait.
@@ -233,11 +271,16 @@ pub(crate) struct Inner {
     /// their threads); the lead's release wakes them.
     follower_count: AtomicUsize,
     followers: Mutex<Vec<thread::Thread>>,
-    /// A worker backed off its look at idle callers; the last caller out
-    /// wakes the workers.
+    /// A worker stands aside for callers and wants the last caller out to
+    /// wake it (when it backed off its polling, or always under
+    /// [`Timing::Notified`]). Set under the work lock, then `callers` is
+    /// read again; the last caller lowers `callers`, then reads this: one
+    /// of the two sees the other (a SeqCst fence on both ends).
     workers_backed_off: AtomicBool,
+    timing: Timing,
     work: Mutex<Work>,
     work_cv: Condvar,
+    exits: Arc<Exits>,
     conn: Mutex<ConnState>,
     conn_cv: Condvar,
     on_disconnect: Mutex<Vec<DisconnectCallback>>,
@@ -260,6 +303,27 @@ std::thread_local! {
 #[cfg(orcwire_loom)]
 loom::thread_local! {
     static IN_HANDLER_OF: Cell<usize> = Cell::new(0);
+}
+
+// Which endpoint this thread is an idle worker of (0 while it runs a
+// handler, and on every other thread): disconnect does not wait for itself.
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static IDLE_WORKER_OF: Cell<usize> = const { Cell::new(0) };
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static IDLE_WORKER_OF: Cell<usize> = Cell::new(0);
+}
+
+/// The worker threads that have left their loop, recorded *after* each
+/// dropped its reference to the connection: once `disconnect` sees them
+/// all, no idle engine thread touches the connection any more, and joining
+/// them waits only for their thread teardown.
+#[derive(Default)]
+struct Exits {
+    threads: Mutex<Vec<thread::ThreadId>>,
+    cv: Condvar,
 }
 
 /// Wakes a parked thread: the waker a synchronous waiter registers in its
@@ -297,10 +361,12 @@ fn park_until(deadline: Option<Instant>) {
             }
         }
     }
+    // Under loom time does not pass: park until unparked (every park here
+    // has a registered waker or follower entry that ends it).
     #[cfg(orcwire_loom)]
     {
         let _ = deadline;
-        thread::yield_now();
+        thread::park();
     }
 }
 
@@ -338,21 +404,28 @@ impl Inner {
             dispatcher,
             setup,
             lead: AtomicU32::new(FREE),
+            rx_dead: AtomicBool::new(false),
             callers: AtomicUsize::new(0),
             caller_epoch: AtomicU64::new(0),
             follower_count: AtomicUsize::new(0),
-            followers: Mutex::new(Vec::new()),
+            // Sized up front: the first follower must not allocate on a
+            // call's path.
+            followers: Mutex::new(Vec::with_capacity(8)),
             workers_backed_off: AtomicBool::new(false),
+            timing: Timing::of_build(),
             work: Mutex::new(Work {
                 queue,
                 refusals: Vec::new(),
                 disconnect: None,
                 workers: 0,
+                spawned: 0,
+                handles: Vec::new(),
                 idle: 0,
                 busy: 0,
                 stop: false,
             }),
             work_cv: Condvar::new(),
+            exits: Arc::new(Exits::default()),
             conn: Mutex::new(ConnState {
                 phase: Phase::Open,
                 peer_gone: false,
@@ -378,10 +451,19 @@ impl Inner {
     /// Starts one more worker (the caller holds the work lock).
     fn spawn_worker(self: &Arc<Self>, w: &mut Work) -> std::io::Result<()> {
         let me = Arc::clone(self);
-        thread::Builder::new()
+        let exits = Arc::clone(&self.exits);
+        let handle = thread::Builder::new()
             .name("orcwire-rx".into())
-            .spawn(move || me.worker_loop())?;
+            .spawn(move || {
+                IDLE_WORKER_OF.with(|c| c.set(me.id()));
+                // Consumes (drops) this thread's reference first.
+                me.worker_loop();
+                lock(&exits.threads).push(thread::current().id());
+                exits.cv.notify_all();
+            })?;
         w.workers += 1;
+        w.spawned += 1;
+        w.handles.push(handle);
         Ok(())
     }
 
@@ -398,11 +480,15 @@ impl Inner {
     }
 
     fn release_lead(&self) {
-        // SYNC POINT: lead (Release half). SeqCst with the follower count
-        // below: a follower announces itself, then re-checks the lead; we
-        // free the lead, then check for followers; one of us sees the other.
-        self.lead.store(FREE, Ordering::SeqCst);
-        if self.follower_count.load(Ordering::SeqCst) > 0 {
+        // SYNC POINT: lead (Release half, see `try_lead`).
+        self.lead.store(FREE, Ordering::Release);
+        // SYNC POINT: follower hand-over. A follower announces itself, then
+        // re-checks the lead; we free the lead, then check for followers.
+        // The two SeqCst fences are totally ordered, so one of us sees the
+        // other: it does not park, or we unpark it. (Fences, not SeqCst
+        // accesses: loom models fences exactly, and costs are the same.)
+        fence(Ordering::SeqCst);
+        if self.follower_count.load(Ordering::Relaxed) > 0 {
             for t in lock(&self.followers).iter() {
                 t.unpark();
             }
@@ -430,6 +516,9 @@ impl Inner {
                 }
                 Ok(Received::TimedOut) | Ok(Received::Interrupted) => return turn,
                 Err(e) => {
+                    // SYNC POINT: reading dead. Pairs with the Acquire
+                    // loads before every try to lead.
+                    self.rx_dead.store(true, Ordering::Release);
                     self.note_peer_gone();
                     turn.disconnect = Some(DisconnectReason::from_transport(e));
                     return turn;
@@ -563,8 +652,12 @@ impl Inner {
 
     /// A caller stops wanting the lead.
     fn caller_leaves(&self) {
-        if self.callers.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.callers.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.caller_epoch.fetch_add(1, Ordering::Relaxed);
+            // SYNC POINT: caller exit. Pairs with the fence in
+            // `worker_loop`: we lowered `callers`, then read the flag; the
+            // worker raised the flag, then reads `callers`.
+            fence(Ordering::SeqCst);
             if self.workers_backed_off.swap(false, Ordering::Relaxed) {
                 let _w = lock(&self.work);
                 self.work_cv.notify_all();
@@ -589,6 +682,13 @@ impl Inner {
         loop {
             if self.pending.is_done(seq) || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
+            }
+            // SYNC POINT: reading dead (Acquire half, see `lead_turn`).
+            if self.rx_dead.load(Ordering::Acquire) {
+                // Nothing more will be read: disconnect's `fail_all`
+                // completes this call and wakes us.
+                self.park_for_result(seq, deadline, registered, || true);
+                continue;
             }
             if !*active && !self.workers_saturated() {
                 // The workers lead and run the peer's calls; our result
@@ -649,11 +749,13 @@ impl Inner {
     /// Parks until our result comes, the lead is released, or `deadline`.
     fn park_as_follower(&self, seq: u64, deadline: Option<Instant>, registered: &mut bool) {
         lock(&self.followers).push(thread::current());
-        self.follower_count.fetch_add(1, Ordering::SeqCst);
+        self.follower_count.fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: follower hand-over (see `release_lead`).
+        fence(Ordering::SeqCst);
         self.park_for_result(seq, deadline, registered, || {
-            self.lead.load(Ordering::SeqCst) != FREE
+            self.lead.load(Ordering::Relaxed) != FREE
         });
-        self.follower_count.fetch_sub(1, Ordering::SeqCst);
+        self.follower_count.fetch_sub(1, Ordering::Relaxed);
         let me = thread::current().id();
         let mut f = lock(&self.followers);
         if let Some(i) = f.iter().position(|t| t.id() == me) {
@@ -765,7 +867,9 @@ impl Inner {
             // Lead if no caller wants to and none left just now.
             let callers = self.callers.load(Ordering::Relaxed);
             let epoch = self.caller_epoch.load(Ordering::Relaxed);
-            if callers == 0 && epoch == last_epoch && self.try_lead(WORKER) {
+            // SYNC POINT: reading dead (Acquire half, see `lead_turn`).
+            let dead = self.rx_dead.load(Ordering::Acquire);
+            if !dead && callers == 0 && epoch == last_epoch && self.try_lead(WORKER) {
                 drop(w);
                 poll = base;
                 let turn = self.lead_turn(None, None);
@@ -788,25 +892,40 @@ impl Inner {
             }
             // Stand aside: callers drive, another thread leads, or the
             // grace after the last caller runs. Look again later.
-            let timeout = if callers > 0 {
-                if epoch == last_epoch {
-                    poll = (poll * 2).min(Duration::from_millis(50));
-                    self.workers_backed_off.store(true, Ordering::Relaxed);
+            let backs_off = callers > 0 && (epoch == last_epoch || self.timing == Timing::Notified);
+            if backs_off {
+                self.workers_backed_off.store(true, Ordering::Relaxed);
+                // SYNC POINT: caller exit (see `caller_leaves`).
+                fence(Ordering::SeqCst);
+                if self.callers.load(Ordering::Relaxed) == 0 {
+                    // The last caller left meanwhile: look again now.
+                    self.workers_backed_off.store(false, Ordering::Relaxed);
+                    continue;
                 }
-                poll
-            } else if epoch != last_epoch {
-                base
-            } else if w.busy > 0 {
-                HANDOVER
-            } else {
+            }
+            let timeout = match self.timing {
+                Timing::Notified if callers == 0 && epoch != last_epoch => {
+                    // No grace period: lead at once.
+                    last_epoch = epoch;
+                    continue;
+                }
+                Timing::Notified => None,
+                Timing::Polled if callers > 0 => {
+                    if epoch == last_epoch {
+                        poll = (poll * 2).min(Duration::from_millis(50));
+                    }
+                    Some(poll)
+                }
+                Timing::Polled if epoch != last_epoch => Some(base),
+                Timing::Polled if w.busy > 0 => Some(HANDOVER),
                 // Another worker leads and nothing runs: every event that
                 // needs us notifies; the timeout only bounds a lead left
                 // free by a handler that blocks (see `IDLE_LOOK`).
-                IDLE_LOOK
+                Timing::Polled => Some(IDLE_LOOK),
             };
             last_epoch = epoch;
             w.idle += 1;
-            w = wait_cv(&self.work_cv, w, Some(timeout));
+            w = wait_cv(&self.work_cv, w, timeout);
             w.idle -= 1;
         }
     }
@@ -825,12 +944,20 @@ impl Inner {
             return w;
         };
         drop(entered);
-        if w.idle == 0 {
-            // Keep a standby to lead while this worker is in the handler.
+        if w.workers == 1 {
+            // Start the standby, once: it leads while handlers run. More
+            // workers start only where they are needed (a blocked send, a
+            // call queued by a waiting caller), never on this hot path,
+            // where a worker that has answered but not yet left `busy`
+            // would make every race look like a need.
             self.wake_or_spawn(&mut w);
+        } else if self.timing == Timing::Notified {
+            // No standby polls under this policy: hand the lead on now.
+            self.work_cv.notify_one();
         }
         w.busy += 1;
         drop(w);
+        let idle_of = IDLE_WORKER_OF.with(|c| c.replace(0));
         let responder = Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
         match &self.dispatcher {
             None => {
@@ -849,6 +976,7 @@ impl Inner {
                 d.dispatch(Box::new(move || me.invoke(tag, args, responder)));
             }
         }
+        IDLE_WORKER_OF.with(|c| c.set(idle_of));
         let mut w = lock(&self.work);
         w.busy -= 1;
         w
@@ -940,6 +1068,10 @@ impl Inner {
                     Err(p) => p.into_inner(),
                 };
             }
+            drop(c);
+            // The doer may have been a worker (it read the peer's Hangup):
+            // it could not wait for itself, so wait for it here.
+            self.wait_for_idle_workers_to_exit();
             return;
         }
         // Step 2: queued calls are dropped unrun (their responders answer
@@ -970,7 +1102,10 @@ impl Inner {
         // Step 5.
         self.transport.close();
         let err = self.closed_error();
-        self.pending.fail_all(err);
+        if !crate::sync::is_broken("engine") {
+            // Loom must-fail variant: leave pending calls waiting.
+            self.pending.fail_all(err);
+        }
         // Step 6.
         {
             let mut w = lock(&self.work);
@@ -979,6 +1114,7 @@ impl Inner {
         }
         // Workers in `recv` were woken by the close in step 5, and every
         // waiting caller by its slot's waker in `fail_all`.
+        self.wait_for_idle_workers_to_exit();
         let callbacks = {
             let mut cbs = lock(&self.on_disconnect);
             {
@@ -991,6 +1127,49 @@ impl Inner {
         let reason = self.reason().unwrap_or(DisconnectReason::Local);
         for cb in callbacks {
             cb(&reason);
+        }
+    }
+
+    /// Step 6: waits (bounded by `hangup_timeout`) until every worker has
+    /// left its loop but those inside a handler and this thread itself,
+    /// then joins those, so that no idle worker thread outlives the
+    /// disconnect. Workers still in a handler finish on their own.
+    fn wait_for_idle_workers_to_exit(&self) {
+        let me = usize::from(IDLE_WORKER_OF.with(|c| c.get()) == self.id());
+        let deadline = Instant::now() + self.config.hangup_timeout;
+        let exited = {
+            let mut exited = lock(&self.exits.threads);
+            loop {
+                // Read afresh on every wake: a worker whose handler just
+                // returned stops being busy, then exits and wakes us. (Lock
+                // order: exits, then work; workers never hold both.)
+                let enough = {
+                    let w = lock(&self.work);
+                    w.spawned.saturating_sub(w.busy + me)
+                };
+                if exited.len() >= enough {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break; // a worker is stuck somewhere; do not hang on it
+                }
+                exited = wait_cv(&self.exits.cv, exited, Some(left));
+            }
+            exited.clone()
+        };
+        let done: Vec<_> = {
+            let mut w = lock(&self.work);
+            let (done, running) = std::mem::take(&mut w.handles)
+                .into_iter()
+                .partition(|h| exited.contains(&h.thread().id()));
+            w.handles = running;
+            done
+        };
+        for handle in done {
+            // It left its loop: this waits only for its teardown. An Err
+            // would mean it panicked after that, which nothing there does.
+            let _ = handle.join();
         }
     }
 

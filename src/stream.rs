@@ -204,6 +204,10 @@ pub struct StreamTransport {
     writer: Mutex<Option<OwnedFd>>,
     /// Whether the write side is a socket (`MSG_NOSIGNAL`, `shutdown`).
     write_is_socket: bool,
+    /// The sender holding `writer` waits for the peer to drain the stream:
+    /// another sender that finds the writer taken is then waiting on the
+    /// peer too, and says so (`on_wait`). Written only by that holder.
+    room_wait: AtomicBool,
     /// The read side, with any frame read only in part. Held by the one
     /// `recv` at a time for as long as it reads or waits.
     reader: Mutex<FrameReader>,
@@ -406,6 +410,7 @@ impl StreamTransport {
             },
             writer: Mutex::new(Some(write)),
             write_is_socket,
+            room_wait: AtomicBool::new(false),
             reader: Mutex::new(FrameReader::new(read, config.max_message_size)),
         }))
     }
@@ -431,7 +436,16 @@ impl Transport for StreamTransport {
         let header = encode_header(opcode, seq, tag, len);
         // Another sender may be blocked mid-frame: wait for it only until
         // the deadline.
-        let Some(writer) = sync::lock_until(&self.writer, deadline) else {
+        // A sender that finds the writer taken waits on the peer only if the
+        // holder does (the stream is full); one merely writing lets go soon.
+        let behind_holder = || {
+            // SYNC POINT: room wait. Pairs with `write_frame`'s Release
+            // stores.
+            if self.room_wait.load(Ordering::Acquire) {
+                on_wait();
+            }
+        };
+        let Some(writer) = sync::lock_until(&self.writer, deadline, &behind_holder) else {
             return Err(TransportError::TimedOut);
         };
         // SYNC POINT: transport stopped (see `Shared::stop`).
@@ -441,15 +455,7 @@ impl Transport for StreamTransport {
         let Some(fd) = writer.as_ref() else {
             return Err(self.shared.terminal_error());
         };
-        match write_frame(
-            fd.as_fd(),
-            self.write_is_socket,
-            &header,
-            payload,
-            &self.shared.wake,
-            deadline,
-            on_wait,
-        ) {
+        match self.write_frame(fd.as_fd(), &header, payload, deadline, on_wait) {
             Ok(()) => Ok(()),
             Err(WriteStop::TimedOut) => Err(TransportError::TimedOut),
             Err(WriteStop::Woken) => Err(self.shared.terminal_error()),
@@ -860,62 +866,69 @@ enum WriteStop {
     Os(Errno),
 }
 
-/// Writes `header` then `payload`, whole, with vectored non-blocking writes,
-/// waiting in `poll` (with the wake eventfd) while the stream is full.
-fn write_frame(
-    fd: BorrowedFd<'_>,
-    is_socket: bool,
-    header: &[u8; HEADER_SIZE],
-    payload: &[u8],
-    wake: &EventFd,
-    deadline: Option<Instant>,
-    on_wait: &dyn Fn(),
-) -> Result<(), WriteStop> {
-    let total = HEADER_SIZE + payload.len();
-    let mut done = 0;
-    while done < total {
-        let both;
-        let one;
-        let iov: &[IoSlice<'_>] = if done < HEADER_SIZE {
-            both = [IoSlice::new(&header[done..]), IoSlice::new(payload)];
-            &both
-        } else {
-            one = [IoSlice::new(&payload[done - HEADER_SIZE..])];
-            &one
-        };
-        let written = if is_socket {
-            sendmsg::<()>(
-                fd.as_raw_fd(),
-                iov,
-                &[],
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-                None,
-            )
-        } else {
-            nix::sys::uio::writev(fd, iov)
-        };
-        match written {
-            Ok(n) => done += n,
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                // The deadline only holds before the first byte: a frame
-                // half written must be finished.
-                let deadline = if done == 0 { deadline } else { None };
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(WriteStop::TimedOut);
+impl StreamTransport {
+    /// Writes `header` then `payload`, whole, with vectored non-blocking writes,
+    /// waiting in `poll` (with the wake eventfd) while the stream is full.
+    fn write_frame(
+        &self,
+        fd: BorrowedFd<'_>,
+        header: &[u8; HEADER_SIZE],
+        payload: &[u8],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
+    ) -> Result<(), WriteStop> {
+        let (is_socket, wake, room_wait) =
+            (self.write_is_socket, &self.shared.wake, &self.room_wait);
+        let total = HEADER_SIZE + payload.len();
+        let mut done = 0;
+        while done < total {
+            let both;
+            let one;
+            let iov: &[IoSlice<'_>] = if done < HEADER_SIZE {
+                both = [IoSlice::new(&header[done..]), IoSlice::new(payload)];
+                &both
+            } else {
+                one = [IoSlice::new(&payload[done - HEADER_SIZE..])];
+                &one
+            };
+            let written = if is_socket {
+                sendmsg::<()>(
+                    fd.as_raw_fd(),
+                    iov,
+                    &[],
+                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                    None,
+                )
+            } else {
+                nix::sys::uio::writev(fd, iov)
+            };
+            match written {
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    // The deadline only holds before the first byte: a frame
+                    // half written must be finished.
+                    let deadline = if done == 0 { deadline } else { None };
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(WriteStop::TimedOut);
+                    }
+                    // SYNC POINT: room wait (Release half, see `send_until`).
+                    room_wait.store(true, Ordering::Release);
+                    on_wait();
+                    let ready = wait_ready(fd, PollFlags::POLLOUT, wake, deadline);
+                    room_wait.store(false, Ordering::Release);
+                    match ready {
+                        Ok(()) => {}
+                        Err(WaitStop::Woken) => return Err(WriteStop::Woken),
+                        Err(WaitStop::Os(e)) => return Err(WriteStop::Os(e)),
+                    }
                 }
-                on_wait();
-                match wait_ready(fd, PollFlags::POLLOUT, wake, deadline) {
-                    Ok(()) => {}
-                    Err(WaitStop::Woken) => return Err(WriteStop::Woken),
-                    Err(WaitStop::Os(e)) => return Err(WriteStop::Os(e)),
-                }
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(WriteStop::PeerGone),
+                Err(e) => return Err(WriteStop::Os(e)),
             }
-            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(WriteStop::PeerGone),
-            Err(e) => return Err(WriteStop::Os(e)),
         }
+        Ok(())
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------

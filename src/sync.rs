@@ -87,7 +87,8 @@ pub use imp::*;
 /// that called `loom::model`, so a thread-local selection reaches them
 /// all and never leaks into a model running in parallel.
 ///
-/// The names: `gate`, `ring`, `futex`, `pending`, `session`, `handshake`.
+/// The names: `gate`, `ring`, `futex`, `pending`, `session`, `handshake`,
+/// `engine`.
 #[cfg(orcwire_loom_broken)]
 pub mod broken {
     use std::cell::Cell;
@@ -142,12 +143,20 @@ pub fn is_broken(name: &str) -> bool {
 pub use std::sync::Arc;
 
 /// Locks `m` like [`lock`], but gives up at `deadline` (`None`: waits as
-/// long as it takes). For a sender that must not wait behind another one
-/// blocked on a full transport past its own deadline.
-pub fn lock_until<T: ?Sized>(
-    m: &Mutex<T>,
+/// long as it takes), and calls `on_wait` once if the lock is held when it
+/// arrives. For a sender that must not wait behind another one blocked on
+/// a full transport past its own deadline; the transport's `on_wait`
+/// decides whether that is a wait on the peer.
+pub fn lock_until<'a, T: ?Sized>(
+    m: &'a Mutex<T>,
     deadline: Option<std::time::Instant>,
-) -> Option<MutexGuard<'_, T>> {
+    on_wait: &dyn Fn(),
+) -> Option<MutexGuard<'a, T>> {
+    match m.try_lock() {
+        Ok(g) => return Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => on_wait(),
+    }
     let Some(deadline) = deadline else {
         return Some(lock(m));
     };

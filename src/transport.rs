@@ -102,9 +102,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends one message, whole.
     ///
     /// Blocks while the transport is full. Before each time it goes to
-    /// sleep for room it calls `on_wait` (the endpoint uses it to make sure
-    /// some thread keeps reading meanwhile, so two full directions cannot
-    /// deadlock). `deadline` bounds the wait for room *before the first
+    /// sleep — for room, or behind another sender — it calls `on_wait` (the
+    /// endpoint uses it to make sure some thread keeps reading meanwhile,
+    /// so two full directions cannot deadlock). `deadline` bounds the wait for room *before the first
     /// byte is written*; once part of a message is out, the rest follows
     /// (a half-written message would corrupt the stream), bounded only by
     /// [`close`](Transport::close). A concurrent `close` unblocks it with

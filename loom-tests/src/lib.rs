@@ -97,7 +97,32 @@ pub fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
+    model_with(loom::model::Builder::new(), f);
+}
+
+/// [`model`] for a model that runs a whole endpoint: at most `branches`
+/// branch points per execution (loom's default is 1,000; one execution of
+/// an endpoint touches thousands of atomics without any of them spinning)
+/// and a preemption bound of at most `max_preemptions` (the bound that
+/// applies otherwise, capped: such a model grows about 300-fold per extra
+/// preemption).
+#[cfg(orcwire_loom)]
+pub fn model_large<F>(branches: usize, max_preemptions: usize, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
     let mut builder = loom::model::Builder::new();
+    builder.max_branches = builder.max_branches.max(branches);
+    let bound = builder.preemption_bound.unwrap_or(DEFAULT_PREEMPTIONS);
+    builder.preemption_bound = Some(bound.min(max_preemptions));
+    model_with(builder, f);
+}
+
+#[cfg(orcwire_loom)]
+fn model_with<F>(mut builder: loom::model::Builder, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
     }

@@ -142,6 +142,10 @@ pub struct ShmTransport {
     local: AtomicU32,
     /// Sticky until a `recv` consumes it.
     interrupted: AtomicBool,
+    /// The sender holding `producer` waits for the peer to make room:
+    /// another sender that finds the producer taken is then waiting on the
+    /// peer too, and says so (`on_wait`). Written only by that holder.
+    room_wait: AtomicBool,
     /// The error of the first of [`CLOSED`], [`PEER_DEAD`], [`FAILED`];
     /// set (under the lock) before the flag.
     first_error: Mutex<Option<TransportError>>,
@@ -237,6 +241,7 @@ impl ShmTransport {
             consumer: Mutex::new(consumer),
             local: AtomicU32::new(0),
             interrupted: AtomicBool::new(false),
+            room_wait: AtomicBool::new(false),
             first_error: Mutex::new(None),
             watcher: Mutex::new(None),
         })
@@ -456,7 +461,17 @@ impl Transport for ShmTransport {
         }
         // Another sender may hold the producer while it waits for room:
         // wait for it only until the deadline.
-        let Some(mut producer) = crate::sync::lock_until(&self.producer, deadline) else {
+        // A sender that finds the producer taken waits on the peer only if
+        // the holder does (it waits for room); one merely writing a frame
+        // lets go soon.
+        let behind_holder = || {
+            // SYNC POINT: room wait. Pairs with the holder's Release stores.
+            if self.room_wait.load(Ordering::Acquire) {
+                on_wait();
+            }
+        };
+        let Some(mut producer) = crate::sync::lock_until(&self.producer, deadline, &behind_holder)
+        else {
             return Err(TransportError::TimedOut);
         };
         let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
@@ -477,6 +492,8 @@ impl Transport for ShmTransport {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(TransportError::TimedOut);
             }
+            // SYNC POINT: room wait (Release half, see `behind_holder`).
+            self.room_wait.store(true, Ordering::Release);
             on_wait();
             // Ring full: sleep on our word until the peer frees space (it
             // bumps our word when it sees our SPACE announcement) or a
@@ -492,8 +509,9 @@ impl Transport for ShmTransport {
                         Ok(false) => Poll::Pending,
                         Ok(true) | Err(_) => Poll::Ready(()),
                     })
-                })?;
-            if outcome == WaitOutcome::TimedOut {
+                });
+            self.room_wait.store(false, Ordering::Release);
+            if outcome? == WaitOutcome::TimedOut {
                 return Err(TransportError::TimedOut);
             }
         }
