@@ -9,12 +9,13 @@
 //! The test binary holds only this test, so nothing else allocates
 //! meanwhile.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Arc;
 
 use orcwire::sync::{AtomicUsize, Ordering};
-use orcwire::{ControllerBuilder, ExecutorBuilder, Transport, WrapperFunctionBuffer};
-use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
+use orcwire::{ControllerBuilder, ExecutorBuilder, WrapperFunctionBuffer};
+use orcwire_shm::ShmConfig;
 
 /// Counts every allocation (and reallocation) made through it.
 struct Counting;
@@ -57,21 +58,14 @@ fn allocations() -> usize {
 
 #[test]
 fn a_64_byte_round_trip_allocates_nothing_in_either_direction() {
-    let config = ShmConfig::default();
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).unwrap());
-    let c: Arc<dyn Transport> =
-        Arc::new(ShmTransport::create(Arc::clone(&mapping), config).unwrap());
-    let e: Arc<dyn Transport> = Arc::new(ShmTransport::attach(mapping, config).unwrap());
-    let executor = ExecutorBuilder::new()
-        .sync_function("echo", WrapperFunctionBuffer::from_slice)
-        .controller_handler("echo")
-        .connect(e)
-        .unwrap();
-    let controller = ControllerBuilder::new()
-        .sync_handler("echo", WrapperFunctionBuffer::from_slice)
-        .connect(c)
-        .unwrap();
+    let (controller, executor) = common::connect_pair(
+        common::shm_pair(ShmConfig::default()),
+        ExecutorBuilder::new()
+            .sync_function("echo", WrapperFunctionBuffer::from_slice)
+            .controller_handler("echo"),
+        ControllerBuilder::new().sync_handler("echo", WrapperFunctionBuffer::from_slice),
+        None,
+    );
     let to_executor = controller.function_tag("echo").unwrap();
     let to_controller = executor.handler_tag("echo").unwrap();
     let args: Vec<u8> = (0..64u8).collect();

@@ -12,29 +12,15 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{pseudo_random, run_bounded};
-use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher, ThreadPoolTaskDispatcher};
+use common::{connect_pair, dispatchers, pseudo_random, run_bounded, shm_pair, MakeDispatcher};
 use orcwire::stream::StreamConfig;
 use orcwire::{
     CallError, ControllerBuilder, Endpoint, EndpointConfig, ExecutorBuilder, StreamTransport,
     Transport, WrapperFunctionBuffer,
 };
-use orcwire_shm::{
-    required_size, HeapMapping, RingCapacity, SharedMapping, ShmConfig, ShmTransport,
-};
+use orcwire_shm::{RingCapacity, ShmConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Makes the dispatcher both sides use (`None`: the connection's workers).
-type MakeDispatcher = Option<fn() -> Arc<dyn TaskDispatcher>>;
-
-fn shm_pair(config: ShmConfig) -> (Arc<dyn Transport>, Arc<dyn Transport>) {
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).unwrap());
-    let c = ShmTransport::create(Arc::clone(&mapping), config).unwrap();
-    let e = ShmTransport::attach(mapping, config).unwrap();
-    (Arc::new(c), Arc::new(e))
-}
 
 fn echo(a: &[u8]) -> WrapperFunctionBuffer {
     WrapperFunctionBuffer::from_slice(a)
@@ -47,20 +33,17 @@ fn echo_pair(
     dispatcher: MakeDispatcher,
     config: EndpointConfig,
 ) -> (Endpoint, Endpoint) {
-    let mut eb = ExecutorBuilder::new()
-        .sync_function("echo", echo)
-        .controller_handler("echo")
-        .config(config.clone());
-    let mut cb = ControllerBuilder::new()
-        .sync_handler("echo", echo)
-        .config(config);
-    if let Some(make) = dispatcher {
-        eb = eb.dispatcher(make());
-        cb = cb.dispatcher(make());
-    }
-    let executor = eb.connect(e).unwrap();
-    let controller = cb.connect(c).unwrap();
-    (controller, executor)
+    connect_pair(
+        (c, e),
+        ExecutorBuilder::new()
+            .sync_function("echo", echo)
+            .controller_handler("echo")
+            .config(config.clone()),
+        ControllerBuilder::new()
+            .sync_handler("echo", echo)
+            .config(config),
+        dispatcher,
+    )
 }
 
 /// 8 pipelined 1 MiB calls each way at once, over 1 MiB rings and over a
@@ -68,14 +51,7 @@ fn echo_pair(
 /// are using.
 #[test]
 fn full_rings_both_ways_do_not_deadlock_with_any_dispatcher() {
-    let dispatchers: [(&str, MakeDispatcher); 3] = [
-        ("workers", None),
-        ("inline", Some(|| Arc::new(InlineTaskDispatcher::new()))),
-        (
-            "pool of 2",
-            Some(|| Arc::new(ThreadPoolTaskDispatcher::new(2).unwrap())),
-        ),
-    ];
+    let dispatchers = dispatchers();
     for ((name, dispatcher), kind) in dispatchers
         .into_iter()
         .flat_map(|d| [(d, "shm"), (d, "uds")])

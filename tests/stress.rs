@@ -15,14 +15,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::run_bounded;
-use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher, ThreadPoolTaskDispatcher};
-use orcwire::{
-    ControllerBuilder, Endpoint, ExecutorBuilder, HandlerTag, Transport, WrapperFunctionBuffer,
-};
-use orcwire_shm::{
-    required_size, HeapMapping, RingCapacity, SharedMapping, ShmConfig, ShmTransport,
-};
+use common::{connect_pair, dispatchers, run_bounded, shm_pair, MakeDispatcher};
+use orcwire::{ControllerBuilder, Endpoint, ExecutorBuilder, HandlerTag, WrapperFunctionBuffer};
+use orcwire_shm::{RingCapacity, ShmConfig};
 
 /// How long each case keeps calling.
 const RUN: Duration = Duration::from_millis(1200);
@@ -71,31 +66,21 @@ fn payload(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.next() as u8).collect()
 }
 
-type MakeDispatcher = Option<fn() -> Arc<dyn TaskDispatcher>>;
-
 fn pair(ring: usize, dispatcher: MakeDispatcher) -> (Endpoint, Endpoint) {
     let config = ShmConfig {
         ring_capacity: RingCapacity::new(ring).unwrap(),
         max_message_size: (4 << 20) + 64,
         ..ShmConfig::default()
     };
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).unwrap());
-    let c: Arc<dyn Transport> =
-        Arc::new(ShmTransport::create(Arc::clone(&mapping), config).unwrap());
-    let e: Arc<dyn Transport> = Arc::new(ShmTransport::attach(mapping, config).unwrap());
     let handler = |a: &[u8]| WrapperFunctionBuffer::from_vec(answer(a));
-    let mut eb = ExecutorBuilder::new()
-        .sync_function("work", handler)
-        .controller_handler("work");
-    let mut cb = ControllerBuilder::new().sync_handler("work", handler);
-    if let Some(make) = dispatcher {
-        eb = eb.dispatcher(make());
-        cb = cb.dispatcher(make());
-    }
-    let executor = eb.connect(e).unwrap();
-    let controller = cb.connect(c).unwrap();
-    (controller, executor)
+    connect_pair(
+        shm_pair(config),
+        ExecutorBuilder::new()
+            .sync_function("work", handler)
+            .controller_handler("work"),
+        ControllerBuilder::new().sync_handler("work", handler),
+        dispatcher,
+    )
 }
 
 /// One calling thread: synchronous calls and pipelined bursts, each result
@@ -183,14 +168,7 @@ fn run_case(ring: usize, name: &str, dispatcher: MakeDispatcher, seed: u64) {
 
 #[test]
 fn random_calls_both_ways_never_stall_and_always_come_back_right() {
-    let dispatchers: [(&str, MakeDispatcher); 3] = [
-        ("workers", None),
-        ("inline", Some(|| Arc::new(InlineTaskDispatcher::new()))),
-        (
-            "pool of 2",
-            Some(|| Arc::new(ThreadPoolTaskDispatcher::new(2).unwrap())),
-        ),
-    ];
+    let dispatchers = dispatchers();
     let mut seed = 0x0bc0_ffee_1234_5678u64;
     run_bounded(Duration::from_secs(120), move || {
         for ring in [4 << 10, 64 << 10, 1 << 20] {

@@ -5,11 +5,12 @@
 //! Threads are counted process-wide (`/proc/self/task`), so this binary
 //! holds only this test.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use orcwire::{ControllerBuilder, ExecutorBuilder, Transport, WrapperFunctionBuffer};
-use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
+use orcwire::{ControllerBuilder, ExecutorBuilder, WrapperFunctionBuffer};
+use orcwire_shm::ShmConfig;
 
 /// Threads of this process named `name`.
 fn threads_named(name: &str) -> usize {
@@ -26,25 +27,19 @@ fn threads_named(name: &str) -> usize {
 
 #[test]
 fn no_worker_thread_outlives_disconnect() {
-    let config = ShmConfig::default();
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).unwrap());
-    let c: Arc<dyn Transport> =
-        Arc::new(ShmTransport::create(Arc::clone(&mapping), config).unwrap());
-    let e: Arc<dyn Transport> = Arc::new(ShmTransport::attach(mapping, config).unwrap());
-    let executor = ExecutorBuilder::new()
-        .function("slow_echo", |args, r| {
-            // Long enough that several calls overlap and more workers start.
-            std::thread::sleep(Duration::from_millis(5));
-            r.respond(args)
-        })
-        .controller_handler("echo")
-        .connect(e)
-        .unwrap();
-    let controller = ControllerBuilder::new()
-        .sync_handler("echo", WrapperFunctionBuffer::from_slice)
-        .connect(c)
-        .unwrap();
+    let (controller, executor) = common::connect_pair(
+        common::shm_pair(ShmConfig::default()),
+        ExecutorBuilder::new()
+            .function("slow_echo", |args, r| {
+                // Long enough that the standby takes the lead and runs
+                // calls too: both workers are in handlers at times.
+                std::thread::sleep(Duration::from_millis(5));
+                r.respond(args)
+            })
+            .controller_handler("echo"),
+        ControllerBuilder::new().sync_handler("echo", WrapperFunctionBuffer::from_slice),
+        None,
+    );
     let tag = controller.function_tag("slow_echo").unwrap();
     let back = executor.handler_tag("echo").unwrap();
     let calls: Vec<_> = (0..20u8)

@@ -122,3 +122,63 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Both ends of a shared-memory connection inside this process, over a
+/// heap-backed segment (the same ring code as a memfd): `(controller,
+/// executor)`.
+pub fn shm_pair(
+    config: orcwire_shm::ShmConfig,
+) -> (
+    std::sync::Arc<dyn orcwire::Transport>,
+    std::sync::Arc<dyn orcwire::Transport>,
+) {
+    use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmTransport};
+    use std::sync::Arc;
+    let mapping: Arc<dyn SharedMapping> =
+        Arc::new(HeapMapping::new(required_size(&config)).unwrap());
+    let c = ShmTransport::create(Arc::clone(&mapping), config).unwrap();
+    let e = ShmTransport::attach(mapping, config).unwrap();
+    (Arc::new(c), Arc::new(e))
+}
+
+/// Makes the dispatcher an endpoint uses (`None`: the connection's own
+/// workers).
+pub type MakeDispatcher = Option<fn() -> std::sync::Arc<dyn orcwire::TaskDispatcher>>;
+
+/// Every way to run handlers, by name: the connection's workers, an
+/// inline dispatcher, and a pool of two threads.
+pub fn dispatchers() -> [(&'static str, MakeDispatcher); 3] {
+    use orcwire::dispatch::{InlineTaskDispatcher, ThreadPoolTaskDispatcher};
+    [
+        ("workers", None),
+        (
+            "inline",
+            Some(|| std::sync::Arc::new(InlineTaskDispatcher::new())),
+        ),
+        (
+            "pool of 2",
+            Some(|| std::sync::Arc::new(ThreadPoolTaskDispatcher::new(2).unwrap())),
+        ),
+    ]
+}
+
+/// Connects `executor` on `e` and then `controller` on `c` (the executor's
+/// `Setup` goes out first), both running handlers on `dispatcher`.
+/// Returns `(controller, executor)`.
+pub fn connect_pair(
+    (c, e): (
+        std::sync::Arc<dyn orcwire::Transport>,
+        std::sync::Arc<dyn orcwire::Transport>,
+    ),
+    mut executor: orcwire::ExecutorBuilder,
+    mut controller: orcwire::ControllerBuilder,
+    dispatcher: MakeDispatcher,
+) -> (orcwire::Endpoint, orcwire::Endpoint) {
+    if let Some(make) = dispatcher {
+        executor = executor.dispatcher(make());
+        controller = controller.dispatcher(make());
+    }
+    let executor = executor.connect(e).unwrap();
+    let controller = controller.connect(c).unwrap();
+    (controller, executor)
+}
