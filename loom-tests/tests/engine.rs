@@ -2,15 +2,19 @@
 //! with its worker thread) over a loom-backed shared-memory segment, and
 //! a raw `ShmTransport` standing for the executor process.
 //!
-//! The controller makes a synchronous call (the fast path: the caller
-//! takes the lead from the worker, reads its own result, hands the lead
-//! back), then a second call the executor never answers, then
-//! `disconnect()`. Proves, in every interleaving of the caller, the worker
-//! and the executor: the first call returns the executor's answer; when
-//! `disconnect()` returns the unanswered call is already complete with
-//! `Disconnected` (no call is left waiting), the connection is
-//! disconnected, and a new call is refused; the executor sees our
-//! `Hangup` and its own is answered.
+//! Two scenarios, each proved in every interleaving of the caller, the
+//! worker and the executor:
+//! * `call_then_disconnect`: a synchronous call (the fast path: the caller
+//!   takes the lead from the worker, reads its own result, hands the lead
+//!   back), then a call the executor never answers, then `disconnect()`.
+//!   The first call returns the executor's answer; when `disconnect()`
+//!   returns the unanswered call is already complete with `Disconnected`
+//!   (no call is left waiting) and a new call is refused.
+//! * `peer_hangs_up_while_caller_waits`: the executor reads a call and
+//!   hangs up instead of answering. Whoever reads the `Hangup` (the
+//!   waiting caller, or the worker, which then carries out the disconnect
+//!   on its own thread), the caller's wait ends with `Disconnected`, a
+//!   later `disconnect()` returns, and new calls are refused.
 //!
 //! The engine runs under its `Notified` timing policy here (every wait
 //! ends by a notification; loom's time does not pass), the same code as
@@ -106,6 +110,60 @@ fn call_then_disconnect() {
     exec.join().unwrap();
 }
 
+/// The executor process hanging up on its own: publishes `f`, reads one
+/// call, never answers it, says `Hangup`, answers ours if it comes, and
+/// closes.
+fn executor_hanging_up(t: ShmTransport) {
+    let mut setup = SetupInfo::new_orcwire("loom-model".into(), 4096);
+    setup.bootstrap_symbols.push(("f".into(), 1));
+    t.send(Opcode::Setup, 0, 0, &setup.encode()).unwrap();
+    match t.recv(None) {
+        Ok(Received::Message(m)) => assert_eq!(m.opcode, Opcode::CallWrapper),
+        other => panic!("the executor expected a call, got {other:?}"),
+    }
+    t.send(Opcode::Hangup, 0, 0, &[]).unwrap();
+    // The controller acknowledges with its own Hangup, or just closes.
+    loop {
+        match t.recv(None) {
+            Ok(Received::Message(m)) if m.opcode == Opcode::Hangup => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    t.close();
+}
+
+fn peer_hangs_up_while_caller_waits() {
+    let (c, e) = pair();
+    let exec = thread::spawn(move || executor_hanging_up(e));
+    let config = EndpointConfig {
+        max_pending_calls: 4,
+        max_queued_calls: 2,
+        max_workers: 2,
+        ..EndpointConfig::default()
+    };
+    let controller = ControllerBuilder::new()
+        .config(config)
+        .connect(Arc::new(c) as Arc<dyn Transport>)
+        .unwrap();
+    let f = controller.function_tag("f").unwrap();
+    // The caller waits; the peer's Hangup (read by the caller or by the
+    // worker, which then carries out the disconnect) must end the wait.
+    assert_eq!(
+        controller.call_sync(f, b"x"),
+        Err(CallError::Disconnected),
+        "a caller was left waiting, or got a result, after the peer hung up"
+    );
+    // A disconnect of our own afterwards returns, and leaves no call open.
+    controller.disconnect();
+    assert!(controller.is_disconnected());
+    assert!(
+        controller.call(f, b"y").is_err(),
+        "a call was accepted after the hang-up"
+    );
+    exec.join().unwrap();
+}
+
 /// Branch points one execution may take: the whole endpoint touches
 /// thousands of atomics per execution (none of them spinning).
 const BRANCHES: usize = 20_000;
@@ -117,6 +175,11 @@ const PREEMPTIONS: usize = 2;
 #[test]
 fn engine_call_then_disconnect() {
     orcwire_loom_tests::model_large(BRANCHES, PREEMPTIONS, call_then_disconnect);
+}
+
+#[test]
+fn engine_peer_hangs_up_while_caller_waits() {
+    orcwire_loom_tests::model_large(BRANCHES, PREEMPTIONS, peer_hangs_up_while_caller_waits);
 }
 
 /// The bug: disconnect skips failing the pending calls, so the unanswered
