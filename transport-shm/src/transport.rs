@@ -523,8 +523,11 @@ impl Transport for ShmTransport {
             if self.is_terminated() {
                 return Err(self.terminal_error());
             }
-            // SYNC POINT: local flags. Pairs with `interrupt_recv`.
-            if self.interrupted.swap(false, Ordering::Acquire) {
+            // SYNC POINT: local flags. Pairs with `interrupt_recv`. A load
+            // first: no read-modify-write per receive.
+            if self.interrupted.load(Ordering::Relaxed)
+                && self.interrupted.swap(false, Ordering::Acquire)
+            {
                 return Ok(Received::Interrupted);
             }
             if let Some(m) = self.try_take(&mut consumer)? {
