@@ -23,7 +23,9 @@
 
 use orcwire::sps::SetupInfo;
 use orcwire::sync::{thread, Arc};
-use orcwire::{CallError, ControllerBuilder, EndpointConfig, Opcode, Received, Transport};
+use orcwire::{
+    CallError, ControllerBuilder, Endpoint, EndpointConfig, Opcode, Received, Transport,
+};
 use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
 use orcwire_shm::{RingCapacity, WaitStrategy};
 
@@ -74,9 +76,9 @@ fn executor(t: ShmTransport) {
     t.close();
 }
 
-fn call_then_disconnect() {
-    let (c, e) = pair();
-    let exec = thread::spawn(move || executor(e));
+/// The controller endpoint under test, connected over `c` (the executor
+/// thread must already be sending its `Setup`).
+fn controller(c: ShmTransport) -> Endpoint {
     // A small table: loom counts every slot `fail_all` looks at.
     let config = EndpointConfig {
         max_pending_calls: 4,
@@ -84,10 +86,16 @@ fn call_then_disconnect() {
         max_workers: 2,
         ..EndpointConfig::default()
     };
-    let controller = ControllerBuilder::new()
+    ControllerBuilder::new()
         .config(config)
         .connect(Arc::new(c) as Arc<dyn Transport>)
-        .unwrap();
+        .unwrap()
+}
+
+fn call_then_disconnect() {
+    let (c, e) = pair();
+    let exec = thread::spawn(move || executor(e));
+    let controller = controller(c);
     let f = controller.function_tag("f").unwrap();
     let out = controller.call_sync(f, b"x").unwrap();
     assert_eq!(
@@ -136,16 +144,7 @@ fn executor_hanging_up(t: ShmTransport) {
 fn peer_hangs_up_while_caller_waits() {
     let (c, e) = pair();
     let exec = thread::spawn(move || executor_hanging_up(e));
-    let config = EndpointConfig {
-        max_pending_calls: 4,
-        max_queued_calls: 2,
-        max_workers: 2,
-        ..EndpointConfig::default()
-    };
-    let controller = ControllerBuilder::new()
-        .config(config)
-        .connect(Arc::new(c) as Arc<dyn Transport>)
-        .unwrap();
+    let controller = controller(c);
     let f = controller.function_tag("f").unwrap();
     // The caller waits; the peer's Hangup (read by the caller or by the
     // worker, which then carries out the disconnect) must end the wait.
