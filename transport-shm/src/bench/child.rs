@@ -6,7 +6,6 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use orcwire::dispatch::InlineTaskDispatcher;
 use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffer};
 
@@ -148,7 +147,6 @@ fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
 /// Serves `echo` and `drive` until the controller disconnects.
 fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
     let endpoint = ExecutorBuilder::new()
-        .dispatcher(Arc::new(InlineTaskDispatcher::new()))
         // The argument buffer goes back as the reply, as the floor's child
         // sends back what it copied out: both cost four copies of the
         // payload per round trip, so the ratio compares transports, not

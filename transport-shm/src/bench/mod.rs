@@ -18,7 +18,8 @@
 //! The cases:
 //! * `shm-spin`, `shm-balanced`, `shm-block`: the shared-memory transport
 //!   under each [`WaitStrategy`](crate::WaitStrategy) preset (both sides
-//!   use the same preset), with inline dispatch.
+//!   use the same preset), with the default dispatch (handlers run on the
+//!   connection worker that read the call).
 //! * `pipe`: the stream transport over two pipes, as LLVM's remote
 //!   executor runs; `uds`: the stream transport over a Unix socket pair.
 //! * `floor-spin`, `floor-futex`: the raw floor — an atomic ping-pong

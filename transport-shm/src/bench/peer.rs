@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use orcwire::dispatch::InlineTaskDispatcher;
 use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, Transport, WrapperFunctionBuffer};
 
@@ -347,8 +346,7 @@ impl Peer {
             }
         };
         let endpoint = ControllerBuilder::new()
-            .dispatcher(Arc::new(InlineTaskDispatcher::new()))
-            // Zero-copy echo, like the executor's `echo` (see child.rs).
+                // Zero-copy echo, like the executor's `echo` (see child.rs).
             .handler("ctl_echo", |args, responder| responder.respond(args))
             .connect(transport);
         let mut process = process;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher, ThreadPoolTaskDispatcher};
+use orcwire::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
 
 use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
 
@@ -63,16 +63,20 @@ impl Options {
         Ok(o)
     }
 
-    /// Where incoming calls run: on the thread that read them (after it
-    /// gave up reading), or on a pool of worker threads.
-    pub fn dispatcher(&self) -> Arc<dyn TaskDispatcher> {
-        if self.dispatch == "pool" {
-            match ThreadPoolTaskDispatcher::new(2) {
-                Ok(pool) => return Arc::new(pool),
-                Err(e) => eprintln!("orcwire: {e}; running calls inline instead"),
+    /// Where incoming calls run: `None` for inline, the engine's default
+    /// (on the connection's own worker that read the call, no boxed task,
+    /// no thread hop), or a pool of worker threads.
+    pub fn dispatcher(&self) -> Option<Arc<dyn TaskDispatcher>> {
+        if self.dispatch != "pool" {
+            return None;
+        }
+        match ThreadPoolTaskDispatcher::new(2) {
+            Ok(pool) => Some(Arc::new(pool)),
+            Err(e) => {
+                eprintln!("orcwire: {e}; running calls inline instead");
+                None
             }
         }
-        Arc::new(InlineTaskDispatcher::new())
     }
 
     pub fn shm_config(&self) -> ShmConfig {

@@ -65,8 +65,11 @@ fn demo(opts: &Options) -> DemoResult<()> {
         .spawn()
         .map_err(|e| format!("spawning the executor: {e}"))?;
     println!("  spawned executor pid {}", spawned.process.id());
-    let controller = ControllerBuilder::new()
-        .dispatcher(opts.dispatcher())
+    let mut builder = ControllerBuilder::new();
+    if let Some(d) = opts.dispatcher() {
+        builder = builder.dispatcher(d);
+    }
+    let controller = builder
         .sync_handler("ctl_echo", WrapperFunctionBuffer::from_slice)
         .sync_handler("log", |msg: &[u8]| {
             println!("  [executor says] {}", String::from_utf8_lossy(msg));

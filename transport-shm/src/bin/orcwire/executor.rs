@@ -27,8 +27,11 @@ pub fn run(opts: &Options) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let endpoint = ExecutorBuilder::new()
-        .dispatcher(opts.dispatcher())
+    let mut builder = ExecutorBuilder::new();
+    if let Some(d) = opts.dispatcher() {
+        builder = builder.dispatcher(d);
+    }
+    let endpoint = builder
         .sync_function("echo", WrapperFunctionBuffer::from_slice)
         .sync_function("sum", |a: &[u8]| {
             WrapperFunctionBuffer::from_slice(&sum_reply(a))
