@@ -16,7 +16,7 @@
 //! pointers (each process maps the segment at its own address) and holds
 //! only atomics and plain integers. The plain integers are written once by
 //! the controller before [`MAGIC`] is published and are read once, by
-//! volatile reads, when the executor attaches: [`validate`] copies them into
+//! atomic loads, when the executor attaches: [`validate`] copies them into
 //! a private [`SegmentLayout`] and nothing re-reads sizes from shared memory
 //! afterwards, so a peer that scribbles on the header later cannot change
 //! what this process believes about the layout.
@@ -41,7 +41,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ORCWSHM1");
 /// Version of this layout; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Smallest ring capacity in bytes.
 pub const MIN_RING_CAPACITY: usize = 256;
 /// Largest ring capacity in bytes (frame lengths are 32-bit).
@@ -63,6 +63,13 @@ pub const REGION_ALIGN: usize = 128;
 /// flag has exactly one side allowed to set it, named below. Nothing read
 /// from this word is trusted for memory safety: it only decides which error
 /// a blocked call returns.
+///
+/// There is one hang-up handshake, the engine's: each side sends a
+/// `Hangup` message and waits (bounded) for the peer's. A disconnecting
+/// bit is the transport's end of stream under it: the side publishes
+/// nothing more, so the peer's blocked waits end at once instead of at a
+/// timeout. Version 1 also had acknowledgement and death bits; nothing
+/// read them, and version 2 dropped them.
 pub mod state {
     /// Set by the **controller** when it closes its side: it publishes no
     /// frame after setting it (all its frames are published before, so a
@@ -70,24 +77,17 @@ pub mod state {
     pub const CONTROLLER_DISCONNECTING: u64 = 1 << 0;
     /// Set by the **executor** when it closes its side; as above.
     pub const EXECUTOR_DISCONNECTING: u64 = 1 << 1;
-    /// Set by the **controller** once it has seen
-    /// [`EXECUTOR_DISCONNECTING`] and stopped using the connection.
-    pub const CONTROLLER_ACK: u64 = 1 << 2;
-    /// Set by the **executor** once it has seen
-    /// [`CONTROLLER_DISCONNECTING`] and stopped using the connection.
-    pub const EXECUTOR_ACK: u64 = 1 << 3;
-    /// Set by the **executor** (its liveness watcher) when it learned that
-    /// the controller process died. Informational: the survivor acts on its
-    /// own local flag, never on this bit.
-    pub const CONTROLLER_DEAD: u64 = 1 << 4;
-    /// Set by the **controller** (its liveness watcher) when it learned that
-    /// the executor process died. Informational, as above.
-    pub const EXECUTOR_DEAD: u64 = 1 << 5;
     /// Set by the **executor** when it attaches; a second attach to the
     /// same epoch is refused.
-    pub const EXECUTOR_ATTACHED: u64 = 1 << 6;
+    pub const EXECUTOR_ATTACHED: u64 = 1 << 2;
     /// Every defined flag.
-    pub const FLAGS: u64 = 0x7f;
+    pub const FLAGS: u64 = 0x7;
+    /// Every flag with its name, for diagnostics (`orcwire inspect`).
+    pub const NAMES: [(u64, &str); 3] = [
+        (CONTROLLER_DISCONNECTING, "controller-disconnecting"),
+        (EXECUTOR_DISCONNECTING, "executor-disconnecting"),
+        (EXECUTOR_ATTACHED, "executor-attached"),
+    ];
     /// The epoch lives in the high 32 bits. Written by the **controller**
     /// only, in [`init`](super::init), before the segment is published;
     /// never changes afterwards. A side that sees another epoch than the
@@ -148,23 +148,6 @@ impl Side {
             Side::Executor => state::EXECUTOR_DISCONNECTING,
         }
     }
-
-    /// The [`state`] bit this side sets to acknowledge the peer's
-    /// disconnect.
-    pub fn ack_bit(self) -> u64 {
-        match self {
-            Side::Controller => state::CONTROLLER_ACK,
-            Side::Executor => state::EXECUTOR_ACK,
-        }
-    }
-
-    /// The [`state`] bit recording that this side died (set by the peer).
-    pub fn dead_bit(self) -> u64 {
-        match self {
-            Side::Controller => state::CONTROLLER_DEAD,
-            Side::Executor => state::EXECUTOR_DEAD,
-        }
-    }
 }
 
 /// Where one ring lives in the segment (plain integers, written once).
@@ -205,7 +188,7 @@ pub struct SideBlock {
 ///
 /// Never referenced as a whole (`&SegmentHeader` would claim the plain
 /// fields cannot change while the peer can write them): fields are reached
-/// through raw pointers, the plain ones by volatile access.
+/// through raw pointers, the plain ones by atomic loads and stores.
 #[repr(C)]
 #[derive(Debug)]
 pub struct SegmentHeader {
@@ -684,25 +667,63 @@ fn header_ptr(mapping: &dyn SharedMapping) -> *mut SegmentHeader {
     mapping.base().cast()
 }
 
+/// A plain header field: written once by the controller before [`MAGIC`]
+/// is published, read once by the executor after it saw [`MAGIC`].
+///
+/// Both ends go through `std`'s atomics (`Relaxed`: the `magic` word's
+/// `Release`/`Acquire` pair orders them), never plain or volatile
+/// accesses: a peer may write the same bytes at any time, and an atomic
+/// access to memory another process writes is defined behaviour where a
+/// plain one is a data race. They are `std`'s and not the `sync` shim's
+/// because loom cannot place its objects in a mapping; the words that
+/// loom models are the ones `SharedRef` hands out.
+trait PlainField: Copy {
+    /// # Safety
+    /// `field` points into the header of a live mapping at least
+    /// `size_of::<SegmentHeader>()` long, aligned for `Self`.
+    unsafe fn store(field: *mut Self, value: Self);
+    /// # Safety
+    /// As for [`store`](Self::store).
+    unsafe fn load(field: *const Self) -> Self;
+}
+
+macro_rules! plain_field {
+    ($t:ty, $atomic:ty) => {
+        impl PlainField for $t {
+            unsafe fn store(field: *mut Self, value: Self) {
+                // SAFETY: valid and aligned by the caller's contract, and
+                // only ever accessed atomically (see `PlainField`).
+                unsafe { <$atomic>::from_ptr(field) }
+                    .store(value, std::sync::atomic::Ordering::Relaxed)
+            }
+            unsafe fn load(field: *const Self) -> Self {
+                // SAFETY: as in `store`; `from_ptr` takes `*mut` but the
+                // load never writes.
+                unsafe { <$atomic>::from_ptr(field.cast_mut()) }
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+    };
+}
+plain_field!(u32, std::sync::atomic::AtomicU32);
+plain_field!(u64, std::sync::atomic::AtomicU64);
+
 /// Writes a plain header field.
 ///
 /// # Safety
-/// `field` points into the header of a mapping at least
-/// `size_of::<SegmentHeader>()` long, aligned for `T`.
-unsafe fn put<T>(field: *mut T, value: T) {
-    // SAFETY: by the caller's contract; volatile because the peer may map
-    // these bytes too.
-    unsafe { field.write_volatile(value) }
+/// As for [`PlainField::store`].
+unsafe fn put<T: PlainField>(field: *mut T, value: T) {
+    // SAFETY: forwarded contract.
+    unsafe { T::store(field, value) }
 }
 
 /// Reads a plain header field once.
 ///
 /// # Safety
-/// As for [`put`].
-unsafe fn get<T>(field: *const T) -> T {
-    // SAFETY: by the caller's contract; volatile so the value is read once,
-    // here, whatever the peer writes later.
-    unsafe { field.read_volatile() }
+/// As for [`PlainField::load`].
+unsafe fn get<T: PlainField>(field: *const T) -> T {
+    // SAFETY: forwarded contract.
+    unsafe { T::load(field) }
 }
 
 /// Typed handles on the header's shared words.

@@ -32,11 +32,25 @@
 //! ours; a frame inside the published bytes and inside the ring; fragments
 //! consistent; totals within `max_message_size`), and payload bytes are
 //! copied into private buffers before anyone parses them. No `&[u8]` or
-//! `&T` of a non-atomic type is ever made over ring memory: headers are
-//! read with volatile loads, payloads with `ptr::copy_nonoverlapping`,
-//! indices with atomics. A violation is a [`RingError::Corrupt`], never a
-//! panic, a hang or an allocation above the limit; the reassembly buffer
-//! grows with the bytes actually received, with fallible allocation.
+//! `&T` of a non-atomic type is ever made over ring memory: indices and
+//! frame headers are read and written with atomic loads and stores
+//! (`Relaxed` for headers: the index pair orders them), payloads are
+//! copied with `ptr::copy_nonoverlapping`. A violation is a
+//! [`RingError::Corrupt`], never a panic, a hang or an allocation above
+//! the limit; the reassembly buffer grows with the bytes actually
+//! received, with fallible allocation.
+//!
+//! **The one remaining gap: bulk payload copies.** A payload is copied
+//! with a plain `memcpy`, not atomically, because no atomic bulk copy
+//! exists in Rust and a word-by-word atomic copy would halve the bandwidth.
+//! While the consumer copies a published frame, a hostile producer can
+//! still write those bytes: formally a data race. In practice the copy
+//! reads whatever bytes are there (the memory stays mapped and its size is
+//! sealed), the result lands in private memory, and every byte of it is
+//! then treated as untrusted input, so the worst outcome is a garbled
+//! payload, the same as a peer that sends garbage. A byte-wise atomic
+//! copy would close the gap: the open `AtomicPerByte` ("atomic memcpy")
+//! RFC, rust-lang/rfcs#3301, and C++'s P1478.
 //!
 //! # Backings
 //! One implementation over two backings of `RingMemory`: in production
@@ -291,31 +305,47 @@ impl DataRegion {
         unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), dst, len) }
     }
 
+    /// Writes a frame header as four atomic words: the peer may read (or,
+    /// if hostile, write) them at any time, and atomic accesses keep that
+    /// defined behaviour on both sides.
+    ///
     /// # Safety
     /// As for [`write`](Self::write), for 32 bytes.
     unsafe fn write_header(&self, offset: usize, words: [u64; 4]) {
-        // SAFETY: in bounds; offset and base are 16-aligned, enough for u64.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(offset)
-                .cast::<[u64; 4]>()
-                .write_volatile(words)
+        for (i, w) in words.into_iter().enumerate() {
+            // SYNC POINT: none of its own; `Relaxed` because the tail's
+            // `Release` store (`publish`) orders the header before the
+            // consumer reads it.
+            // SAFETY: in bounds; base and offset are 16-aligned, so each
+            // word is 8-aligned; ring bytes are only ever accessed through
+            // atomics (headers) or raw copies (payloads).
+            unsafe {
+                std::sync::atomic::AtomicU64::from_ptr(
+                    self.base.as_ptr().add(offset).cast::<u64>().add(i),
+                )
+            }
+            .store(w, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
+    /// Reads a frame header once, word by word, into a local.
+    ///
     /// # Safety
     /// As for [`read`](Self::read), for 32 bytes.
     unsafe fn read_header(&self, offset: usize) -> [u64; 4] {
-        // SAFETY: in bounds and aligned as above; volatile so each word is
-        // read exactly once, into a local.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(offset)
-                .cast::<[u64; 4]>()
-                .read_volatile()
+        let mut words = [0u64; 4];
+        for (i, w) in words.iter_mut().enumerate() {
+            // SYNC POINT: none of its own; `Relaxed` because the tail's
+            // `Acquire` load (`refresh_tail`) made the header visible.
+            // SAFETY: in bounds and aligned as in `write_header`.
+            *w = unsafe {
+                std::sync::atomic::AtomicU64::from_ptr(
+                    self.base.as_ptr().add(offset).cast::<u64>().add(i),
+                )
+            }
+            .load(std::sync::atomic::Ordering::Relaxed);
         }
+        words
     }
 }
 

@@ -309,8 +309,7 @@ impl ShmTransport {
 
     /// Records that the peer process died (called by the liveness
     /// watcher). Sets a local flag — the dead peer's memory is not trusted
-    /// — records the death in the state word for anyone else looking, and
-    /// wakes every waiter: blocked and later calls return
+    /// — and wakes every waiter: blocked and later calls return
     /// [`TransportError::PeerDied`] (unless the transport had already
     /// failed or been closed, or the peer had hung up first) and
     /// [`peer_died`](Transport::peer_died) becomes true.
@@ -325,35 +324,18 @@ impl ShmTransport {
             return;
         }
         self.record(PEER_DEAD, TransportError::PeerDied);
-        self.state
-            .fetch_or(self.side.peer().dead_bit(), Ordering::Relaxed);
         self.own.wake_all();
     }
 
     /// The raw state word: [`state`] bits and epoch. Untrusted.
     pub fn connection_state(&self) -> u64 {
-        // SYNC POINT: disconnect (and its acknowledgement). Pairs with the
-        // `Release` in `shut` and `acknowledge_peer_disconnect`.
+        // SYNC POINT: disconnect. Pairs with the `Release` in `shut`.
         self.state.load(Ordering::Acquire)
     }
 
     /// Whether the peer set its disconnecting bit.
     pub fn peer_disconnecting(&self) -> bool {
         self.connection_state() & self.side.peer().disconnecting_bit() != 0
-    }
-
-    /// Sets our acknowledgement bit (we saw the peer's disconnect and
-    /// stopped using the connection) and wakes the peer.
-    pub fn acknowledge_peer_disconnect(&self) {
-        // SYNC POINT: disconnect (and its acknowledgement). Pairs with the
-        // peer's `Acquire` load in `connection_state`.
-        self.state.fetch_or(self.side.ack_bit(), Ordering::Release);
-        self.peer.wake_all();
-    }
-
-    /// Whether the peer acknowledged our disconnect.
-    pub fn peer_acknowledged(&self) -> bool {
-        self.connection_state() & self.side.peer().ack_bit() != 0
     }
 
     /// Records the first terminal error and sets `flag`.
@@ -583,11 +565,6 @@ impl Transport for ShmTransport {
 
     fn close(&self) {
         self.record(CLOSED, TransportError::Closed);
-        // Closing after the peer asked to disconnect is our
-        // acknowledgement: we stopped using the connection.
-        if self.peer_disconnecting() {
-            self.acknowledge_peer_disconnect();
-        }
         self.shut();
     }
 
@@ -676,8 +653,12 @@ mod tests {
             c.send(Opcode::Hangup, 0, 0, b"").unwrap_err(),
             TransportError::Closed
         );
-        e.acknowledge_peer_disconnect();
-        assert!(c.peer_acknowledged());
+        e.close();
+        assert_eq!(
+            c.connection_state() & crate::layout::state::FLAGS,
+            crate::layout::state::FLAGS,
+            "both disconnecting bits and the attach bit, nothing else"
+        );
     }
 
     #[test]

@@ -346,7 +346,7 @@ impl Peer {
             }
         };
         let endpoint = ControllerBuilder::new()
-                // Zero-copy echo, like the executor's `echo` (see child.rs).
+            // Zero-copy echo, like the executor's `echo` (see child.rs).
             .handler("ctl_echo", |args, responder| responder.respond(args))
             .connect(transport);
         let mut process = process;
