@@ -606,6 +606,17 @@ impl Inner {
         lock(&self.conn).peer_gone
     }
 
+    /// A send found the transport ended (the peer hung up or died, or it
+    /// broke the protocol): start the disconnect with that reason now,
+    /// rather than when the reader next looks, so the reason the user sees
+    /// is the cause and not a later local `disconnect()`.
+    fn transport_ended(self: &Arc<Self>, e: TransportError) {
+        let mut w = lock(&self.work);
+        w.disconnect
+            .get_or_insert(DisconnectReason::from_transport(e));
+        self.wake_or_spawn(&mut w);
+    }
+
     /// The `on_wait` hook of every send: the sender is about to sleep for
     /// room, so make sure somebody reads meanwhile.
     fn ensure_reader(self: &Arc<Self>) {
@@ -1247,7 +1258,10 @@ impl Inner {
             let err = match &e {
                 TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
                 TransportError::TimedOut => CallError::TimedOut,
-                _ => self.closed_error(),
+                _ => {
+                    self.transport_ended(e);
+                    self.closed_error()
+                }
             };
             self.pending.free_unsent(seq);
             return Err(err);
@@ -1269,15 +1283,21 @@ impl ResultSink for Inner {
             Some(msg) => (RESULT_ERROR, msg.as_bytes()),
             None => (RESULT_OK, result.as_slice()),
         };
-        if let Err(TransportError::TooLarge { size, limit }) =
-            self.send(Opcode::Result, seq, kind, bytes, None)
-        {
-            let msg = format!(
-                "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
-            );
-            let _ = self.send(Opcode::Result, seq, RESULT_ERROR, msg.as_bytes(), None);
+        match self.send(Opcode::Result, seq, kind, bytes, None) {
+            Err(TransportError::TooLarge { size, limit }) => {
+                let msg = format!(
+                    "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
+                );
+                let _ = self.send(Opcode::Result, seq, RESULT_ERROR, msg.as_bytes(), None);
+            }
+            // The connection is ending; the caller's pending call fails
+            // with the disconnect.
+            Err(
+                e @ (TransportError::PeerHungUp
+                | TransportError::PeerDied
+                | TransportError::Protocol(_)),
+            ) => self.transport_ended(e),
+            _ => {}
         }
-        // Any other failure means the connection is ending; the caller's
-        // pending call fails with the disconnect.
     }
 }

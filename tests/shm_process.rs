@@ -165,9 +165,35 @@ fn child_entry() {
             let name = std::env::var("ORCWIRE_TEST_SEGMENT").unwrap();
             executor_role(attach_named(&name, config()).unwrap())
         }
+        Ok("shm-named-truncating-executor") => {
+            let name = std::env::var("ORCWIRE_TEST_SEGMENT").unwrap();
+            executor_role(truncate_then_attach(&name))
+        }
         Ok("shm-listener-controller") => listener_controller_role(),
         _ => {}
     }
+}
+
+/// A hostile executor: before and after it attaches to a named offer it
+/// tries every truncation within its reach. The name itself it can
+/// truncate and grow (nobody maps it); the memory it cannot (sealed).
+fn truncate_then_attach(name: &str) -> Arc<orcwire_shm::ShmTransport> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use nix::unistd::ftruncate;
+    let named = nix::sys::mman::shm_open(name, OFlag::O_RDWR, Mode::empty()).unwrap();
+    let rendezvous = orcwire_shm::NamedRendezvous::open(name).unwrap();
+    let memory = rendezvous.open_segment().unwrap();
+    let transport = attach_named(name, config()).unwrap();
+    for len in [0, 1, 1 << 24] {
+        ftruncate(&named, len).expect("the name is ours to truncate");
+        assert_eq!(
+            ftruncate(&memory, len).unwrap_err(),
+            nix::errno::Errno::EPERM,
+            "the segment's size must be sealed"
+        );
+    }
+    transport
 }
 
 fn executor_role(transport: Arc<orcwire_shm::ShmTransport>) {
@@ -464,21 +490,23 @@ fn both_sides_disconnecting_at_once_both_return() {
 fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
     let _serial = serial();
     let leaks = NoLeaks::start();
-    for round in 0..6u64 {
+    for round in 0..8u64 {
         let spawned = spawn_executor("shm-executor");
         let c = controller(&spawned);
         let xor_tag = c.function_tag("xor").unwrap();
         assert!(c.call_sync(xor_tag, b"ok").is_ok());
         let layout = *spawned.transport.layout();
         let mapping = Arc::clone(spawned.transport.mapping());
-        // Rounds 0-1: the header; 2-3: ring control blocks; 4-5: ring data.
+        // Rounds 0-1: the header; 2-3: ring control blocks; 4-5: ring
+        // data; 6-7: the whole segment.
         let (offset, len) = match round / 2 {
             0 => (0, 512),
             1 => (layout.rings[(round % 2) as usize].control_offset, 256),
-            _ => {
+            2 => {
                 let r = &layout.rings[(round % 2) as usize];
                 (r.data_offset, r.capacity)
             }
+            _ => (0, layout.segment_size),
         };
         // Callers keep the rings busy from before the first scribble until
         // well after the last, so both ends keep reading the damaged words
@@ -507,9 +535,10 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
         let scribble = |chunk: usize| {
             for (i, b) in noise.iter().enumerate().skip(chunk).step_by(4) {
                 // SAFETY: `offset + i` lies inside the mapping (the layout
-                // was validated against its length); a volatile write of
-                // shared memory the peer also writes is the fault injected.
-                unsafe { mapping.base().add(offset + i).write_volatile(*b) };
+                // was validated against its length); an atomic byte store,
+                // like every access to memory both processes write.
+                unsafe { std::sync::atomic::AtomicU8::from_ptr(mapping.base().add(offset + i)) }
+                    .store(*b, std::sync::atomic::Ordering::Relaxed);
             }
         };
         // Torn first (a quarter of the bytes at a time), then held: an
@@ -536,7 +565,7 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
             move || c.disconnect()
         });
         assert!(c.is_disconnected());
-        if round < 4 {
+        if !(4..6).contains(&round) {
             // Header and control blocks: one side noticed before our own
             // disconnect (a protocol error here, or the executor's there).
             let reason = c.disconnect_reason();
@@ -559,6 +588,130 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
             matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
             "round {round}: executor ended with {status}"
         );
+    }
+    leaks.check();
+}
+
+#[test]
+fn a_corrupted_head_index_is_caught_the_next_time_it_is_read() {
+    use orcwire_shm::layout::RingControl;
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    // Not a position; not 16-aligned; a position past the published tail.
+    for variant in 0..3u64 {
+        let spawned = spawn_executor("shm-executor");
+        let c = controller(&spawned);
+        let xor_tag = c.function_tag("xor").unwrap();
+        assert!(c.call_sync(xor_tag, b"ok").is_ok());
+        let layout = *spawned.transport.layout();
+        let mapping = Arc::clone(spawned.transport.mapping());
+        let control = layout.rings[0].control_offset;
+        let word = |at: usize| {
+            // SAFETY: the control block of ring 0 lies inside the mapping
+            // (validated layout); its words are 8-aligned atomics.
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(mapping.base().add(at).cast()) }
+        };
+        let head = word(control);
+        let tail = word(control + std::mem::offset_of!(RingControl, tail));
+        let cap = RING as u64;
+        let stop = Arc::new(AtomicBool::new(false));
+        // The executor consumes ring 0 and rewrites its head as it goes; the
+        // corrupter keeps writing over it, as a hostile executor would.
+        let corrupter = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let bad = match variant {
+                        0 => u64::MAX - 15,
+                        1 => 8,
+                        _ => {
+                            (tail.load(std::sync::atomic::Ordering::Relaxed) + cap / 2) % (2 * cap)
+                        }
+                    };
+                    head.store(bad, std::sync::atomic::Ordering::Relaxed);
+                    thread::sleep(Duration::from_micros(50));
+                }
+            })
+        };
+        // 16 KiB calls: the controller needs fresh room (and so re-reads
+        // the head) at least every four calls.
+        let arg = pseudo_random(variant, 16 << 10);
+        let mut failed_after = None;
+        for i in 0..200 {
+            if c.call_sync(xor_tag, &arg).is_err() {
+                failed_after = Some(i);
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        common::join_bounded(corrupter, LIMIT);
+        let failed_after = failed_after.expect("a corrupted head went unnoticed for 200 calls");
+        assert!(failed_after <= 8, "noticed only after {failed_after} calls");
+        // The controller disconnects by itself, with the reason.
+        let deadline = Instant::now() + LIMIT;
+        while !c.is_disconnected() {
+            assert!(Instant::now() < deadline, "no disconnect after the failure");
+            thread::sleep(Duration::from_millis(1));
+        }
+        common::run_bounded(LIMIT, {
+            let c = c.clone();
+            move || c.disconnect()
+        });
+        match c.disconnect_reason() {
+            Some(DisconnectReason::Protocol(what)) => {
+                assert!(what.contains("consumer head"), "variant {variant}: {what}")
+            }
+            other => panic!("variant {variant}: {other:?}"),
+        }
+        drop(c);
+        let status = spawned
+            .process
+            .wait_timeout(LIMIT)
+            .unwrap()
+            .expect("the executor hung after the controller failed");
+        assert!(
+            matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
+            "variant {variant}: executor ended with {status}"
+        );
+    }
+    leaks.check();
+}
+
+#[test]
+fn a_peer_that_truncates_everything_it_can_does_not_hurt_the_controller() {
+    let _serial = serial();
+    let leaks = NoLeaks::start();
+    {
+        let offer = NamedOffer::create(config()).unwrap();
+        let name = offer.name().to_owned();
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "shm-named-truncating-executor")
+            .env("ORCWIRE_TEST_SEGMENT", &name)
+            .spawn()
+            .unwrap();
+        let transport = offer.wait_attached(LIMIT).unwrap();
+        let c = ControllerBuilder::new()
+            .sync_handler("ctl_xor", |a: &[u8]| {
+                WrapperFunctionBuffer::from_vec(xor(a))
+            })
+            .handler("ctl_hang", |_a, r| drop(r))
+            .connect(transport)
+            .unwrap();
+        // The executor truncated before it connected; every page of the
+        // ring is still there, both ways, at every size.
+        let xor_tag = c.function_tag("xor").unwrap();
+        for (i, &len) in SIZES.iter().enumerate() {
+            let arg = pseudo_random(i as u64 + 7, len);
+            let got = c.call_sync(xor_tag, &arg).unwrap();
+            assert_eq!(got.as_slice(), xor(&arg).as_slice(), "{len} B");
+        }
+        let sizes = c.function_tag("call_controller_sizes").unwrap();
+        assert_eq!(c.call_sync(sizes, b"").unwrap().as_slice(), b"sizes ok");
+        common::run_bounded(LIMIT, move || c.disconnect());
+        let status = common::wait_child(&mut child, LIMIT);
+        assert_eq!(status.code(), Some(EXIT_CLEAN), "executor: {status}");
     }
     leaks.check();
 }

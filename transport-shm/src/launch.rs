@@ -15,9 +15,10 @@
 //!   checked (`SO_PEERCRED`).
 //! * [`attach_inherited`] / [`attach_path`] (executor): the two ends of
 //!   the above.
-//! * [`NamedOffer`] / [`attach_named`]: a named POSIX segment, for an
-//!   executor that can only be told a name (no socket, no fd); liveness
-//!   then comes from each side's pidfd of the other.
+//! * [`NamedOffer`] / [`attach_named`]: a name in `/dev/shm` that leads
+//!   to the memfd, for an executor that can only be told a name (no
+//!   socket, no fd); liveness then comes from each side's pidfd of the
+//!   other.
 //!
 //! In every case the executor validates the memfd (seals, size) and the
 //! segment layout before it trusts anything in it, attaches, and answers
@@ -66,7 +67,7 @@ use crate::fdpass::{recv_fd_timeout, send_fd, socket_pair, FdPassError};
 use crate::layout::{LayoutError, SegmentHeader};
 use crate::liveness::{pidfd_open, LivenessError};
 use crate::mapping::SharedMapping;
-use crate::named::{NamedSegment, NamedSegmentError};
+use crate::named::{NamedRendezvous, NamedRendezvousError};
 use crate::segment::{dup2_for_exec, Segment, SegmentError};
 use crate::sync::{lock, Mutex};
 use crate::transport::{required_size, ShmConfig, ShmTransport};
@@ -136,7 +137,7 @@ pub enum LaunchError {
     NotLaunched(String),
     /// The named segment could not be created, opened or unlinked.
     #[error("named segment: {0}")]
-    Named(#[from] NamedSegmentError),
+    Named(#[from] NamedRendezvousError),
     /// A connection on the listener came from another user.
     #[error("refused a connection from uid {peer}: only uid {ours} may attach")]
     WrongUser {
@@ -716,18 +717,14 @@ impl Drop for ShmListener {
     }
 }
 
-/// A connection offered through a [`NamedSegment`], for an executor
-/// started by someone else that can be told a name but handed no fd (the
-/// listener, [`ShmListener`], is preferable whenever a socket path can be
-/// shared: it passes a sealed memfd).
-///
-/// The controller creates the segment (exclusive, mode 0600, unguessable
-/// name), tells the executor [`name`](Self::name) out of band, and
-/// [`wait_attached`](Self::wait_attached); the executor calls
-/// [`attach_named`]. Both sides unlink the name as soon as the executor
-/// has attached, and each then watches the other's pidfd (the pid each
-/// side wrote into the segment) for liveness. See [`crate::named`] for
-/// what a named segment cannot guarantee and for crash clean-up.
+/// A connection offered under a name, for an executor that can only be
+/// told a name: the name is a [`NamedRendezvous`] that leads the executor
+/// to the connection's sealed memfd (so no peer can truncate the memory
+/// under us), and liveness comes from each side's pidfd of the other.
+/// Give the executor [`name`](Self::name); it calls [`attach_named`].
+/// Both sides unlink the name as soon as the executor is attached. See
+/// [`crate::named`] for what the flow needs (same user, a dumpable
+/// controller, a `/proc` that shows its fds) and for crash clean-up.
 ///
 /// ```
 /// use std::time::Duration;
@@ -744,26 +741,34 @@ impl Drop for ShmListener {
 /// ```
 #[derive(Debug)]
 pub struct NamedOffer {
-    segment: Arc<NamedSegment>,
+    rendezvous: NamedRendezvous,
     transport: Arc<ShmTransport>,
 }
 
 impl NamedOffer {
-    /// Creates the named segment and the controller's end in it.
+    /// Creates the connection's memfd segment, the controller's end in it,
+    /// and the rendezvous name leading to it.
     ///
     /// # Errors
-    /// [`LaunchError::Named`] when the segment cannot be created;
-    /// [`LaunchError::Layout`] for a bad `config`.
+    /// [`LaunchError::Segment`] when the segment cannot be created;
+    /// [`LaunchError::Named`] when the name cannot; [`LaunchError::Layout`]
+    /// for a bad `config`.
     pub fn create(config: ShmConfig) -> Result<Self, LaunchError> {
-        let segment = Arc::new(NamedSegment::create(required_size(&config))?);
-        let mapping: Arc<dyn SharedMapping> = Arc::clone(&segment) as Arc<dyn SharedMapping>;
+        let segment = Arc::new(Segment::create(required_size(&config))?);
+        let rendezvous = NamedRendezvous::create(&segment)?;
+        // The transport holds the segment, and so keeps its fd open for
+        // the executor to find until it is dropped.
+        let mapping: Arc<dyn SharedMapping> = segment;
         let transport = Arc::new(ShmTransport::create(mapping, config)?);
-        Ok(Self { segment, transport })
+        Ok(Self {
+            rendezvous,
+            transport,
+        })
     }
 
     /// The name to give the executor.
     pub fn name(&self) -> &str {
-        self.segment.name()
+        self.rendezvous.name()
     }
 
     /// Waits (polling every millisecond) until an executor has attached,
@@ -782,27 +787,39 @@ impl NamedOffer {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.segment.unlink()?;
+        self.rendezvous.unlink()?;
         watch_pid(&self.transport)?;
         Ok(self.transport)
     }
 }
 
-/// The executor's end of a [`NamedOffer`]: opens the segment by name
-/// (checking owner, mode and size), attaches, unlinks the name, and starts
-/// watching the controller's pid.
+/// The executor's end of a [`NamedOffer`]: reads the rendezvous `name`
+/// (checking owner and mode), opens the controller's memfd through
+/// `/proc`, checks its seals and layout, attaches, unlinks the name, and
+/// starts watching the controller's pid.
 ///
 /// # Errors
-/// [`LaunchError::Named`] when the segment cannot be opened or is
-/// refused; [`LaunchError::Layout`] when its layout is.
+/// [`LaunchError::Named`] when the name cannot be read or the segment
+/// reached; [`LaunchError::Segment`] / [`LaunchError::Layout`] when the
+/// segment is refused; [`LaunchError::Protocol`] when the segment's
+/// controller is not the process the name named.
 pub fn attach_named(name: &str, config: ShmConfig) -> Result<Arc<ShmTransport>, LaunchError> {
-    let segment = Arc::new(NamedSegment::open(
-        name,
+    let rendezvous = NamedRendezvous::open(name)?;
+    let segment = Segment::from_fd(
+        rendezvous.open_segment()?,
         std::mem::size_of::<SegmentHeader>(),
-    )?);
-    let mapping: Arc<dyn SharedMapping> = Arc::clone(&segment) as Arc<dyn SharedMapping>;
+    )?;
+    let mapping: Arc<dyn SharedMapping> = Arc::new(segment);
     let transport = Arc::new(ShmTransport::attach(mapping, config)?);
-    segment.unlink()?;
+    rendezvous.unlink()?;
+    if transport.peer_pid() != Some(rendezvous.controller_pid()) {
+        orcwire::Transport::close(&*transport);
+        return Err(LaunchError::Protocol(format!(
+            "the segment behind {name} belongs to pid {:?}, not to pid {} that the name named",
+            transport.peer_pid(),
+            rendezvous.controller_pid()
+        )));
+    }
     watch_pid(&transport)?;
     Ok(transport)
 }

@@ -30,7 +30,7 @@ pub use layout::reset_loom_mocks;
 pub use layout::{LayoutError, RingCapacity, SegmentLayout, Side};
 pub use liveness::{pidfd_open, LivenessError, LivenessWatcher, OnDeath};
 pub use mapping::{HeapMapping, SharedMapping};
-pub use named::{remove_stale_segments, NamedSegment, NamedSegmentError};
+pub use named::{remove_stale_segments, NamedRendezvous, NamedRendezvousError};
 /// The std/loom shim shared with the core crate, so one
 /// `--cfg orcwire_loom` switches both.
 pub use orcwire::sync;

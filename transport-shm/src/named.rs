@@ -1,63 +1,81 @@
-//! [`NamedSegment`]: a POSIX shared-memory object under an unguessable
-//! name, for attaching an executor that someone else started (so it could
-//! not inherit a memfd or receive one over a socket we created).
+//! [`NamedRendezvous`]: a name in `/dev/shm` that brings a controller and
+//! an executor someone else started together, when the executor can be
+//! told a name but handed neither an fd nor a socket.
 //!
-//! The controller creates `/orcwire-<pid>-<32 hex digits>` exclusively
-//! (`O_CREAT | O_EXCL`, so an attacker cannot pre-create the name and make
-//! us use their object) with mode 0600, tells the executor the name out of
-//! band, and both sides [`NamedSegment::unlink`] it as soon as they are
-//! attached — from then on it behaves like an anonymous segment. The
-//! opening side refuses an object that is not owned by its own uid or
-//! whose mode is not exactly 0600.
+//! The name carries no ring memory. The controller creates
+//! `/orcwire-<pid>-<32 hex digits>` exclusively (`O_CREAT | O_EXCL`, so an
+//! attacker cannot pre-create the name and make us use their object) with
+//! mode 0600, and writes into it, with `pwrite`, a 32-byte record: its pid,
+//! and the number of the fd under which it holds the connection's sealed
+//! memfd [`Segment`](crate::Segment). The executor checks the object (our
+//! uid, mode exactly 0600, a regular file), reads the record with `pread`,
+//! and opens the memfd through `/proc/<pid>/fd/<fd>`; from there on it is
+//! the memfd flow: [`Segment::from_fd`](crate::Segment::from_fd) checks the
+//! seals before mapping, the layout is validated, and both sides unlink
+//! the name once attached.
+//!
+//! # Why the memory is not the named object itself
+//! POSIX shared-memory objects cannot be sealed. Mapped directly, any
+//! process holding the object's fd (the peer included) could `ftruncate`
+//! it and the next access past the new end would kill us with `SIGBUS`.
+//! Here nobody maps the named object: it is read and written with
+//! `pread`/`pwrite` only, so truncating it at worst makes the record
+//! unreadable (a clean error), and the memory both sides map is a memfd
+//! whose size is sealed.
+//!
+//! # What the flow needs
+//! Both processes run as the same user, and the controller is *dumpable*
+//! (the default; not after `prctl(PR_SET_DUMPABLE, 0)` or a set-uid exec):
+//! opening another process's `/proc/<pid>/fd/<n>` takes the same
+//! permission as reading its memory (`PTRACE_MODE_READ`). Yama's
+//! `ptrace_scope` does not restrict this mode. A `/proc` mounted with
+//! `hidepid` or another pid namespace breaks it: use the listener or the
+//! spawn flow there.
 //!
 //! # Why not the `shared_memory` crate
-//! Its `create` does use `O_EXCL` and mode 0600, but its `open` maps the
-//! object before the caller can check anything (owner, mode, size), never
-//! exposes the fd to do so, and it links an old `nix` (0.23). So this
-//! module calls `shm_open` itself and maps with `memmap2`, like
-//! [`crate::Segment`].
-//!
-//! # What a named segment cannot do
-//! POSIX shared-memory objects cannot be sealed. Any process of our uid
-//! that holds the fd — the peer included — can `ftruncate` it after we
-//! mapped it, and our next access past the new end raises `SIGBUS`. Use
-//! the memfd [`crate::Segment`] whenever the peer can be handed an fd; a
-//! named segment trusts the peer not to resize it.
+//! Its `open` maps the object before the caller can check anything
+//! (owner, mode, size) and never exposes the fd, and it links an old `nix`
+//! (0.23). This module calls `shm_open` itself.
 //!
 //! # Crash clean-up
-//! Between [`NamedSegment::create`] and the first `unlink` the name exists
-//! in `/dev/shm`; a crash (or `SIGKILL`) of both sides in that window
-//! leaves `/dev/shm/orcwire-<pid>-…` behind, holding its memory until the
+//! Between [`NamedRendezvous::create`] and the first `unlink` the name
+//! exists in `/dev/shm`; a crash (or `SIGKILL`) of both sides in that
+//! window leaves a one-page `/dev/shm/orcwire-<pid>-…` behind until the
 //! next reboot. [`remove_stale_segments`] removes the ones whose creating
 //! process is gone; call it at controller start-up (it is cheap).
 
+use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 
-use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
-use nix::sys::stat::{fchmod, fstat, Mode};
-use nix::unistd::ftruncate;
+use nix::sys::stat::{fchmod, fstat, Mode, SFlag};
 
-use crate::mapping::{SharedMapping, MAPPING_ALIGN};
-use crate::segment::{check_size, page_size, SegmentError};
+use crate::segment::Segment;
 use crate::sync::{AtomicBool, Ordering};
 
 /// Prefix of every name this module creates (without the leading `/`).
 const NAME_PREFIX: &str = "orcwire-";
 /// Where Linux keeps POSIX shared-memory objects.
 const SHM_DIR: &str = "/dev/shm";
-/// The only mode a segment may have.
-const SEGMENT_MODE: u32 = 0o600;
+/// The only mode a rendezvous object may have.
+const OBJECT_MODE: u32 = 0o600;
 /// Longest name `shm_open` accepts after the leading `/` (`NAME_MAX`).
 const NAME_MAX: usize = 255;
+/// First eight bytes of a record.
+const RECORD_MAGIC: [u8; 8] = *b"ORCWNAM1";
+/// Bytes of a record: magic, pid (u32), fd (u32), segment length (u64),
+/// reserved (u64, zero); little-endian.
+const RECORD_LEN: usize = 32;
 
-/// Something went wrong creating, opening or unlinking a [`NamedSegment`].
+/// Something went wrong creating, opening, reading or unlinking a
+/// [`NamedRendezvous`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum NamedSegmentError {
+pub enum NamedRendezvousError {
     /// The name is not a valid shared-memory object name.
     #[error("invalid shared memory name {name:?}: {why}")]
     InvalidName {
@@ -67,7 +85,7 @@ pub enum NamedSegmentError {
         why: &'static str,
     },
     /// The random part of a new name could not be drawn.
-    #[error("could not read random bytes for a segment name: {0}")]
+    #[error("could not read random bytes for a rendezvous name: {0}")]
     Random(#[source] io::Error),
     /// An OS call failed.
     #[error("{op} failed for shared memory object {name:?}: {source}")]
@@ -97,52 +115,64 @@ pub enum NamedSegmentError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The object's size or type is unacceptable, or mapping it failed.
-    #[error("shared memory object {name:?}: {source}")]
-    Segment {
+    /// The object holds no valid record (not a regular file, truncated,
+    /// wrong magic, or impossible values).
+    #[error("shared memory object {name:?} holds no orcwire rendezvous record: {why}; give the executor the name the controller's NamedOffer printed")]
+    BadRecord {
         /// The object's name.
         name: String,
         /// What is wrong.
+        why: String,
+    },
+    /// The controller's memfd could not be opened through `/proc`.
+    #[error("cannot open the controller's segment {path}: {source}; both processes must run as the same user, the controller must be dumpable and alive, and /proc must show its fds (no hidepid, same pid namespace)")]
+    SegmentUnreachable {
+        /// The `/proc/<pid>/fd/<n>` path tried.
+        path: String,
+        /// The error the kernel returned.
         #[source]
-        source: SegmentError,
+        source: io::Error,
     },
 }
 
-/// A named POSIX shared-memory segment (`/dev/shm/orcwire-…`), mapped
-/// shared read-write.
+/// The controller's end of a rendezvous name, or the record the executor
+/// read through it.
 ///
 /// # Examples
 /// ```
-/// use orcwire_shm::{NamedSegment, SharedMapping};
+/// use orcwire_shm::{NamedRendezvous, Segment};
 ///
-/// let created = NamedSegment::create(8192)?;
+/// let segment = Segment::create(8192)?;
+/// let offered = NamedRendezvous::create(&segment)?;
 /// // The executor, told the name out of band:
-/// let opened = NamedSegment::open(created.name(), 8192)?;
+/// let found = NamedRendezvous::open(offered.name())?;
+/// assert_eq!(found.controller_pid(), std::process::id());
+/// let theirs = Segment::from_fd(found.open_segment()?, 8192)?;
 /// // Both attached: the name is no longer needed.
-/// created.unlink()?;
-/// // SAFETY: both mappings are at least one byte long; nobody else writes.
-/// unsafe {
-///     created.base().write_volatile(7);
-///     assert_eq!(opened.base().read_volatile(), 7);
-/// }
+/// found.unlink()?;
+/// # drop(theirs);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct NamedSegment {
-    map: MmapRaw,
+pub struct NamedRendezvous {
     /// The full name, with its leading `/`.
     name: String,
+    /// The record: the controller's pid and its fd of the segment.
+    pid: u32,
+    fd: u32,
+    segment_len: u64,
     /// Whether we created the object (and so unlink it on drop).
     creator: bool,
     /// Set once the name has been removed (by us, or found gone).
     unlinked: AtomicBool,
 }
 
-impl std::fmt::Debug for NamedSegment {
+impl std::fmt::Debug for NamedRendezvous {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NamedSegment")
+        f.debug_struct("NamedRendezvous")
             .field("name", &self.name)
-            .field("base", &self.map.as_ptr())
-            .field("len", &self.map.len())
+            .field("pid", &self.pid)
+            .field("fd", &self.fd)
+            .field("segment_len", &self.segment_len)
             .field("creator", &self.creator)
             .finish()
     }
@@ -160,41 +190,27 @@ impl Drop for UnlinkGuard<'_> {
     }
 }
 
-impl NamedSegment {
+impl NamedRendezvous {
     /// Creates `/orcwire-<our pid>-<128 random bits>` exclusively, mode
-    /// 0600 (whatever the umask), at least `len` bytes rounded up to whole
-    /// pages, zero-filled, and maps it.
+    /// 0600 (whatever the umask), and writes the record naming `segment`'s
+    /// fd in this process. Keep `segment` (and so its fd) open until the
+    /// executor has attached.
     ///
     /// The name stays in `/dev/shm` until [`unlink`](Self::unlink) or
     /// drop; see the module docs for crashes.
     ///
     /// # Errors
-    /// [`NamedSegmentError::Segment`] for a zero or too large `len` or a
-    /// failed mapping, [`NamedSegmentError::Random`] when no random bytes
-    /// are available, [`NamedSegmentError::Os`] when `shm_open`,
-    /// `fchmod` or `ftruncate` fails (nothing is left behind).
-    pub fn create(len: usize) -> Result<Self, NamedSegmentError> {
+    /// [`NamedRendezvousError::Random`] when no random bytes are
+    /// available, [`NamedRendezvousError::Os`] when `shm_open`, `fchmod`
+    /// or the write fails (nothing is left behind).
+    pub fn create(segment: &Segment) -> Result<Self, NamedRendezvousError> {
+        use crate::SharedMapping as _;
         let name = format!("/{NAME_PREFIX}{}-{}", std::process::id(), random_hex()?);
-        let bad = |source| NamedSegmentError::Segment {
-            name: name.clone(),
-            source,
-        };
-        if len == 0 {
-            return Err(bad(SegmentError::ZeroLength));
-        }
-        let page = page_size();
-        let rounded = len
-            .checked_add(page - 1)
-            .map(|l| l / page * page)
-            .ok_or_else(|| bad(SegmentError::TooLarge { len }))?;
-        let file_len =
-            libc::off_t::try_from(rounded).map_err(|_| bad(SegmentError::TooLarge { len }))?;
-        let os = |op, source| NamedSegmentError::Os {
+        let os = |op, source| NamedRendezvousError::Os {
             op,
             name: name.clone(),
             source,
         };
-
         let fd = shm_open(
             name.as_str(),
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
@@ -205,84 +221,155 @@ impl NamedSegment {
         // The umask can only have removed bits from 0600; put them back so
         // the opener's exact-mode check passes.
         fchmod(&fd, Mode::S_IRUSR | Mode::S_IWUSR).map_err(|e| os("fchmod", e))?;
-        ftruncate(&fd, file_len).map_err(|e| os("ftruncate", e))?;
-        let map = map_fd(&fd, rounded).map_err(bad)?;
+        let pid = std::process::id();
+        let Ok(seg_fd) = u32::try_from(segment.fd().as_raw_fd()) else {
+            unreachable!("an open fd is never negative")
+        };
+        let segment_len = segment.len() as u64;
+        let mut record = [0u8; RECORD_LEN];
+        record[..8].copy_from_slice(&RECORD_MAGIC);
+        record[8..12].copy_from_slice(&pid.to_le_bytes());
+        record[12..16].copy_from_slice(&seg_fd.to_le_bytes());
+        record[16..24].copy_from_slice(&segment_len.to_le_bytes());
+        File::from(fd)
+            .write_all_at(&record, 0)
+            .map_err(|e| os("pwrite", errno_of(&e)))?;
         guard.0 = None; // created in full: the caller owns the name now
         drop(guard);
         Ok(Self {
-            map,
             name,
+            pid,
+            fd: seg_fd,
+            segment_len,
             creator: true,
             unlinked: AtomicBool::new(false),
         })
     }
 
-    /// Opens and maps the segment `name` (with its leading `/`), after
-    /// checking that it is owned by our effective uid, has mode exactly
-    /// 0600, is a regular file, and holds at least `expected_min_len`
-    /// bytes in whole pages. The whole object is mapped.
+    /// Opens the rendezvous `name` (with its leading `/`), after checking
+    /// that it is owned by our effective uid, has mode exactly 0600 and is
+    /// a regular file, and reads its record (never mapping it).
     ///
-    /// Dropping an opened segment never unlinks the name; call
-    /// [`unlink`](Self::unlink) once both sides are attached.
+    /// Dropping an opened rendezvous never unlinks the name; call
+    /// [`unlink`](Self::unlink) once attached.
     ///
     /// # Errors
-    /// [`NamedSegmentError::InvalidName`], [`NamedSegmentError::WrongOwner`],
-    /// [`NamedSegmentError::WrongMode`], [`NamedSegmentError::Segment`]
-    /// for an unacceptable object; [`NamedSegmentError::Os`] when it does
-    /// not exist (`ENOENT`) or cannot be opened or inspected.
-    pub fn open(name: &str, expected_min_len: usize) -> Result<Self, NamedSegmentError> {
+    /// [`NamedRendezvousError::InvalidName`],
+    /// [`NamedRendezvousError::WrongOwner`],
+    /// [`NamedRendezvousError::WrongMode`],
+    /// [`NamedRendezvousError::BadRecord`] for an unacceptable object;
+    /// [`NamedRendezvousError::Os`] when it does not exist (`ENOENT`) or
+    /// cannot be opened, inspected or read.
+    pub fn open(name: &str) -> Result<Self, NamedRendezvousError> {
         validate_name(name)?;
-        let os = |op, source| NamedSegmentError::Os {
+        let os = |op, source| NamedRendezvousError::Os {
             op,
             name: name.to_owned(),
             source,
         };
+        let bad = |why: String| NamedRendezvousError::BadRecord {
+            name: name.to_owned(),
+            why,
+        };
         // glibc opens with O_NOFOLLOW | O_CLOEXEC; no O_CREAT, so we can
-        // never create the object by mistake.
-        let fd = shm_open(name, OFlag::O_RDWR, Mode::empty()).map_err(|e| os("shm_open", e))?;
+        // never create the object by mistake; read-only, we never write.
+        let fd = shm_open(name, OFlag::O_RDONLY, Mode::empty()).map_err(|e| os("shm_open", e))?;
         let stat = fstat(&fd).map_err(|e| os("fstat", e))?;
         let ours = geteuid();
         if stat.st_uid != ours {
-            return Err(NamedSegmentError::WrongOwner {
+            return Err(NamedRendezvousError::WrongOwner {
                 name: name.to_owned(),
                 owner: stat.st_uid,
                 ours,
             });
         }
         let mode = stat.st_mode & 0o7777;
-        if mode != SEGMENT_MODE {
-            return Err(NamedSegmentError::WrongMode {
+        if mode != OBJECT_MODE {
+            return Err(NamedRendezvousError::WrongMode {
                 name: name.to_owned(),
                 mode,
             });
         }
-        let bad = |source| NamedSegmentError::Segment {
-            name: name.to_owned(),
-            source,
+        if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Err(bad(format!(
+                "not a regular file (mode {:#o})",
+                stat.st_mode
+            )));
+        }
+        let mut record = [0u8; RECORD_LEN];
+        // One read into private memory; the size can change under us (a
+        // truncating peer), so a short read is a bad record, not a crash.
+        let n =
+            read_at_most(&File::from(fd), &mut record).map_err(|e| os("pread", errno_of(&e)))?;
+        if n < RECORD_LEN {
+            return Err(bad(format!("{n} bytes, a record has {RECORD_LEN}")));
+        }
+        if record[..8] != RECORD_MAGIC {
+            return Err(bad(format!("magic {:02x?}", &record[..8])));
+        }
+        let word32 = |at: usize| {
+            u32::from_le_bytes([record[at], record[at + 1], record[at + 2], record[at + 3]])
         };
-        let len = check_size(stat.st_mode, stat.st_size, expected_min_len).map_err(bad)?;
-        let map = map_fd(&fd, len).map_err(bad)?;
+        let word64 = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&record[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (pid, fd, segment_len, reserved) = (word32(8), word32(12), word64(16), word64(24));
+        if pid == 0 || i32::try_from(pid).is_err() || i32::try_from(fd).is_err() || reserved != 0 {
+            return Err(bad(format!("pid {pid}, fd {fd}, reserved {reserved:#x}")));
+        }
         Ok(Self {
-            map,
             name: name.to_owned(),
+            pid,
+            fd,
+            segment_len,
             creator: false,
             unlinked: AtomicBool::new(false),
         })
     }
 
-    /// The segment's name, with its leading `/`, to tell the peer.
+    /// The name, with its leading `/`, to tell the peer.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Removes the name from `/dev/shm`; the memory stays mapped on both
-    /// sides. Idempotent, and either side may call it: a name the peer
-    /// already removed counts as success.
+    /// The controller's pid, from the record. Untrusted until the segment
+    /// it leads to has been checked and attached.
+    pub fn controller_pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The segment's length the controller recorded.
+    pub fn segment_len(&self) -> u64 {
+        self.segment_len
+    }
+
+    /// Opens the controller's segment (read-write, close-on-exec) through
+    /// `/proc/<pid>/fd/<fd>`. Check it with
+    /// [`Segment::from_fd`](crate::Segment::from_fd) before use: this only
+    /// opens whatever file that fd is now.
     ///
     /// # Errors
-    /// [`NamedSegmentError::Os`] when `shm_unlink` fails for another
+    /// [`NamedRendezvousError::SegmentUnreachable`] when the path cannot be
+    /// opened (see the module docs for what the flow needs).
+    pub fn open_segment(&self) -> Result<OwnedFd, NamedRendezvousError> {
+        let path = format!("/proc/{}/fd/{}", self.pid, self.fd);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|source| NamedRendezvousError::SegmentUnreachable { path, source })
+    }
+
+    /// Removes the name from `/dev/shm`. Idempotent, and either side may
+    /// call it: a name the peer already removed counts as success.
+    ///
+    /// # Errors
+    /// [`NamedRendezvousError::Os`] when `shm_unlink` fails for another
     /// reason than the name being gone; a later call tries again.
-    pub fn unlink(&self) -> Result<(), NamedSegmentError> {
+    pub fn unlink(&self) -> Result<(), NamedRendezvousError> {
         if self.unlinked.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -290,7 +377,7 @@ impl NamedSegment {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(source) => {
                 self.unlinked.store(false, Ordering::Release);
-                Err(NamedSegmentError::Os {
+                Err(NamedRendezvousError::Os {
                     op: "shm_unlink",
                     name: self.name.clone(),
                     source,
@@ -300,7 +387,7 @@ impl NamedSegment {
     }
 }
 
-impl Drop for NamedSegment {
+impl Drop for NamedRendezvous {
     fn drop(&mut self) {
         if self.creator && !self.unlinked.load(Ordering::Acquire) {
             // Nobody to report to; the name is random, so ENOENT (the peer
@@ -310,34 +397,28 @@ impl Drop for NamedSegment {
     }
 }
 
-// SAFETY: `map` is a shared read-write mapping owned by the value, mapped
-// until drop, page-aligned by mmap, and its length is fixed at
-// construction. (The object's size is not sealed: see the module docs.)
-unsafe impl SharedMapping for NamedSegment {
-    fn base(&self) -> *mut u8 {
-        self.map.as_mut_ptr()
+/// Reads up to `buf.len()` bytes from offset 0, stopping early at end of
+/// file; returns how many were read.
+fn read_at_most(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    fn len(&self) -> usize {
-        self.map.len()
-    }
+    Ok(done)
 }
 
-fn map_fd(fd: &OwnedFd, len: usize) -> Result<MmapRaw, SegmentError> {
-    let map = MmapOptions::new()
-        .len(len)
-        .map_raw(fd)
-        .map_err(SegmentError::Map)?;
-    debug_assert_eq!(
-        map.as_ptr() as usize % MAPPING_ALIGN,
-        0,
-        "mmap returns page-aligned addresses"
-    );
-    Ok(map)
+fn errno_of(e: &io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn validate_name(name: &str) -> Result<(), NamedSegmentError> {
+fn validate_name(name: &str) -> Result<(), NamedRendezvousError> {
     let invalid = |why| {
-        Err(NamedSegmentError::InvalidName {
+        Err(NamedRendezvousError::InvalidName {
             name: name.to_owned(),
             why,
         })
@@ -358,7 +439,7 @@ fn validate_name(name: &str) -> Result<(), NamedSegmentError> {
 }
 
 /// 128 random bits from the kernel, as 32 lowercase hex digits.
-fn random_hex() -> Result<String, NamedSegmentError> {
+fn random_hex() -> Result<String, NamedRendezvousError> {
     let mut bytes = [0u8; 16];
     let mut filled = 0;
     while filled < bytes.len() {
@@ -370,7 +451,7 @@ fn random_hex() -> Result<String, NamedSegmentError> {
             Err(_) => {
                 let err = io::Error::last_os_error();
                 if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(NamedSegmentError::Random(err));
+                    return Err(NamedRendezvousError::Random(err));
                 }
             }
         }
@@ -462,7 +543,7 @@ mod tests {
             assert!(
                 matches!(
                     validate_name(bad),
-                    Err(NamedSegmentError::InvalidName { .. })
+                    Err(NamedRendezvousError::InvalidName { .. })
                 ),
                 "{bad:?}"
             );

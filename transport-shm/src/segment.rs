@@ -278,7 +278,7 @@ impl Segment {
 }
 
 /// Checks a shared file's type and size, shared by [`Segment`] and
-/// [`crate::NamedSegment`]; returns the size as a mapping length.
+/// received segments; returns the size as a mapping length.
 pub(crate) fn check_size(
     st_mode: libc::mode_t,
     st_size: libc::off_t,

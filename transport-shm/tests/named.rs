@@ -1,5 +1,6 @@
-//! The named segment: exclusive creation with mode 0600, owner/mode
-//! checks on open, unlink, and nothing left in /dev/shm.
+//! The named rendezvous: exclusive creation with mode 0600, owner, mode
+//! and record checks on open, the memory reached through it sealed against
+//! truncation, unlink, and nothing left in /dev/shm.
 #![cfg(not(orcwire_loom))]
 
 mod common;
@@ -13,7 +14,7 @@ use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::{fchmod, Mode};
 use nix::unistd::ftruncate;
 use orcwire_shm::{
-    page_size, remove_stale_segments, NamedSegment, NamedSegmentError, SharedMapping,
+    remove_stale_segments, NamedRendezvous, NamedRendezvousError, Segment, SharedMapping,
 };
 
 use common::shm_exists;
@@ -56,10 +57,20 @@ fn unique(tag: &str) -> String {
     format!("/orcwire-test-{tag}-{}-{nanos}", std::process::id())
 }
 
+/// A sealed memfd segment to offer, and its first byte set so the other
+/// end can recognise it.
+fn segment() -> Segment {
+    let seg = Segment::create(8192).unwrap();
+    // SAFETY: offset 0 is inside the 8192-byte mapping; nobody else writes.
+    unsafe { seg.base().write_volatile(0xA5) };
+    seg
+}
+
 #[test]
-fn create_makes_a_private_exclusive_object() {
-    let seg = NamedSegment::create(5000).unwrap();
-    let name = seg.name().to_owned();
+fn create_makes_a_private_exclusive_object_holding_only_a_record() {
+    let seg = segment();
+    let offered = NamedRendezvous::create(&seg).unwrap();
+    let name = offered.name().to_owned();
     let prefix = format!("/orcwire-{}-", std::process::id());
     let random = name.strip_prefix(&prefix).expect("name carries our pid");
     assert_eq!(random.len(), 32);
@@ -68,9 +79,7 @@ fn create_makes_a_private_exclusive_object() {
     let meta = std::fs::metadata(Path::new("/dev/shm").join(&name[1..])).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o600);
     assert_eq!(meta.uid(), euid());
-    assert_eq!(meta.len() as usize, 2 * page_size());
-    assert_eq!(seg.len(), 2 * page_size());
-    assert_eq!(seg.base() as usize % orcwire_shm::mapping::MAPPING_ALIGN, 0);
+    assert_eq!(meta.len(), 32, "a record, not the ring memory");
 
     // Exclusive: nobody can create the same name again, and ours is
     // different every time.
@@ -80,41 +89,38 @@ fn create_makes_a_private_exclusive_object() {
         Mode::S_IRUSR | Mode::S_IWUSR,
     );
     assert_eq!(err.err(), Some(nix::errno::Errno::EEXIST));
-    let other = NamedSegment::create(4096).unwrap();
+    let other = NamedRendezvous::create(&seg).unwrap();
     assert_ne!(other.name(), name);
     drop(other);
-    drop(seg);
+    drop(offered);
     assert!(!shm_exists(&name));
 }
 
 #[test]
-fn opener_sees_writes_and_unlink_is_idempotent() {
-    let created = NamedSegment::create(4096).unwrap();
-    let name = created.name().to_owned();
-    let opened = NamedSegment::open(&name, 4096).unwrap();
-    assert_eq!(opened.len(), created.len());
-    // SAFETY: offsets 0 and 1 are inside both 4096-byte mappings.
+fn the_opener_reaches_the_same_sealed_memory_and_unlink_is_idempotent() {
+    let seg = segment();
+    let offered = NamedRendezvous::create(&seg).unwrap();
+    let name = offered.name().to_owned();
+    let found = NamedRendezvous::open(&name).unwrap();
+    assert_eq!(found.controller_pid(), std::process::id());
+    assert_eq!(found.segment_len(), seg.len() as u64);
+    let theirs = Segment::from_fd(found.open_segment().unwrap(), 8192).unwrap();
+    assert_eq!(theirs.len(), seg.len());
+    // SAFETY: offsets 0 and 1 are inside both 8192-byte mappings.
     unsafe {
-        created.base().write_volatile(0xA5);
-        assert_eq!(opened.base().read_volatile(), 0xA5);
-        opened.base().add(1).write_volatile(0x5A);
-        assert_eq!(created.base().add(1).read_volatile(), 0x5A);
+        assert_eq!(theirs.base().read_volatile(), 0xA5);
+        theirs.base().add(1).write_volatile(0x5A);
+        assert_eq!(seg.base().add(1).read_volatile(), 0x5A);
     }
     // The opener unlinks (either side may); the creator's unlink and drop
     // then find the name gone and are fine with it.
-    opened.unlink().unwrap();
+    found.unlink().unwrap();
     assert!(!shm_exists(&name));
-    opened.unlink().unwrap();
-    created.unlink().unwrap();
-    // Still mapped and shared after the name is gone.
-    // SAFETY: offset 0 is inside both mappings.
-    unsafe {
-        opened.base().write_volatile(0x11);
-        assert_eq!(created.base().read_volatile(), 0x11);
-    }
+    found.unlink().unwrap();
+    offered.unlink().unwrap();
     assert!(matches!(
-        NamedSegment::open(&name, 1),
-        Err(NamedSegmentError::Os {
+        NamedRendezvous::open(&name),
+        Err(NamedRendezvousError::Os {
             source: nix::errno::Errno::ENOENT,
             ..
         })
@@ -122,26 +128,55 @@ fn opener_sees_writes_and_unlink_is_idempotent() {
 }
 
 #[test]
+fn truncating_the_name_cannot_reach_the_memory() {
+    let seg = segment();
+    let offered = NamedRendezvous::create(&seg).unwrap();
+    let name = offered.name().to_owned();
+    let found = NamedRendezvous::open(&name).unwrap();
+    let theirs = found.open_segment().unwrap();
+    // The peer's worst: truncate the name and the memory it reached.
+    let obj = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty()).unwrap();
+    ftruncate(&obj, 0).unwrap();
+    for len in [0, 1, 1 << 20] {
+        assert_eq!(ftruncate(&theirs, len), Err(nix::errno::Errno::EPERM));
+    }
+    // Every page of our mapping is still there.
+    // SAFETY: both offsets are inside the 8192-byte mapping.
+    unsafe {
+        seg.base().add(8191).write_volatile(1);
+        assert_eq!(seg.base().read_volatile(), 0xA5);
+    }
+    // A truncated record is refused cleanly.
+    let err = NamedRendezvous::open(&name).unwrap_err();
+    assert!(
+        matches!(err, NamedRendezvousError::BadRecord { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0 bytes"), "{err}");
+}
+
+#[test]
 fn creator_drop_unlinks_opener_drop_does_not() {
-    let created = NamedSegment::create(4096).unwrap();
-    let name = created.name().to_owned();
-    let opened = NamedSegment::open(&name, 4096).unwrap();
-    drop(opened);
+    let seg = segment();
+    let offered = NamedRendezvous::create(&seg).unwrap();
+    let name = offered.name().to_owned();
+    let found = NamedRendezvous::open(&name).unwrap();
+    drop(found);
     assert!(
         shm_exists(&name),
         "only the creator removes the name on drop"
     );
-    drop(created);
+    drop(offered);
     assert!(!shm_exists(&name), "the creator's drop removes the name");
 }
 
 #[test]
 fn wrong_mode_is_refused() {
     for mode in [0o644, 0o660, 0o606, 0o400, 0o700] {
-        let obj = raw_object(&unique("mode"), 4096, mode);
-        let err = NamedSegment::open(&obj.0, 4096).unwrap_err();
+        let obj = raw_object(&unique("mode"), 32, mode);
+        let err = NamedRendezvous::open(&obj.0).unwrap_err();
         assert!(
-            matches!(err, NamedSegmentError::WrongMode { mode: m, .. } if m == mode),
+            matches!(err, NamedRendezvousError::WrongMode { mode: m, .. } if m == mode),
             "{mode:o}: {err}"
         );
         drop(obj);
@@ -150,40 +185,54 @@ fn wrong_mode_is_refused() {
 
 #[test]
 fn wrong_owner_is_refused() {
-    let obj = raw_object(&unique("owner"), 4096, 0o600);
+    let obj = raw_object(&unique("owner"), 32, 0o600);
     if euid() != 0 {
         // Only root can give an object away; without it the check cannot
-        // be provoked, and our own object must be accepted.
-        assert!(NamedSegment::open(&obj.0, 4096).is_ok());
+        // be provoked. Our own object passes the owner check and fails on
+        // its (zero) record instead.
+        let err = NamedRendezvous::open(&obj.0).unwrap_err();
+        assert!(
+            matches!(err, NamedRendezvousError::BadRecord { .. }),
+            "{err}"
+        );
         return;
     }
     let path = Path::new("/dev/shm").join(&obj.0[1..]);
     std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
-    let err = NamedSegment::open(&obj.0, 4096).unwrap_err();
+    let err = NamedRendezvous::open(&obj.0).unwrap_err();
     assert!(
-        matches!(err, NamedSegmentError::WrongOwner { owner: 65534, .. }),
+        matches!(err, NamedRendezvousError::WrongOwner { owner: 65534, .. }),
         "{err}"
     );
 }
 
 #[test]
-fn bad_sizes_and_names_are_refused() {
-    let small = raw_object(&unique("small"), 4096, 0o600);
-    let err = NamedSegment::open(&small.0, 8192).unwrap_err();
-    assert!(matches!(err, NamedSegmentError::Segment { .. }), "{err}");
-    let odd = raw_object(&unique("odd"), 4097, 0o600);
-    let err = NamedSegment::open(&odd.0, 1).unwrap_err();
-    assert!(matches!(err, NamedSegmentError::Segment { .. }), "{err}");
+fn bad_records_and_names_are_refused() {
+    // Zero-filled (wrong magic), short, and a record with a zero pid.
+    let zeros = raw_object(&unique("zeros"), 32, 0o600);
+    let short = raw_object(&unique("short"), 8, 0o600);
+    for (obj, what) in [(&zeros, "magic"), (&short, "8 bytes")] {
+        let err = NamedRendezvous::open(&obj.0).unwrap_err();
+        assert!(
+            matches!(err, NamedRendezvousError::BadRecord { .. }) && err.to_string().contains(what),
+            "{err}"
+        );
+    }
+    let no_pid = raw_object(&unique("nopid"), 0, 0o600);
+    {
+        let fd = shm_open(no_pid.0.as_str(), OFlag::O_RDWR, Mode::empty()).unwrap();
+        let mut record = [0u8; 32];
+        record[..8].copy_from_slice(b"ORCWNAM1");
+        std::os::unix::fs::FileExt::write_all_at(&std::fs::File::from(fd), &record, 0).unwrap();
+    }
+    let err = NamedRendezvous::open(&no_pid.0).unwrap_err();
+    assert!(err.to_string().contains("pid 0"), "{err}");
     for name in ["orcwire-no-slash", "/a/b", "/"] {
         assert!(matches!(
-            NamedSegment::open(name, 1),
-            Err(NamedSegmentError::InvalidName { .. })
+            NamedRendezvous::open(name),
+            Err(NamedRendezvousError::InvalidName { .. })
         ));
     }
-    assert!(matches!(
-        NamedSegment::create(0),
-        Err(NamedSegmentError::Segment { .. })
-    ));
 }
 
 #[test]
@@ -197,7 +246,8 @@ fn stale_segments_of_dead_processes_are_removed() {
         4096,
         0o600,
     );
-    let live = NamedSegment::create(4096).unwrap();
+    let seg = segment();
+    let live = NamedRendezvous::create(&seg).unwrap();
     let removed = remove_stale_segments().unwrap();
     assert!(removed >= 1, "removed {removed}");
     assert!(!shm_exists(&stale.0), "a dead creator's segment is removed");
