@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::sync::{self, thread, Arc, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{thread, Arc, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 
 /// A unit of work for a [`TaskDispatcher`]. Dropping it unrun is the signal
 /// that it will never run.
@@ -138,10 +138,7 @@ fn run_task(id: usize, task: Task, panicked: &AtomicUsize) {
 /// Waits on `cv`, recovering the guard if the lock was poisoned (see
 /// [`sync::lock`]).
 fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    match cv.wait(guard) {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    cv.wait(guard)
 }
 
 /// A fixed pool of worker threads (named `orcwire-task-N`) taking tasks
@@ -226,15 +223,15 @@ impl ThreadPoolTaskDispatcher {
         for index in 0..threads {
             // Counted before the spawn so that a shutdown racing with a
             // starting worker waits for it.
-            sync::lock(&pool.shared.state).live_workers += 1;
+            pool.shared.state.lock().live_workers += 1;
             let shared = pool.shared.clone();
             let spawned = thread::Builder::new()
                 .name(format!("orcwire-task-{index}"))
                 .spawn(move || worker_loop(shared));
             match spawned {
-                Ok(handle) => sync::lock(&pool.workers).push(handle),
+                Ok(handle) => pool.workers.lock().push(handle),
                 Err(source) => {
-                    sync::lock(&pool.shared.state).live_workers -= 1;
+                    pool.shared.state.lock().live_workers -= 1;
                     // Dropping `pool` shuts down and joins the started ones.
                     return Err(DispatchError::SpawnFailed { index, source });
                 }
@@ -258,7 +255,7 @@ fn worker_loop(shared: Arc<PoolShared>) {
     let id = Arc::as_ptr(&shared) as usize;
     loop {
         let next = {
-            let mut st = sync::lock(&shared.state);
+            let mut st = shared.state.lock();
             loop {
                 if let Some(task) = st.queue.pop_front() {
                     break Some(task);
@@ -274,13 +271,13 @@ fn worker_loop(shared: Arc<PoolShared>) {
             None => break,
         }
     }
-    sync::lock(&shared.state).live_workers -= 1;
+    shared.state.lock().live_workers -= 1;
     shared.worker_exited.notify_all();
 }
 
 impl TaskDispatcher for ThreadPoolTaskDispatcher {
     fn dispatch(&self, task: Task) {
-        let mut st = sync::lock(&self.shared.state);
+        let mut st = self.shared.state.lock();
         if st.shutting_down {
             drop(st);
             drop(task);
@@ -295,7 +292,7 @@ impl TaskDispatcher for ThreadPoolTaskDispatcher {
         let me = thread::current().id();
         // 0 or 1: a pool task cannot run another task of the same pool.
         let in_own_task = tasks_on_this_thread(self.id()) > 0;
-        let mut st = sync::lock(&self.shared.state);
+        let mut st = self.shared.state.lock();
         st.shutting_down = true;
         self.shared.work_ready.notify_all();
         if in_own_task {
@@ -309,7 +306,7 @@ impl TaskDispatcher for ThreadPoolTaskDispatcher {
             drop(st);
             // Every worker not parked (and not us) has left its loop: join
             // those, keep the rest for a later shutdown from outside.
-            let mut handles = sync::lock(&self.workers);
+            let mut handles = self.workers.lock();
             let (still_running, exited): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut *handles).into_iter().partition(|h| {
                     let t = h.thread().id();
@@ -325,7 +322,7 @@ impl TaskDispatcher for ThreadPoolTaskDispatcher {
                 st = wait(&self.shared.worker_exited, st);
             }
             drop(st);
-            let handles = std::mem::take(&mut *sync::lock(&self.workers));
+            let handles = std::mem::take(&mut *self.workers.lock());
             for h in handles {
                 // A worker catches task panics, so an Err here cannot carry
                 // anything to report.
@@ -343,7 +340,7 @@ impl Drop for ThreadPoolTaskDispatcher {
 
 impl std::fmt::Debug for ThreadPoolTaskDispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let st = sync::lock(&self.shared.state);
+        let st = self.shared.state.lock();
         f.debug_struct("ThreadPoolTaskDispatcher")
             .field("queued", &st.queue.len())
             .field("live_workers", &st.live_workers)
@@ -364,7 +361,7 @@ impl std::fmt::Debug for ThreadPoolTaskDispatcher {
 ///
 /// ```
 /// use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher};
-/// use orcwire::sync::{Arc, AtomicBool, Ordering};
+/// use orcwire_sync::{Arc, AtomicBool, Ordering};
 ///
 /// let d = InlineTaskDispatcher::new();
 /// let ran = Arc::new(AtomicBool::new(false));
@@ -423,7 +420,7 @@ impl Default for InlineTaskDispatcher {
 impl TaskDispatcher for InlineTaskDispatcher {
     fn dispatch(&self, task: Task) {
         {
-            let mut st = sync::lock(&self.state);
+            let mut st = self.state.lock();
             if st.shutting_down {
                 drop(st);
                 drop(task);
@@ -432,7 +429,7 @@ impl TaskDispatcher for InlineTaskDispatcher {
             st.in_progress += 1;
         }
         run_task(self.id(), task, &self.panicked);
-        let mut st = sync::lock(&self.state);
+        let mut st = self.state.lock();
         st.in_progress -= 1;
         // Only `shutdown` waits on `idle`, and only once it has set
         // `shutting_down` (under this lock): skip the wake-up (a system
@@ -444,7 +441,7 @@ impl TaskDispatcher for InlineTaskDispatcher {
 
     fn shutdown(&self) {
         let own = tasks_on_this_thread(self.id());
-        let mut st = sync::lock(&self.state);
+        let mut st = self.state.lock();
         st.shutting_down = true;
         if own == 0 {
             while st.in_progress > 0 {
@@ -463,7 +460,7 @@ impl TaskDispatcher for InlineTaskDispatcher {
 
 impl std::fmt::Debug for InlineTaskDispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let st = sync::lock(&self.state);
+        let st = self.state.lock();
         f.debug_struct("InlineTaskDispatcher")
             .field("in_progress", &st.in_progress)
             .field("shutting_down", &st.shutting_down)
@@ -502,10 +499,10 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         for i in 0..100 {
             let seen = seen.clone();
-            pool.dispatch(Box::new(move || seen.lock().unwrap().push(i)));
+            pool.dispatch(Box::new(move || seen.lock().push(i)));
         }
         pool.shutdown();
-        assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
+        assert_eq!(*seen.lock(), (0..100).collect::<Vec<_>>());
     }
 
     #[test]
@@ -520,14 +517,13 @@ mod tests {
                 runs[i].fetch_add(1, Ordering::SeqCst);
                 assert!(is_dispatcher_thread());
                 let name = thread::current().name().map(str::to_owned);
-                names.lock().unwrap().push(name);
+                names.lock().push(name);
             }));
         }
         pool.shutdown();
         assert!(runs.iter().all(|r| r.load(Ordering::SeqCst) == 1));
         assert!(names
             .lock()
-            .unwrap()
             .iter()
             .all(|n| n.as_deref().is_some_and(|n| n.starts_with("orcwire-task-"))));
         assert!(!is_dispatcher_thread());
@@ -622,7 +618,7 @@ mod tests {
             // From outside: joins everything, including the worker that
             // shut the pool down.
             pool.shutdown();
-            assert!(sync::lock(&pool.workers).is_empty());
+            assert!(pool.workers.lock().is_empty());
         });
     }
 
@@ -636,7 +632,7 @@ mod tests {
                 let (p, b, tx) = (pool.clone(), barrier.clone(), tx.clone());
                 pool.dispatch(Box::new(move || {
                     // Both tasks running before either shuts down.
-                    let mut n = sync::lock(&b.0);
+                    let mut n = b.0.lock();
                     *n += 1;
                     b.1.notify_all();
                     while *n < 2 {

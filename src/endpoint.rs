@@ -45,7 +45,7 @@ use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
 use crate::pending::{CallError, CallHost, PendingCall};
 use crate::sps::{self, SetupInfo};
-use crate::sync::{lock, Arc};
+use crate::sync::Arc;
 use crate::transport::{Received, Transport, TransportError};
 
 /// Why a connection could not be set up.
@@ -377,7 +377,7 @@ impl Endpoint {
         // Before the reader runs, so that a handler of the very first call
         // finds it (`Responder::endpoint`). Weak: it keeps nothing alive.
         let weak = Arc::downgrade(&owner);
-        *lock(&inner.user_handle) = Some(Box::new(move || {
+        *inner.user_handle.lock() = Some(Box::new(move || {
             let owner = weak.upgrade()?;
             let inner = Arc::clone(&owner.inner);
             Some(Endpoint {
@@ -388,7 +388,7 @@ impl Endpoint {
             })
         }));
         if let Err(e) = inner.start() {
-            *lock(&inner.user_handle) = None;
+            *inner.user_handle.lock() = None;
             // Nobody else can hold it yet: the reader never ran.
             if let Ok(mut never_started) = Arc::try_unwrap(owner) {
                 never_started.armed = false;

@@ -65,8 +65,8 @@ use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
 use crate::pending::{CallError, CallHost, PendingTable};
 use crate::sps::SetupInfo;
 use crate::sync::{
-    fence, lock, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex,
-    MutexGuard, Ordering,
+    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
+    Ordering,
 };
 use crate::transport::{Received, Transport, TransportError};
 
@@ -376,14 +376,8 @@ fn wait_cv<'a, T>(
     timeout: Option<Duration>,
 ) -> MutexGuard<'a, T> {
     match timeout {
-        None => match cv.wait(g) {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        },
-        Some(d) => match cv.wait_timeout(g, d) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        },
+        None => cv.wait(g),
+        Some(d) => cv.wait_timeout(g, d).0,
     }
 }
 
@@ -444,7 +438,7 @@ impl Inner {
 
     /// Starts the first worker.
     pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
-        let mut w = lock(&self.work);
+        let mut w = self.work.lock();
         self.spawn_worker(&mut w)
     }
 
@@ -458,7 +452,7 @@ impl Inner {
                 IDLE_WORKER_OF.with(|c| c.set(me.id()));
                 // Consumes (drops) this thread's reference first.
                 me.worker_loop();
-                lock(&exits.threads).push(thread::current().id());
+                exits.threads.lock().push(thread::current().id());
                 exits.cv.notify_all();
             })?;
         w.workers += 1;
@@ -489,7 +483,7 @@ impl Inner {
         // accesses: loom models fences exactly, and costs are the same.)
         fence(Ordering::SeqCst);
         if self.follower_count.load(Ordering::Relaxed) > 0 {
-            for t in lock(&self.followers).iter() {
+            for t in self.followers.lock().iter() {
                 t.unpark();
             }
         }
@@ -569,7 +563,7 @@ impl Inner {
                     return;
                 }
                 turn.saw_call = true;
-                let mut w = lock(&self.work);
+                let mut w = self.work.lock();
                 if !self.enqueue(&mut w, call) {
                     drop(w);
                     self.protocol_error(
@@ -597,13 +591,13 @@ impl Inner {
     }
 
     fn note_peer_gone(&self) {
-        let mut c = lock(&self.conn);
+        let mut c = self.conn.lock();
         c.peer_gone = true;
         self.conn_cv.notify_all();
     }
 
     fn peer_gone(&self) -> bool {
-        lock(&self.conn).peer_gone
+        self.conn.lock().peer_gone
     }
 
     /// A send found the transport ended (the peer hung up or died, or it
@@ -611,7 +605,7 @@ impl Inner {
     /// rather than when the reader next looks, so the reason the user sees
     /// is the cause and not a later local `disconnect()`.
     fn transport_ended(self: &Arc<Self>, e: TransportError) {
-        let mut w = lock(&self.work);
+        let mut w = self.work.lock();
         w.disconnect
             .get_or_insert(DisconnectReason::from_transport(e));
         self.wake_or_spawn(&mut w);
@@ -623,7 +617,7 @@ impl Inner {
         if self.lead.load(Ordering::Acquire) != FREE || self.callers.load(Ordering::Relaxed) > 0 {
             return; // someone leads, or a caller is about to
         }
-        self.wake_or_spawn(&mut lock(&self.work));
+        self.wake_or_spawn(&mut self.work.lock());
     }
 
     /// Sends on the transport with the engine's hook.
@@ -670,7 +664,7 @@ impl Inner {
             // worker raised the flag, then reads `callers`.
             fence(Ordering::SeqCst);
             if self.workers_backed_off.swap(false, Ordering::Relaxed) {
-                let _w = lock(&self.work);
+                let _w = self.work.lock();
                 self.work_cv.notify_all();
             }
         }
@@ -759,7 +753,7 @@ impl Inner {
 
     /// Parks until our result comes, the lead is released, or `deadline`.
     fn park_as_follower(&self, seq: u64, deadline: Option<Instant>, registered: &mut bool) {
-        lock(&self.followers).push(thread::current());
+        self.followers.lock().push(thread::current());
         self.follower_count.fetch_add(1, Ordering::Relaxed);
         // SYNC POINT: follower hand-over (see `release_lead`).
         fence(Ordering::SeqCst);
@@ -768,7 +762,7 @@ impl Inner {
         });
         self.follower_count.fetch_sub(1, Ordering::Relaxed);
         let me = thread::current().id();
-        let mut f = lock(&self.followers);
+        let mut f = self.followers.lock();
         if let Some(i) = f.iter().position(|t| t.id() == me) {
             f.swap_remove(i);
         }
@@ -776,7 +770,7 @@ impl Inner {
 
     fn after_caller_turn(self: &Arc<Self>, turn: Turn) {
         if let Some(r) = turn.disconnect {
-            let mut w = lock(&self.work);
+            let mut w = self.work.lock();
             w.disconnect.get_or_insert(r);
             self.wake_or_spawn(&mut w);
         }
@@ -821,7 +815,7 @@ impl Inner {
     /// Whether no worker is idle and no more can start: then nobody but a
     /// caller can lead.
     fn workers_saturated(&self) -> bool {
-        let w = lock(&self.work);
+        let w = self.work.lock();
         w.idle == 0 && w.workers >= self.config.max_workers.max(1)
     }
 
@@ -831,7 +825,7 @@ impl Inner {
         if IN_HANDLER_OF.with(|h| h.get()) != self.id() {
             return Ok(());
         }
-        let w = lock(&self.work);
+        let w = self.work.lock();
         if !w.queue.is_empty() && w.idle == 0 && w.busy >= self.config.max_workers.max(1) {
             return Err(CallError::WouldDeadlock(
                 "every worker of this connection is inside a handler (this one included) and the \
@@ -849,7 +843,7 @@ impl Inner {
         let mut last_epoch = self.caller_epoch.load(Ordering::Relaxed);
         let base = self.config.reader_grace.max(Duration::from_micros(50));
         let mut poll = base;
-        let mut w = lock(&self.work);
+        let mut w = self.work.lock();
         loop {
             if w.stop {
                 w.workers -= 1;
@@ -859,14 +853,14 @@ impl Inner {
             if let Some(reason) = w.disconnect.take() {
                 drop(w);
                 self.disconnect_with(reason, false);
-                w = lock(&self.work);
+                w = self.work.lock();
                 continue;
             }
             if !w.refusals.is_empty() {
                 let refusals = std::mem::take(&mut w.refusals);
                 drop(w);
                 self.send_refusals(&refusals);
-                w = lock(&self.work);
+                w = self.work.lock();
                 continue;
             }
             if self.may_run_handler(&w) {
@@ -885,7 +879,7 @@ impl Inner {
                 poll = base;
                 let turn = self.lead_turn(None, None);
                 self.release_lead();
-                w = lock(&self.work);
+                w = self.work.lock();
                 if let Some(r) = turn.disconnect {
                     w.disconnect.get_or_insert(r);
                 }
@@ -988,7 +982,7 @@ impl Inner {
             }
         }
         IDLE_WORKER_OF.with(|c| c.set(idle_of));
-        let mut w = lock(&self.work);
+        let mut w = self.work.lock();
         w.busy -= 1;
         w
     }
@@ -1020,7 +1014,7 @@ impl Inner {
 
     /// The error a call gets when the connection is (being) closed.
     pub(crate) fn closed_error(&self) -> CallError {
-        let c = lock(&self.conn);
+        let c = self.conn.lock();
         if self.transport.peer_died() || c.reason == Some(DisconnectReason::PeerDied) {
             CallError::PeerDied
         } else {
@@ -1029,15 +1023,15 @@ impl Inner {
     }
 
     pub(crate) fn reason(&self) -> Option<DisconnectReason> {
-        lock(&self.conn).reason.clone()
+        self.conn.lock().reason.clone()
     }
 
     pub(crate) fn is_disconnected(&self) -> bool {
-        lock(&self.conn).phase == Phase::Disconnected
+        self.conn.lock().phase == Phase::Disconnected
     }
 
     pub(crate) fn add_disconnect_callback(&self, cb: DisconnectCallback) {
-        let mut cbs = lock(&self.on_disconnect);
+        let mut cbs = self.on_disconnect.lock();
         // Checked under the callback lock: step 6 takes the same lock to
         // drain, so a callback is either drained there or run here.
         if self.is_disconnected() {
@@ -1060,7 +1054,7 @@ impl Inner {
     fn disconnect_with(self: &Arc<Self>, reason: DisconnectReason, wait_for_doer: bool) {
         let first = self.gate.close();
         {
-            let mut c = lock(&self.conn);
+            let mut c = self.conn.lock();
             if c.reason.is_none() {
                 c.reason = Some(reason);
             }
@@ -1072,12 +1066,9 @@ impl Inner {
             if !wait_for_doer {
                 return;
             }
-            let mut c = lock(&self.conn);
+            let mut c = self.conn.lock();
             while c.phase != Phase::Disconnected {
-                c = match self.conn_cv.wait(c) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
+                c = self.conn_cv.wait(c);
             }
             drop(c);
             // The doer may have been a worker (it read the peer's Hangup):
@@ -1089,7 +1080,7 @@ impl Inner {
         // into a closed gate: nothing is sent, the peer's calls fail when
         // the connection ends); sends in flight finish or are made to fail.
         let dropped = {
-            let mut w = lock(&self.work);
+            let mut w = self.work.lock();
             w.refusals.clear();
             std::mem::take(&mut w.queue)
         };
@@ -1119,7 +1110,7 @@ impl Inner {
         }
         // Step 6.
         {
-            let mut w = lock(&self.work);
+            let mut w = self.work.lock();
             w.stop = true;
             self.work_cv.notify_all();
         }
@@ -1127,9 +1118,9 @@ impl Inner {
         // waiting caller by its slot's waker in `fail_all`.
         self.wait_for_idle_workers_to_exit();
         let callbacks = {
-            let mut cbs = lock(&self.on_disconnect);
+            let mut cbs = self.on_disconnect.lock();
             {
-                let mut c = lock(&self.conn);
+                let mut c = self.conn.lock();
                 c.phase = Phase::Disconnected;
                 self.conn_cv.notify_all();
             }
@@ -1149,13 +1140,13 @@ impl Inner {
         let me = usize::from(IDLE_WORKER_OF.with(|c| c.get()) == self.id());
         let deadline = Instant::now() + self.config.hangup_timeout;
         let exited = {
-            let mut exited = lock(&self.exits.threads);
+            let mut exited = self.exits.threads.lock();
             loop {
                 // Read afresh on every wake: a worker whose handler just
                 // returned stops being busy, then exits and wakes us. (Lock
                 // order: exits, then work; workers never hold both.)
                 let enough = {
-                    let w = lock(&self.work);
+                    let w = self.work.lock();
                     w.spawned.saturating_sub(w.busy + me)
                 };
                 if exited.len() >= enough {
@@ -1170,7 +1161,7 @@ impl Inner {
             exited.clone()
         };
         let done: Vec<_> = {
-            let mut w = lock(&self.work);
+            let mut w = self.work.lock();
             let (done, running) = std::mem::take(&mut w.handles)
                 .into_iter()
                 .partition(|h| exited.contains(&h.thread().id()));
@@ -1192,7 +1183,7 @@ impl Inner {
                 // Whoever leads routes the peer's Hangup (or sees the end
                 // of the stream) and signals `conn_cv`; look again shortly
                 // in case that leader leaves without reading it.
-                let c = lock(&self.conn);
+                let c = self.conn.lock();
                 if !c.peer_gone {
                     let left = deadline.saturating_duration_since(Instant::now());
                     drop(wait_cv(&self.conn_cv, c, Some(left.min(HANDOVER))));
@@ -1272,7 +1263,7 @@ impl Inner {
 
 impl ResultSink for Inner {
     fn endpoint(&self) -> Option<crate::Endpoint> {
-        lock(&self.user_handle).as_ref().and_then(|make| make())
+        self.user_handle.lock().as_ref().and_then(|make| make())
     }
 
     fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {

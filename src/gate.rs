@@ -23,7 +23,7 @@
 //! [`Gate::enter`] refuses (as if closed) rather than overflow into the
 //! epoch bits.
 
-use crate::sync::{lock, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
 use std::time::Instant;
 
 /// Set once the gate is closed; never cleared. Only [`Gate::close`] sets
@@ -115,7 +115,7 @@ impl Gate {
         if prev & CLOSED != 0 && prev & COUNT_MASK == 1 {
             // Last one out after close: wake the waiters. Taking the lock
             // orders this notify after any waiter's check-then-wait.
-            let _g = lock(&self.idle_lock);
+            let _g = self.idle_lock.lock();
             self.idle_cv.notify_all();
         }
     }
@@ -167,12 +167,9 @@ impl Gate {
     /// Blocks until nobody is inside. Meant to be called after
     /// [`close`](Self::close); on an open gate it may wait forever.
     pub fn wait_idle(&self) {
-        let mut g = lock(&self.idle_lock);
+        let mut g = self.idle_lock.lock();
         while !self.idle() {
-            g = match self.idle_cv.wait(g) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            g = self.idle_cv.wait(g);
         }
     }
 
@@ -180,7 +177,7 @@ impl Gate {
     /// returns whether the gate is idle.
     #[cfg(not(orcwire_loom))]
     pub fn wait_idle_until(&self, deadline: Instant) -> bool {
-        let mut g = lock(&self.idle_lock);
+        let mut g = self.idle_lock.lock();
         loop {
             if self.idle() {
                 return true;
@@ -189,10 +186,7 @@ impl Gate {
             if now >= deadline {
                 return false;
             }
-            g = match self.idle_cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            g = self.idle_cv.wait_timeout(g, deadline - now).0;
         }
     }
 

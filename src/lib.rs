@@ -33,9 +33,11 @@ pub mod session;
 pub mod sps;
 #[cfg(not(orcwire_loom))]
 pub mod stream;
-pub mod sync;
 pub mod transport;
 mod waker;
+
+/// The sync shim (std's or loom's primitives), as `crate::sync`.
+use orcwire_sync as sync;
 
 pub use access::{attach_executor, AttachError};
 pub use buffer::WrapperFunctionBuffer;

@@ -189,10 +189,7 @@ pub struct Session {
 }
 
 fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    match cv.wait(guard) {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    cv.wait(guard)
 }
 
 /// Runs one notification or callback, keeping a panic from cutting the
@@ -234,7 +231,7 @@ impl Session {
     pub fn add_service<S: Service>(&self, service: Arc<S>) -> Arc<S> {
         let as_dyn: Arc<dyn Service> = service.clone();
         let (tell_detach, tell_shutdown) = {
-            let mut st = sync::lock(&self.inner.state);
+            let mut st = self.inner.state.lock();
             let tell_detach = !matches!(st.detach, DetachState::NotDetached);
             let tell_shutdown = st.shutdown.is_some();
             if !tell_shutdown {
@@ -267,7 +264,7 @@ impl Session {
     /// [`SessionError::Detached`] after a detach,
     /// [`SessionError::AlreadyAttached`] if one is attached.
     pub fn attach(&self, access: Arc<dyn ControllerAccess>) -> Result<(), SessionError> {
-        let mut st = sync::lock(&self.inner.state);
+        let mut st = self.inner.state.lock();
         if st.shutdown.is_some() {
             return Err(SessionError::ShuttingDown);
         }
@@ -309,7 +306,7 @@ impl Session {
     /// never.
     pub fn shutdown(&self, on_complete: impl FnOnce() + Send + 'static) {
         {
-            let mut st = sync::lock(&self.inner.state);
+            let mut st = self.inner.state.lock();
             if let Some(si) = st.shutdown.as_mut() {
                 if si.complete {
                     drop(st);
@@ -341,7 +338,7 @@ impl Session {
     pub fn wait_for_shutdown(&self) -> Result<(), SessionError> {
         let me = thread::current().id();
         {
-            let st = sync::lock(&self.inner.state);
+            let st = self.inner.state.lock();
             if let Some(si) = &st.shutdown {
                 if si.complete {
                     return Ok(());
@@ -362,10 +359,10 @@ impl Session {
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = done.clone();
         self.shutdown(move || {
-            *sync::lock(&signal.0) = true;
+            *signal.0.lock() = true;
             signal.1.notify_all();
         });
-        let mut finished = sync::lock(&done.0);
+        let mut finished = done.0.lock();
         while !*finished {
             finished = wait(&done.1, finished);
         }
@@ -374,7 +371,9 @@ impl Session {
 
     /// Whether shutdown has completed (step 5 of the sequence).
     pub fn is_shut_down(&self) -> bool {
-        sync::lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .shutdown
             .as_ref()
             .is_some_and(|si| si.complete)
@@ -382,19 +381,19 @@ impl Session {
 
     /// Whether shutdown has begun (it may not have completed).
     pub fn is_shutting_down(&self) -> bool {
-        sync::lock(&self.inner.state).shutdown.is_some()
+        self.inner.state.lock().shutdown.is_some()
     }
 
     /// Whether detach has completed: the access was disconnected and every
     /// service told.
     pub fn is_detached(&self) -> bool {
-        matches!(sync::lock(&self.inner.state).detach, DetachState::Done)
+        matches!(self.inner.state.lock().detach, DetachState::Done)
     }
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let st = sync::lock(&self.inner.state);
+        let st = self.inner.state.lock();
         f.debug_struct("Session")
             .field("services", &st.services.len())
             .field("attached", &st.access.is_some())
@@ -427,7 +426,7 @@ impl Inner {
             run_caught(|| service.on_detach());
         }
         let access = {
-            let mut st = sync::lock(&self.state);
+            let mut st = self.state.lock();
             st.detach = DetachState::Done;
             st.access.take()
         };
@@ -439,7 +438,7 @@ impl Inner {
 
     fn detach(&self) {
         let me = thread::current().id();
-        let mut st = sync::lock(&self.state);
+        let mut st = self.state.lock();
         match st.detach {
             DetachState::NotDetached => {
                 let plan = Self::begin_detach(&mut st, Some(me));
@@ -468,7 +467,7 @@ impl Inner {
             return;
         }
         let me = thread::current().id();
-        let mut st = sync::lock(&self.state);
+        let mut st = self.state.lock();
         loop {
             match st.detach {
                 DetachState::Done => return,
@@ -501,7 +500,7 @@ impl Inner {
     fn run_shutdown(&self) {
         let me = thread::current().id();
         let plan = {
-            let mut st = sync::lock(&self.state);
+            let mut st = self.state.lock();
             let plan = st.shutdown.as_mut().and_then(|si| {
                 si.runner = Some(me);
                 si.plan.take()
@@ -528,12 +527,14 @@ impl Inner {
             // Loom must-fail variant (seed 000's bug): drain the callbacks
             // in one critical section and mark completion in another, so a
             // `shutdown` call in between queues a callback nobody runs.
-            let callbacks = sync::lock(&self.state)
+            let callbacks = self
+                .state
+                .lock()
                 .shutdown
                 .as_mut()
                 .map(|si| std::mem::take(&mut si.on_completes))
                 .unwrap_or_default();
-            if let Some(si) = sync::lock(&self.state).shutdown.as_mut() {
+            if let Some(si) = self.state.lock().shutdown.as_mut() {
                 si.complete = true;
                 si.runner = None;
             }
@@ -542,7 +543,7 @@ impl Inner {
             return;
         }
         let callbacks = {
-            let mut st = sync::lock(&self.state);
+            let mut st = self.state.lock();
             match st.shutdown.as_mut() {
                 Some(si) => {
                     si.complete = true;
@@ -562,7 +563,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let never_started = {
-            let mut st = sync::lock(&self.state);
+            let mut st = self.state.lock();
             let never_started = st.shutdown.is_none();
             if never_started {
                 Self::begin_shutdown(&mut st, None);
@@ -661,7 +662,7 @@ mod tests {
         struct Reentrant(Mutex<Option<Session>>);
         impl Service for Reentrant {
             fn on_detach(&self) {
-                let taken = sync::lock(&self.0).take();
+                let taken = self.0.lock().take();
                 if let Some(s) = taken {
                     s.detach();
                     assert!(matches!(

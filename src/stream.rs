@@ -249,7 +249,8 @@ impl Shared {
 
     /// The error for an operation refused because the transport stopped.
     fn terminal_error(&self) -> TransportError {
-        sync::lock(&self.terminal)
+        self.terminal
+            .lock()
             .clone()
             .unwrap_or(TransportError::Closed)
     }
@@ -259,7 +260,7 @@ impl Shared {
     /// but the peer going away) also stops the send side.
     fn finish(&self, error: TransportError) -> TransportError {
         let fatal = !error.is_peer_gone();
-        let first = sync::lock(&self.terminal).get_or_insert(error).clone();
+        let first = self.terminal.lock().get_or_insert(error).clone();
         if fatal {
             self.stop();
         }
@@ -469,7 +470,7 @@ impl Transport for StreamTransport {
         if shared.take_interrupt() {
             return Ok(Received::Interrupted);
         }
-        let mut reader = sync::lock(&self.reader);
+        let mut reader = self.reader.lock();
         if let Some(error) = &reader.done {
             return Err(error.clone());
         }
@@ -502,11 +503,14 @@ impl Transport for StreamTransport {
     }
 
     fn close(&self) {
-        sync::lock(&self.shared.terminal).get_or_insert(TransportError::Closed);
+        self.shared
+            .terminal
+            .lock()
+            .get_or_insert(TransportError::Closed);
         // Wakes a blocked `recv` and any blocked sender, which then release
         // the locks taken below.
         self.shared.stop();
-        if let Some(fd) = sync::lock(&self.writer).take() {
+        if let Some(fd) = self.writer.lock().take() {
             if self.write_is_socket {
                 // Ends both directions of the socket even where other
                 // descriptors of it stay open (a child's copy); ENOTCONN
@@ -518,7 +522,7 @@ impl Transport for StreamTransport {
         // Close the read side too, so a pipe peer's writes fail at once
         // rather than fill the pipe. A `recv` holding it returns promptly:
         // it sees the stop in its next `poll` or read.
-        let mut reader = sync::lock(&self.reader);
+        let mut reader = self.reader.lock();
         reader.fd = None;
         reader.partial = None;
     }

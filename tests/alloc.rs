@@ -13,9 +13,9 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use orcwire::sync::{AtomicUsize, Ordering};
 use orcwire::{ControllerBuilder, ExecutorBuilder, WrapperFunctionBuffer};
 use orcwire_shm::ShmConfig;
+use orcwire_sync::{AtomicUsize, Ordering};
 
 /// Counts every allocation (and reallocation) made through it.
 struct Counting;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use orcwire::sync::{AtomicUsize, Ordering};
+use orcwire_sync::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -237,7 +237,7 @@ fn disconnect_hammer_many_callers_and_disconnecters() {
     for round in 0..40u64 {
         let p = connect(if round % 2 == 0 { "uds" } else { "pipe" }, None);
         let xor = p.controller.function_tag("xor").unwrap();
-        let disconnected = Arc::new(orcwire::sync::AtomicBool::new(false));
+        let disconnected = Arc::new(orcwire_sync::AtomicBool::new(false));
         let callers: Vec<_> = (0..6u64)
             .map(|t| {
                 let c = p.controller.clone();

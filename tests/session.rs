@@ -4,18 +4,18 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use orcwire::sync::{self, thread, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use orcwire::{
     ControllerAccess, InlineTaskDispatcher, Service, Session, SessionError,
     ThreadPoolTaskDispatcher,
 };
+use orcwire_sync::{self as sync, thread, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 type Log = Arc<Mutex<Vec<String>>>;
 
 fn log_entries(log: &Log) -> Vec<String> {
-    sync::lock(log).clone()
+    log.lock().clone()
 }
 
 /// Writes `<name>.detach` / `<name>.shutdown` into a shared log.
@@ -26,10 +26,10 @@ struct Recorder {
 
 impl Service for Recorder {
     fn on_detach(&self) {
-        sync::lock(&self.log).push(format!("{}.detach", self.name));
+        self.log.lock().push(format!("{}.detach", self.name));
     }
     fn on_shutdown(&self) {
-        sync::lock(&self.log).push(format!("{}.shutdown", self.name));
+        self.log.lock().push(format!("{}.shutdown", self.name));
     }
 }
 
@@ -68,7 +68,7 @@ impl ControllerAccess for MockAccess {
     fn disconnect(&self) {
         self.disconnects.fetch_add(1, Ordering::SeqCst);
         if let Some(log) = &self.log {
-            sync::lock(log).push("access.disconnect".to_owned());
+            log.lock().push("access.disconnect".to_owned());
         }
     }
 }
@@ -158,10 +158,10 @@ fn late_callback_runs_at_once_exactly_once_on_the_caller() {
     let (r, o) = (runs.clone(), on.clone());
     session.shutdown(move || {
         r.fetch_add(1, Ordering::SeqCst);
-        *sync::lock(&o) = Some(thread::current().id());
+        *o.lock() = Some(thread::current().id());
     });
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(*sync::lock(&on), Some(thread::current().id()));
+    assert_eq!(*on.lock(), Some(thread::current().id()));
     session.wait_for_shutdown().unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
@@ -292,7 +292,7 @@ fn create_service_returns_a_usable_handle() {
     impl Service for Cache {
         fn on_detach(&self) {}
         fn on_shutdown(&self) {
-            sync::lock(&self.entries).clear();
+            self.entries.lock().clear();
             self.released.store(true, Ordering::SeqCst);
         }
     }
@@ -301,11 +301,11 @@ fn create_service_returns_a_usable_handle() {
         entries: Mutex::new(Vec::new()),
         released: AtomicBool::new(false),
     });
-    sync::lock(&cache.entries).push(7);
-    assert_eq!(*sync::lock(&cache.entries), [7]);
+    cache.entries.lock().push(7);
+    assert_eq!(*cache.entries.lock(), [7]);
     session.wait_for_shutdown().unwrap();
     assert!(cache.released.load(Ordering::SeqCst));
-    assert!(sync::lock(&cache.entries).is_empty());
+    assert!(cache.entries.lock().is_empty());
 }
 
 #[test]

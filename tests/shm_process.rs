@@ -7,7 +7,7 @@
 
 mod common;
 
-use orcwire::sync::{AtomicBool, Ordering};
+use orcwire_sync::{AtomicBool, Ordering};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;

@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use orcwire::stream::{StreamConfig, StreamTransport};
-use orcwire::sync::{thread, Arc};
 use orcwire::{Message, Opcode, Received, Transport, TransportError};
+use orcwire_sync::{thread, Arc};
 
 /// The longest any single wait in these tests may take.
 const LIMIT: Duration = Duration::from_secs(10);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use orcwire::sync::{AtomicUsize, Ordering};
+use orcwire_sync::{AtomicUsize, Ordering};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;

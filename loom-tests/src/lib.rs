@@ -1,7 +1,7 @@
 //! Loom model checks of orcwire's concurrency protocols.
 //!
 //! The models live in `tests/`, one file per protocol, and only build with
-//! `RUSTFLAGS="--cfg orcwire_loom"`: that cfg switches the `orcwire::sync`
+//! `RUSTFLAGS="--cfg orcwire_loom"`: that cfg switches the `orcwire_sync`
 //! shim (which every atomic, lock, condvar, cell and thread in both crates
 //! comes through) to loom's types, so loom checks **the code that ships**.
 //! The ring's header and data, which production lays over the shared
@@ -31,7 +31,7 @@
 //! # A model must be able to fail
 //!
 //! Every model has a twin that turns on one deliberate bug in the shipped
-//! code (`orcwire::sync::broken`, compiled only with
+//! code (`orcwire_sync::broken`, compiled only with
 //! `--cfg orcwire_loom_broken`) and is `#[should_panic]`: loom must find
 //! the interleaving that breaks it. `.ci/loom` builds them separately, so
 //! the passing models run without the bug hooks. The bugs: `gate` (check
@@ -146,7 +146,7 @@ where
 }
 
 /// Runs `f` under [`model`] with the deliberate bug `bug` turned on in the
-/// shipped code (see `orcwire::sync::broken`). Meant for
+/// shipped code (see `orcwire_sync::broken`). Meant for
 /// `#[should_panic]` tests: a model that cannot fail proves nothing.
 ///
 /// # Panics
@@ -156,6 +156,6 @@ pub fn model_with_bug<F>(bug: &'static str, f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    let _selected = orcwire::sync::broken::select(bug);
+    let _selected = orcwire_sync::broken::select(bug);
     model(f);
 }

@@ -22,12 +22,12 @@
 #![cfg(orcwire_loom)]
 
 use orcwire::sps::SetupInfo;
-use orcwire::sync::{thread, Arc};
 use orcwire::{
     CallError, ControllerBuilder, Endpoint, EndpointConfig, Opcode, Received, Transport,
 };
 use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
 use orcwire_shm::{RingCapacity, WaitStrategy};
+use orcwire_sync::{thread, Arc};
 
 fn pair() -> (ShmTransport, ShmTransport) {
     let config = ShmConfig {
@@ -187,6 +187,6 @@ fn engine_peer_hangs_up_while_caller_waits() {
 #[test]
 #[should_panic(expected = "a pending call was left waiting after disconnect() returned")]
 fn broken_engine_is_caught() {
-    let _bug = orcwire::sync::broken::select("engine");
+    let _bug = orcwire_sync::broken::select("engine");
     orcwire_loom_tests::model_large(BRANCHES, PREEMPTIONS, call_then_disconnect);
 }

@@ -12,10 +12,10 @@
 
 use std::task::Poll;
 
-use orcwire::sync::{thread, Arc, AtomicU32, Ordering};
 use orcwire_shm::layout::waiting;
 use orcwire_shm::wait::{WaitOutcome, WakeWord};
 use orcwire_shm::WaitStrategy;
+use orcwire_sync::{thread, Arc, AtomicU32, Ordering};
 
 /// The consumer waits for two publications, sleeping each time it finds
 /// nothing new; the producer publishes twice.

@@ -7,7 +7,7 @@
 #![cfg(orcwire_loom)]
 
 use orcwire::gate::Gate;
-use orcwire::sync::{thread, Arc, AtomicUsize, Ordering};
+use orcwire_sync::{thread, Arc, AtomicUsize, Ordering};
 
 fn disconnect(gate: &Gate, returned: &AtomicUsize) {
     gate.close();

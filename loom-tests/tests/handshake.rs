@@ -18,10 +18,10 @@
 #![cfg(orcwire_loom)]
 
 use orcwire::gate::Gate;
-use orcwire::sync::{thread, Arc};
 use orcwire::{Opcode, Received, Transport, TransportError};
 use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
 use orcwire_shm::{RingCapacity, WaitStrategy};
+use orcwire_sync::{thread, Arc};
 
 struct Process {
     transport: ShmTransport,

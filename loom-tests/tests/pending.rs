@@ -18,9 +18,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use orcwire::pending::model::Table;
 use orcwire::pending::CallResult;
-use orcwire::sync::{thread, Arc, AtomicUsize, Ordering};
 use orcwire::PendingCall;
 use orcwire::{CallError, WrapperFunctionBuffer};
+use orcwire_sync::{thread, Arc, AtomicUsize, Ordering};
 
 /// Counts its wake-ups.
 #[derive(Default)]

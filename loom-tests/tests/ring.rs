@@ -8,9 +8,9 @@
 //! its write (loom reports such a race).
 #![cfg(orcwire_loom)]
 
-use orcwire::sync::thread;
 use orcwire::Opcode;
 use orcwire_shm::ring::{heap_ring, OutgoingMessage, WriteStatus};
+use orcwire_sync::thread;
 
 fn payload(seq: u64, len: usize) -> Vec<u8> {
     (0..len)

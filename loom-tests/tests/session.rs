@@ -12,12 +12,12 @@
 //! callback still queued then was never going to run).
 #![cfg(orcwire_loom)]
 
-use orcwire::sync::{thread, Arc, AtomicUsize, Ordering};
 use orcwire::{InlineTaskDispatcher, Session};
+use orcwire_sync::{thread, Arc, AtomicUsize, Ordering};
 
 /// The counters' handle is loom's `Arc`: the check in `Ran::drop` relies
 /// on the last drop being ordered after every other handle's use, which
-/// loom only knows of through its own reference count (`orcwire::sync::Arc`
+/// loom only knows of through its own reference count (`orcwire_sync::Arc`
 /// is std's under both backings).
 type Counters = loom::sync::Arc<Ran>;
 

@@ -69,7 +69,7 @@ use crate::liveness::{pidfd_open, LivenessError};
 use crate::mapping::SharedMapping;
 use crate::named::{NamedRendezvous, NamedRendezvousError};
 use crate::segment::{dup2_for_exec, Segment, SegmentError};
-use crate::sync::{lock, Mutex};
+use crate::sync::Mutex;
 use crate::transport::{required_size, ShmConfig, ShmTransport};
 
 /// Environment variable through which a spawned executor learns its fds:
@@ -409,13 +409,13 @@ impl ExecutorProcess {
     /// # Errors
     /// The OS error from `poll` or `waitpid`.
     pub fn wait_timeout(&self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        if let Some(s) = *lock(&self.status) {
+        if let Some(s) = *self.status.lock() {
             return Ok(Some(s));
         }
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(s) = lock(&self.child).try_wait()? {
-                *lock(&self.status) = Some(s);
+            if let Some(s) = self.child.lock().try_wait()? {
+                *self.status.lock() = Some(s);
                 return Ok(Some(s));
             }
             let now = Instant::now();
@@ -436,23 +436,23 @@ impl ExecutorProcess {
     /// # Errors
     /// The OS error from `kill`.
     pub fn kill(&self) -> io::Result<()> {
-        if lock(&self.status).is_some() {
+        if self.status.lock().is_some() {
             return Ok(());
         }
-        lock(&self.child).kill()
+        self.child.lock().kill()
     }
 
     fn kill_and_reap(&mut self) {
         let _ = self.kill();
-        if let Ok(s) = lock(&self.child).wait() {
-            *lock(&self.status) = Some(s);
+        if let Ok(s) = self.child.lock().wait() {
+            *self.status.lock() = Some(s);
         }
     }
 }
 
 impl Drop for ExecutorProcess {
     fn drop(&mut self) {
-        if lock(&self.status).is_none() {
+        if self.status.lock().is_none() {
             self.kill_and_reap();
         }
     }

@@ -635,7 +635,7 @@ pub(crate) mod loom_shared {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use crate::sync::{lock, Mutex};
+    use crate::sync::Mutex;
 
     type Objects = HashMap<usize, Arc<dyn Any + Send + Sync>>;
 
@@ -646,7 +646,7 @@ pub(crate) mod loom_shared {
     /// The object at `addr`, made with `make` on first use. Lookups happen
     /// when endpoints are built, before model threads share them.
     pub(crate) fn object<T: Any + Send + Sync>(addr: usize, make: impl FnOnce() -> T) -> Arc<T> {
-        let mut objects = lock(&OBJECTS);
+        let mut objects = OBJECTS.lock();
         if let Some(found) = objects.get(&addr) {
             if let Ok(typed) = Arc::clone(found).downcast::<T>() {
                 return typed;
@@ -659,7 +659,7 @@ pub(crate) mod loom_shared {
 
     /// Forgets every modelled object.
     pub(crate) fn reset() {
-        lock(&OBJECTS).clear();
+        OBJECTS.lock().clear();
     }
 }
 

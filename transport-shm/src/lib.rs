@@ -33,7 +33,8 @@ pub use mapping::{HeapMapping, SharedMapping};
 pub use named::{remove_stale_segments, NamedRendezvous, NamedRendezvousError};
 /// The std/loom shim shared with the core crate, so one
 /// `--cfg orcwire_loom` switches both.
-pub use orcwire::sync;
+/// The sync shim (std's or loom's primitives), as `crate::sync`.
+use orcwire_sync as sync;
 pub use ring::{heap_ring, RingConsumer, RingError, RingProducer, WriteStatus};
 pub use segment::{
     clear_cloexec, dup2_for_exec, inheritable_dup, page_size, Segment, SegmentError,

@@ -27,7 +27,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::sync::thread::{self, JoinHandle, ThreadId};
-use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 
 /// Most stray bytes drained from the socket per wake-up, so a peer that
 /// floods the channel cannot keep the watcher from seeing a stop request.
@@ -186,7 +186,7 @@ impl LivenessWatcher {
         if thread::current().id() == self.thread_id {
             return;
         }
-        let mut handle = lock(&self.handle);
+        let mut handle = self.handle.lock();
         if let Some(h) = handle.take() {
             // A panic in `on_death` ended the thread; it has nothing more
             // to report, and re-raising it here could abort in `Drop`.

@@ -59,7 +59,7 @@ use crate::layout::{
 use crate::liveness::{LivenessError, LivenessWatcher};
 use crate::mapping::SharedMapping;
 use crate::ring::{OutgoingMessage, RingConsumer, RingError, RingProducer, WriteStatus};
-use crate::sync::{lock, AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
 use crate::wait::{WaitOutcome, WaitStrategy, WakeWord};
 
 /// Local flag: [`Transport::close`] was called (or a fault closed us).
@@ -273,7 +273,7 @@ impl ShmTransport {
                 }
             }),
         )?;
-        if let Some(old) = lock(&self.watcher).replace(watcher) {
+        if let Some(old) = self.watcher.lock().replace(watcher) {
             old.stop();
         }
         Ok(())
@@ -340,7 +340,7 @@ impl ShmTransport {
 
     /// Records the first terminal error and sets `flag`.
     fn record(&self, flag: u32, err: TransportError) -> TransportError {
-        let mut first = lock(&self.first_error);
+        let mut first = self.first_error.lock();
         let first = first.get_or_insert(err);
         // SYNC POINT: local flags. Set under the lock after the error, so a
         // thread that sees the flag (`Acquire`) and takes the lock finds it.
@@ -349,7 +349,8 @@ impl ShmTransport {
     }
 
     fn terminal_error(&self) -> TransportError {
-        lock(&self.first_error)
+        self.first_error
+            .lock()
             .clone()
             .unwrap_or(TransportError::Closed)
     }
@@ -500,7 +501,7 @@ impl Transport for ShmTransport {
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError> {
-        let mut consumer = lock(&self.consumer);
+        let mut consumer = self.consumer.lock();
         loop {
             if self.is_terminated() {
                 return Err(self.terminal_error());

@@ -406,7 +406,7 @@ mod futex {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::sync::{lock, AtomicU32, Condvar, Mutex, Ordering};
+    use crate::sync::{AtomicU32, Condvar, Mutex, Ordering};
 
     type Queues = HashMap<usize, Arc<Condvar>>;
 
@@ -421,7 +421,7 @@ mod futex {
     /// time): the caller re-checks its deadline after every wake.
     pub(super) fn wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
         let addr = word as *const AtomicU32 as usize;
-        let mut queues = lock(&QUEUES);
+        let mut queues = QUEUES.lock();
         if word.load(Ordering::Acquire) != expected {
             return;
         }
@@ -432,14 +432,14 @@ mod futex {
     /// Loom model of `FUTEX_WAKE` for every waiter.
     pub(super) fn wake_all(word: &AtomicU32) {
         let addr = word as *const AtomicU32 as usize;
-        let queues = lock(&QUEUES);
+        let queues = QUEUES.lock();
         if let Some(queue) = queues.get(&addr) {
             queue.notify_all();
         }
     }
 
     pub(super) fn reset() {
-        lock(&QUEUES).clear();
+        QUEUES.lock().clear();
     }
 }
 

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use orcwire_shm::sync::{lock, Arc, Mutex, MutexGuard};
 use orcwire_shm::{pidfd_open, socket_pair, LivenessWatcher};
+use orcwire_sync::{Arc, Mutex, MutexGuard};
 
 use common::{open_fd_count, spawn_with_fd, Reaped};
 
@@ -27,7 +27,7 @@ const DEATH_LIMIT: Duration = Duration::from_millis(100);
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn serial() -> MutexGuard<'static, ()> {
-    lock(&SERIAL)
+    SERIAL.lock()
 }
 
 /// A `sleep 30` child holding `fd` as fd 3.
@@ -63,7 +63,7 @@ fn sigkill_is_seen_through_the_socket_within_100ms() {
     let (ours, theirs) = socket_pair().unwrap();
     let mut child = sleeper_holding(theirs);
     let (w, rx) = watch(ours, None);
-    orcwire_shm::sync::thread::sleep(Duration::from_millis(20)); // let it exec
+    orcwire_sync::thread::sleep(Duration::from_millis(20)); // let it exec
     assert!(!w.is_peer_dead());
     assert!(rx.try_recv().is_err(), "a live peer is not dead");
     let took = kill_and_time(&mut child, &rx);
@@ -146,7 +146,7 @@ fn concurrent_stops_all_wait_for_the_thread() {
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let w = Arc::clone(&w);
-            orcwire_shm::sync::thread::spawn(move || w.stop())
+            orcwire_sync::thread::spawn(move || w.stop())
         })
         .collect();
     for h in handles {
@@ -166,7 +166,7 @@ fn on_death_may_stop_and_drop_its_own_watcher() {
         ours,
         None,
         Box::new(move || {
-            let w = lock(&in_callback).take();
+            let w = in_callback.lock().take();
             if let Some(w) = w {
                 assert!(w.is_peer_dead());
                 w.stop(); // must not join itself
@@ -176,11 +176,11 @@ fn on_death_may_stop_and_drop_its_own_watcher() {
         }),
     )
     .unwrap();
-    *lock(&slot) = Some(w);
+    *slot.lock() = Some(w);
     drop(theirs);
     rx.recv_timeout(PATIENCE)
         .expect("on_death never finished: self-join deadlock?");
-    assert!(lock(&slot).is_none());
+    assert!(slot.lock().is_none());
 }
 
 /// One function so that the fd count is measured with nothing else of

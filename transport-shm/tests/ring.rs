@@ -15,8 +15,8 @@ use orcwire_shm::ring::{
     heap_ring, ring_pair, FrameHeader, OutgoingMessage, RingConsumer, RingError, RingProducer,
     WriteStatus, FIRST, FRAME_HEADER_SIZE, LAST,
 };
-use orcwire_shm::sync::{thread, AtomicBool, AtomicU64, Ordering};
 use orcwire_shm::{HeapMapping, SharedMapping};
+use orcwire_sync::{thread, AtomicBool, AtomicU64, Ordering};
 
 // ---- allocation tracking -------------------------------------------------
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use orcwire::{Message, Opcode, Received, Transport, TransportError};
 use orcwire_shm::layout::{RingCapacity, RingControl};
-use orcwire_shm::sync::{thread, AtomicU64, Ordering};
 use orcwire_shm::wait::WaitStrategy;
 use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
+use orcwire_sync::{thread, AtomicU64, Ordering};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const PROMPT: Duration = Duration::from_millis(100);

@@ -10,7 +10,7 @@ use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffer};
 
 use crate::launch::attach_inherited;
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::{Arc, Condvar, Mutex};
 
 use super::{floor, peer, pin, BenchError, TransportKind};
 
@@ -170,15 +170,12 @@ fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
         Arc::new((Mutex::new(None), Condvar::new()));
     let ended_cb = Arc::clone(&ended);
     endpoint.on_disconnect(move |reason| {
-        *lock(&ended_cb.0) = Some(reason.clone());
+        *ended_cb.0.lock() = Some(reason.clone());
         ended_cb.1.notify_all();
     });
-    let mut reason = lock(&ended.0);
+    let mut reason = ended.0.lock();
     while reason.is_none() {
-        reason = match ended.1.wait(reason) {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        reason = ended.1.wait(reason);
     }
     match reason.take().unwrap_or(DisconnectReason::Local) {
         DisconnectReason::Local | DisconnectReason::PeerHungUp => Ok(()),

@@ -28,7 +28,7 @@ impl Reaped {
                 "child {} did not exit within {limit:?}",
                 self.0.id()
             );
-            orcwire_shm::sync::thread::sleep(Duration::from_millis(2));
+            orcwire_sync::thread::sleep(Duration::from_millis(2));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `orcwire demo`: spawn this binary as the executor and call both ways.
 
-use orcwire::sync::thread;
+use orcwire_sync::thread;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
