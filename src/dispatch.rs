@@ -89,7 +89,7 @@ loom::thread_local! {
 /// callback-based API instead.
 ///
 /// ```
-/// use orcwire::dispatch::{is_dispatcher_thread, InlineTaskDispatcher, TaskDispatcher};
+/// use orcwire::{is_dispatcher_thread, InlineTaskDispatcher, TaskDispatcher};
 ///
 /// assert!(!is_dispatcher_thread());
 /// let d = InlineTaskDispatcher::new();
@@ -161,14 +161,14 @@ fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
 ///
 /// ```
 /// use std::sync::mpsc;
-/// use orcwire::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
+/// use orcwire::{TaskDispatcher, ThreadPoolTaskDispatcher};
 ///
 /// let pool = ThreadPoolTaskDispatcher::new(2)?;
 /// let (tx, rx) = mpsc::channel();
 /// pool.dispatch(Box::new(move || tx.send(6 * 7).unwrap()));
 /// pool.shutdown();
 /// assert_eq!(rx.try_recv().unwrap(), 42);
-/// # Ok::<(), orcwire::dispatch::DispatchError>(())
+/// # Ok::<(), orcwire::DispatchError>(())
 /// ```
 pub struct ThreadPoolTaskDispatcher {
     shared: Arc<PoolShared>,
@@ -360,7 +360,7 @@ impl std::fmt::Debug for ThreadPoolTaskDispatcher {
 /// counted ([`panicked_tasks`](Self::panicked_tasks)).
 ///
 /// ```
-/// use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher};
+/// use orcwire::{InlineTaskDispatcher, TaskDispatcher};
 /// use orcwire_sync::{Arc, AtomicBool, Ordering};
 ///
 /// let d = InlineTaskDispatcher::new();

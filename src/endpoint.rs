@@ -14,7 +14,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use orcwire::{ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
-//! use orcwire::stream::StreamConfig;
+//! use orcwire::StreamConfig;
 //!
 //! let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
 //! // The executor side usually runs in another process; a thread will do here.
@@ -33,6 +33,61 @@
 //! controller.disconnect();
 //! executor.join().unwrap().disconnect();
 //! ```
+//!
+//! # How an endpoint works
+//! The engine behind [`Endpoint`] decides who reads the inbound side, who
+//! runs handlers, and how a disconnect proceeds.
+//!
+//! ## Roles
+//! * The **lead**: exactly one thread at a time reads the transport. While
+//!   it leads it only *routes*: a result completes its pending-call slot, an
+//!   incoming call is handed on (never run), a `Hangup` ends the
+//!   connection. Routing never blocks on the peer: incoming calls beyond
+//!   [`EndpointConfig::max_queued_calls`] are refused with a "busy" error
+//!   result instead of stopping the reader.
+//! * **Callers** waiting synchronously for their own result take the lead
+//!   themselves, so a lone caller writes its frame and reads its result on
+//!   its own thread: no hand-over, no thread hop. A waiting caller never
+//!   runs a handler (seed 002: a wait is explicit and runs nothing else):
+//!   calls it reads go to the queue for a worker.
+//! * **Workers** are the connection's own threads (`orcwire-rx`). One
+//!   starts with the connection; it leads while no caller wants to. When a
+//!   worker reads a call it gives up the lead and runs the handler itself,
+//!   on the thread that read it (no hop), or hands it to the user's
+//!   [`TaskDispatcher`] if one was configured. Before a worker runs a
+//!   handler it makes sure another worker is idle (spawning one, up to
+//!   [`EndpointConfig::max_workers`]), so handlers that call the peer back
+//!   (re-entrant chains) or block never leave the connection unread.
+//!
+//! ## Deadlock freedom
+//! A thread that sends and finds the transport full calls the engine's
+//! `on_wait` hook before it sleeps; the hook makes sure some other thread
+//! leads (waking or starting a worker), so the inbound side keeps draining
+//! and the peer's sends — and so its reading — can progress. At the worker
+//! cap the last free worker does not start a handler: it keeps reading and
+//! queues (or refuses) calls. A standby worker (started with the first
+//! call) also takes a lead left free while a handler runs — it notices
+//! within 100 ms, then looks every millisecond — so results
+//! for futures flow even while a handler blocks without sending. If every
+//! worker is inside a handler that blocks without sending or calling the
+//! peer, reading resumes when one of them returns.
+//!
+//! ## Disconnect
+//! 1. Close the gate: no call can start, no incoming call is accepted,
+//!    no handler starts (each handler start enters the gate). Exactly one
+//!    caller (the *doer*) does steps 2-6; all others wait for step 6.
+//! 2. Drop the queued incoming calls without running them; wait (bounded)
+//!    for calls being sent to leave the gate.
+//! 3. Send `Hangup`: to the peer it is the request, or our acknowledgement.
+//! 4. If we started it, wait (bounded by `hangup_timeout`) for the peer's
+//!    `Hangup`, end of stream, or death.
+//! 5. Close the transport; fail every pending call with `Disconnected`, or
+//!    `PeerDied` if the peer is known dead.
+//! 6. Mark the connection disconnected, stop the workers, run the
+//!    disconnect callbacks.
+//!
+//! When `disconnect()` returns no handler of the endpoint starts any more;
+//! handlers already running may finish, and their results are discarded.
 
 use std::fmt;
 use std::time::Instant;
@@ -106,7 +161,7 @@ pub struct ControllerBuilder {
 
 impl ControllerBuilder {
     /// A builder with no handlers, handlers run on the connection's own
-    /// workers (see [`engine`](crate::engine)),
+    /// workers (see [How an endpoint works](self#how-an-endpoint-works)),
     /// and default [`EndpointConfig`].
     pub fn new() -> Self {
         Self {
@@ -220,7 +275,7 @@ pub struct ExecutorBuilder {
 
 impl ExecutorBuilder {
     /// A builder with no functions, functions run on the connection's own
-    /// workers (see [`engine`](crate::engine)),
+    /// workers (see [How an endpoint works](self#how-an-endpoint-works)),
     /// and default [`EndpointConfig`].
     pub fn new() -> Self {
         Self {
@@ -473,7 +528,7 @@ impl Endpoint {
     /// ```
     /// use std::time::Duration;
     /// use orcwire::{CallError, ControllerBuilder, ExecutorBuilder, StreamTransport};
-    /// use orcwire::stream::StreamConfig;
+    /// use orcwire::StreamConfig;
     ///
     /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
     /// let executor = std::thread::spawn(move || {
@@ -521,7 +576,7 @@ impl Endpoint {
     /// a handler; every caller returns only when no further call can be
     /// made or accepted on this side, the peer has been told, and every
     /// pending call has completed (with an error if no result came). See
-    /// the [engine docs](crate::engine) for the steps.
+    /// [the disconnect steps](self#disconnect).
     pub fn disconnect(&self) {
         self.inner.disconnect(DisconnectReason::Local);
     }

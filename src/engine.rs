@@ -1,56 +1,8 @@
 //! The connection engine behind [`Endpoint`](crate::Endpoint): who reads
 //! the inbound side, who runs handlers, and the disconnect protocol.
 //!
-//! # Roles
-//! * The **lead**: exactly one thread at a time reads the transport. While
-//!   it leads it only *routes*: a result completes its pending-call slot, an
-//!   incoming call is handed on (never run), a `Hangup` ends the
-//!   connection. Routing never blocks on the peer: incoming calls beyond
-//!   [`EndpointConfig::max_queued_calls`] are refused with a "busy" error
-//!   result instead of stopping the reader.
-//! * **Callers** waiting synchronously for their own result take the lead
-//!   themselves, so a lone caller writes its frame and reads its result on
-//!   its own thread: no hand-over, no thread hop. A waiting caller never
-//!   runs a handler (seed 002: a wait is explicit and runs nothing else):
-//!   calls it reads go to the queue for a worker.
-//! * **Workers** are the connection's own threads (`orcwire-rx`). One
-//!   starts with the connection; it leads while no caller wants to. When a
-//!   worker reads a call it gives up the lead and runs the handler itself,
-//!   on the thread that read it (no hop), or hands it to the user's
-//!   [`TaskDispatcher`] if one was configured. Before a worker runs a
-//!   handler it makes sure another worker is idle (spawning one, up to
-//!   [`EndpointConfig::max_workers`]), so handlers that call the peer back
-//!   (re-entrant chains) or block never leave the connection unread.
-//!
-//! # Deadlock freedom
-//! A thread that sends and finds the transport full calls the engine's
-//! `on_wait` hook before it sleeps; the hook makes sure some other thread
-//! leads (waking or starting a worker), so the inbound side keeps draining
-//! and the peer's sends — and so its reading — can progress. At the worker
-//! cap the last free worker does not start a handler: it keeps reading and
-//! queues (or refuses) calls. A standby worker (started with the first
-//! call) also takes a lead left free while a handler runs — it notices
-//! within `IDLE_LOOK` (100 ms), then looks every [`HANDOVER`] — so results
-//! for futures flow even while a handler blocks without sending. If every
-//! worker is inside a handler that blocks without sending or calling the
-//! peer, reading resumes when one of them returns.
-//!
-//! # Disconnect
-//! 1. Close the [`Gate`]: no call can start, no incoming call is accepted,
-//!    no handler starts (each handler start enters the gate). Exactly one
-//!    caller (the *doer*) does steps 2-6; all others wait for step 6.
-//! 2. Drop the queued incoming calls without running them; wait (bounded)
-//!    for calls being sent to leave the gate.
-//! 3. Send `Hangup`: to the peer it is the request, or our acknowledgement.
-//! 4. If we started it, wait (bounded by `hangup_timeout`) for the peer's
-//!    `Hangup`, end of stream, or death.
-//! 5. Close the transport; fail every pending call with `Disconnected`, or
-//!    `PeerDied` if the peer is known dead.
-//! 6. Mark the connection disconnected, stop the workers, run the
-//!    disconnect callbacks.
-//!
-//! When `disconnect()` returns no handler of the endpoint starts any more;
-//! handlers already running may finish, and their results are discarded.
+//! The protocol (roles, deadlock freedom, disconnect) is documented for
+//! users in [`crate::endpoint`]; this module implements it.
 
 use std::cell::Cell;
 use std::collections::VecDeque;

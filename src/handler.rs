@@ -98,7 +98,7 @@ impl Responder {
     ///
     /// ```
     /// use orcwire::{ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
-    /// use orcwire::stream::StreamConfig;
+    /// use orcwire::StreamConfig;
     ///
     /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
     /// let executor = std::thread::spawn(move || {

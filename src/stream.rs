@@ -102,10 +102,10 @@ const MAX_MESSAGE_SIZE_LIMIT: u64 = (isize::MAX as u64) - HEADER_SIZE as u64;
 /// Limits of a [`StreamTransport`].
 ///
 /// ```
-/// use orcwire::stream::StreamConfig;
+/// use orcwire::StreamConfig;
 ///
 /// let config = StreamConfig { max_message_size: 16 << 20 };
-/// assert_eq!(StreamConfig::default().max_message_size, orcwire::stream::DEFAULT_MAX_MESSAGE_SIZE);
+/// assert_eq!(StreamConfig::default().max_message_size, orcwire::DEFAULT_MAX_MESSAGE_SIZE);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamConfig {
@@ -179,7 +179,7 @@ impl Kind {
 /// threading, backpressure and shutdown rules.
 ///
 /// ```
-/// use orcwire::stream::{StreamConfig, StreamTransport};
+/// use orcwire::{StreamConfig, StreamTransport};
 /// use orcwire::{Opcode, Received, Transport};
 ///
 /// let (a, b) = StreamTransport::pipe_pair(StreamConfig::default())?;
@@ -291,7 +291,7 @@ impl StreamTransport {
     /// switched to non-blocking mode.
     ///
     /// ```
-    /// use orcwire::stream::{StreamConfig, StreamTransport};
+    /// use orcwire::{StreamConfig, StreamTransport};
     /// use orcwire::Transport;
     /// use std::os::fd::OwnedFd;
     /// use std::os::unix::net::UnixStream;

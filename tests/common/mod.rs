@@ -148,7 +148,7 @@ pub type MakeDispatcher = Option<fn() -> std::sync::Arc<dyn orcwire::TaskDispatc
 /// Every way to run handlers, by name: the connection's workers, an
 /// inline dispatcher, and a pool of two threads.
 pub fn dispatchers() -> [(&'static str, MakeDispatcher); 3] {
-    use orcwire::dispatch::{InlineTaskDispatcher, ThreadPoolTaskDispatcher};
+    use orcwire::{InlineTaskDispatcher, ThreadPoolTaskDispatcher};
     [
         ("workers", None),
         (

@@ -7,7 +7,7 @@
 //! attacker cannot pre-create the name and make us use their object) with
 //! mode 0600, and writes into it, with `pwrite`, a 32-byte record: its pid,
 //! and the number of the fd under which it holds the connection's sealed
-//! memfd [`Segment`](crate::Segment). The executor checks the object (our
+//! memfd [`Segment`]. The executor checks the object (our
 //! uid, mode exactly 0600, a regular file), reads the record with `pread`,
 //! and opens the memfd through `/proc/<pid>/fd/<fd>`; from there on it is
 //! the memfd flow: [`Segment::from_fd`](crate::Segment::from_fd) checks the

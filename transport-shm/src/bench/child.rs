@@ -6,8 +6,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
-use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffer};
+use orcwire::{StreamConfig, StreamTransport};
 
 use crate::launch::attach_inherited;
 use crate::sync::{Arc, Condvar, Mutex};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, Transport, WrapperFunctionBuffer};
+use orcwire::{StreamConfig, StreamTransport};
 
 use crate::launch::{ExecutorCommand, ExecutorProcess};
 use crate::segment::dup2_for_exec;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use orcwire::dispatch::{TaskDispatcher, ThreadPoolTaskDispatcher};
+use orcwire::{TaskDispatcher, ThreadPoolTaskDispatcher};
 
 use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
 
