@@ -105,7 +105,7 @@ const MAX_MESSAGE_SIZE_LIMIT: u64 = (isize::MAX as u64) - HEADER_SIZE as u64;
 /// use orcwire::StreamConfig;
 ///
 /// let config = StreamConfig { max_message_size: 16 << 20 };
-/// assert_eq!(StreamConfig::default().max_message_size, orcwire::DEFAULT_MAX_MESSAGE_SIZE);
+/// assert_eq!(StreamConfig::default().max_message_size, orcwire::stream::DEFAULT_MAX_MESSAGE_SIZE);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamConfig {
