@@ -178,12 +178,7 @@ fn endpoints(pair: &Pair) -> (Endpoint, Endpoint) {
         ExecutorBuilder::new()
             .config(config())
             .sync_function("xor", |a: &[u8]| WrapperFunctionBuffer::from_vec(xor(a)))
-            .function("hang", |_a, r| {
-                thread::spawn(move || {
-                    thread::sleep(LIMIT);
-                    drop(r);
-                });
-            })
+            .function("hang", |_a, r| common::never_answer(r, LIMIT))
             .sync_function("sizes", move |_a: &[u8]| {
                 let Some(ep) = me2.get() else {
                     return WrapperFunctionBuffer::out_of_band_error("not connected yet");
@@ -217,12 +212,7 @@ fn endpoints(pair: &Pair) -> (Endpoint, Endpoint) {
         .sync_handler("ctl_xor", |a: &[u8]| {
             WrapperFunctionBuffer::from_vec(xor(a))
         })
-        .handler("ctl_hang", |_a, r| {
-            thread::spawn(move || {
-                thread::sleep(LIMIT);
-                drop(r);
-            });
-        })
+        .handler("ctl_hang", |_a, r| common::never_answer(r, LIMIT))
         .connect(Arc::clone(&pair.controller))
         .unwrap();
     let executor = common::join_bounded(executor, LIMIT);

@@ -182,3 +182,13 @@ pub fn connect_pair(
     let controller = controller.connect(c).unwrap();
     (controller, executor)
 }
+
+/// A handler that never answers while the test runs: it keeps the
+/// responder alive (so the call stays pending, without the "dropped
+/// without an answer" error) for `limit`, on a thread of its own.
+pub fn never_answer(responder: orcwire::Responder, limit: Duration) {
+    thread::spawn(move || {
+        thread::sleep(limit);
+        drop(responder);
+    });
+}
