@@ -99,7 +99,7 @@ use crate::engine::{Driver, Inner};
 use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
 use crate::pending::{CallError, CallHost, PendingCall};
-use crate::sps::{self, SetupInfo};
+use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::Arc;
 use crate::transport::{Received, Transport, TransportError};
 
@@ -229,7 +229,7 @@ impl ControllerBuilder {
         }
         let timeout = self.common.config.setup_timeout;
         let deadline = Instant::now() + timeout;
-        let setup = loop {
+        let (setup, dialect) = loop {
             match transport.recv(Some(deadline))? {
                 Received::Message(m) if m.opcode == Opcode::Setup => {
                     break SetupInfo::decode(m.payload.as_slice())?;
@@ -239,23 +239,33 @@ impl ControllerBuilder {
                 Received::TimedOut => return Err(ConnectError::SetupTimeout(timeout)),
             }
         };
-        let version = setup.protocol_version()?;
-        if version != sps::PROTOCOL_VERSION {
-            return Err(ConnectError::Setup(sps::SpsError::VersionMismatch {
-                ours: sps::PROTOCOL_VERSION,
-                theirs: version,
-            }));
-        }
         let mut table = HandlerTable::default();
-        for (name, tag) in setup.handler_tags() {
-            match self.handlers.iter().find(|(n, _)| n == name) {
-                Some((_, f)) => table.insert(HandlerTag::new(tag), name, Arc::clone(f)),
-                None => table.insert_unbound(HandlerTag::new(tag), name),
+        if dialect == Dialect::Orcwire {
+            // The protocol entry is a capability: present, it must match.
+            let version = setup.protocol_version()?;
+            if version != sps::PROTOCOL_VERSION {
+                return Err(ConnectError::Setup(sps::SpsError::VersionMismatch {
+                    ours: sps::PROTOCOL_VERSION,
+                    theirs: version,
+                }));
+            }
+            for (name, tag) in setup.handler_tags() {
+                match self.handlers.iter().find(|(n, _)| n == name) {
+                    Some((_, f)) => table.insert(HandlerTag::new(tag), name, Arc::clone(f)),
+                    None => table.insert_unbound(HandlerTag::new(tag), name),
+                }
             }
         }
         let dispatcher = self.common.dispatcher();
         let config = self.common.config.clone();
-        let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
+        let inner = Inner::new(
+            Arc::clone(transport),
+            table,
+            dispatcher,
+            config,
+            setup,
+            dialect,
+        );
         Endpoint::start(inner, Role::Controller)
     }
 }
@@ -271,6 +281,7 @@ pub struct ExecutorBuilder {
     common: Common,
     functions: Vec<(String, Arc<HandlerFn>)>,
     handler_names: Vec<String>,
+    dialect: Dialect,
 }
 
 impl ExecutorBuilder {
@@ -282,6 +293,7 @@ impl ExecutorBuilder {
             common: Common::new(),
             functions: Vec::new(),
             handler_names: Vec::new(),
+            dialect: Dialect::Orcwire,
         }
     }
 
@@ -301,6 +313,17 @@ impl ExecutorBuilder {
         F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
     {
         self.functions.push((name.to_owned(), wrap_sync(f)));
+        self
+    }
+
+    /// Speaks `dialect` to the controller (default
+    /// [`Dialect::Orcwire`]): [`Dialect::Llvm14`] or [`Dialect::Llvm15`]
+    /// for a controller that is LLVM's own `SimpleRemoteEPC` of that
+    /// version. The executor talks first, so it must be told. Controller
+    /// handlers ([`controller_handler`](Self::controller_handler)) exist
+    /// only between orcwire endpoints.
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
         self
     }
 
@@ -339,6 +362,9 @@ impl ExecutorBuilder {
 
     fn connect_inner(&mut self, transport: &Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
         let mut setup = SetupInfo::new_orcwire(sps::host_target_triple(), sps::host_page_size());
+        if self.dialect != Dialect::Orcwire {
+            setup.bootstrap_map.clear();
+        }
         let mut table = HandlerTable::default();
         let mut names = std::collections::HashSet::new();
         // Tags are small integers counted from 1, so they reveal nothing
@@ -361,10 +387,17 @@ impl ExecutorBuilder {
             setup.bootstrap_symbols.push((full, next_tag));
             next_tag += 1;
         }
-        transport.send(Opcode::Setup, 0, 0, &setup.encode())?;
+        transport.send(Opcode::Setup, 0, 0, &setup.encode_for(self.dialect))?;
         let dispatcher = self.common.dispatcher();
         let config = self.common.config.clone();
-        let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
+        let inner = Inner::new(
+            Arc::clone(transport),
+            table,
+            dispatcher,
+            config,
+            setup,
+            self.dialect,
+        );
         Endpoint::start(inner, Role::Executor)
     }
 }
@@ -471,12 +504,33 @@ impl Endpoint {
 
     /// The tag of the executor wrapper function `name`, as published in
     /// `Setup`.
+    ///
+    /// Against an LLVM executor only its wrapper functions (names ending
+    /// in `_wrapper`) have tags: a tag is the function's address in the
+    /// executor, and "only registered entry points can be called" is then
+    /// the executor's guarantee to give, not orcwire's. A call to a bad
+    /// tag crashes LLVM's executor; orcwire reports that as the peer's
+    /// hang-up or death and fails the pending calls. Other published
+    /// addresses (data objects such as `..._Instance`) are read with
+    /// [`bootstrap_symbol`](Self::bootstrap_symbol).
     pub fn function_tag(&self, name: &str) -> Option<HandlerTag> {
         self.inner
             .setup
-            .functions()
+            .functions(self.inner.dialect)
             .find(|(n, _)| *n == name)
             .map(|(_, t)| HandlerTag::new(t))
+    }
+
+    /// The address (or, from an orcwire executor, the tag) the executor
+    /// published under `name` in its `Setup`, whatever it names.
+    pub fn bootstrap_symbol(&self, name: &str) -> Option<u64> {
+        self.inner.setup.symbol(name)
+    }
+
+    /// What the peer speaks, as its `Setup` showed (the executor's own
+    /// choice on the executor side).
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
     }
 
     /// The tag under which the executor calls the controller handler

@@ -84,10 +84,19 @@ impl Inner {
             self.gate
                 .wait_idle_until(Instant::now() + self.config.hangup_timeout);
         }
-        // Step 3: tell the peer (request or acknowledgement), bounded.
-        let _ = self
-            .transport
-            .send_until(Opcode::Hangup, 0, 0, &[], Some(deadline), &|| {});
+        // Step 3: tell the peer (request or acknowledgement), bounded,
+        // unless its end is already closed. The payload is an SPS `Error`,
+        // as LLVM's programs expect: success, or why we end the session.
+        if !self.conn.lock().stream_ended {
+            let why = match self.reason() {
+                Some(DisconnectReason::Protocol(what)) => Some(what),
+                _ => None,
+            };
+            let payload = sps::encode_error(why.as_deref());
+            let _ = self
+                .transport
+                .send_until(Opcode::Hangup, 0, 0, &payload, Some(deadline), &|| {});
+        }
         // Step 4: wait for the peer's answer if we asked first. Results
         // already on their way are still delivered meanwhile.
         if !self.peer_gone() {
@@ -186,7 +195,7 @@ impl Inner {
                 match self.transport.recv(Some(deadline)) {
                     Ok(Received::Message(m)) => match m.opcode {
                         Opcode::Result => {
-                            if let Ok((seq, outcome)) = Self::outcome_of(m) {
+                            if let Ok((seq, outcome)) = self.outcome_of(m) {
                                 let _ = self.pending.complete(seq, Ok(outcome));
                             }
                         }
@@ -199,7 +208,7 @@ impl Inner {
                     Ok(Received::Interrupted) => continue,
                     Ok(Received::TimedOut) => break,
                     Err(_) => {
-                        self.note_peer_gone();
+                        self.note_stream_ended();
                         break;
                     }
                 }

@@ -55,7 +55,7 @@ impl Inner {
                     // SYNC POINT: reading dead. Pairs with the Acquire
                     // loads before every try to lead.
                     self.rx_dead.store(true, Ordering::Release);
-                    self.note_peer_gone();
+                    self.note_stream_ended();
                     turn.disconnect = Some(DisconnectReason::from_transport(e));
                     return turn;
                 }
@@ -64,7 +64,20 @@ impl Inner {
     }
 
     /// The outcome a `Result` message carries, or why it is malformed.
-    pub(super) fn outcome_of(msg: Message) -> Result<(u64, WrapperFunctionBuffer), String> {
+    pub(super) fn outcome_of(
+        &self,
+        msg: Message,
+    ) -> Result<(u64, WrapperFunctionBuffer), String> {
+        if self.dialect.is_llvm() {
+            // LLVM sends every result, errors included, under tag 0.
+            return match msg.tag {
+                0 => Ok((msg.seq, msg.payload)),
+                other => Err(format!(
+                    "result for sequence number {} has tag {other}; LLVM's protocol sends results with tag 0",
+                    msg.seq
+                )),
+            };
+        }
         match msg.tag {
             RESULT_OK => Ok((msg.seq, msg.payload)),
             RESULT_ERROR => Ok((
@@ -83,7 +96,7 @@ impl Inner {
     /// Routes one message. Never blocks.
     pub(super) fn route(self: &Arc<Self>, msg: Message, worker: bool, turn: &mut Turn) {
         match msg.opcode {
-            Opcode::Result => match Self::outcome_of(msg) {
+            Opcode::Result => match self.outcome_of(msg) {
                 Ok((seq, outcome)) => {
                     if let Err(e) = self.pending.complete(seq, Ok(outcome)) {
                         self.protocol_error(e.to_string(), turn);
@@ -114,10 +127,13 @@ impl Inner {
                     );
                 }
             }
-            Opcode::Hangup => {
-                self.note_peer_gone();
-                turn.disconnect = Some(DisconnectReason::PeerHungUp);
-            }
+            Opcode::Hangup => match sps::decode_error(msg.payload.as_slice()) {
+                Ok(_) => {
+                    self.note_peer_gone();
+                    turn.disconnect = Some(DisconnectReason::PeerHungUp);
+                }
+                Err(e) => self.protocol_error(format!("the peer's Hangup is malformed: {e}"), turn),
+            },
             Opcode::Setup => self.protocol_error(
                 "a second Setup message arrived after the connection was set up".into(),
                 turn,
@@ -135,6 +151,15 @@ impl Inner {
     pub(super) fn note_peer_gone(&self) {
         let mut c = self.conn.lock();
         c.peer_gone = true;
+        self.conn_cv.notify_all();
+    }
+
+    /// Reading ended for good (end of stream, death, broken transport):
+    /// the peer is gone and nothing more may be sent.
+    pub(super) fn note_stream_ended(&self) {
+        let mut c = self.conn.lock();
+        c.peer_gone = true;
+        c.stream_ended = true;
         self.conn_cv.notify_all();
     }
 

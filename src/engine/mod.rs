@@ -15,7 +15,7 @@ use crate::gate::Gate;
 use crate::handler::{HandlerTable, Responder, ResultSink};
 use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
 use crate::pending::{CallError, CallHost, PendingTable};
-use crate::sps::SetupInfo;
+use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::{
     fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
     Ordering,
@@ -164,6 +164,10 @@ struct ConnState {
     phase: Phase,
     /// The peer said `Hangup`, closed its end, or died.
     peer_gone: bool,
+    /// Reading ended: end of stream, death, or a broken transport. Then
+    /// nothing more is sent (LLVM's programs close their end after their
+    /// `Hangup`; writing into it would only fail).
+    stream_ended: bool,
     reason: Option<DisconnectReason>,
 }
 
@@ -214,6 +218,8 @@ pub(crate) struct Inner {
     pub(crate) dispatcher: Option<Arc<dyn TaskDispatcher>>,
     pub(crate) config: EndpointConfig,
     pub(crate) setup: SetupInfo,
+    /// What the peer speaks: decides result kinds and error results.
+    pub(crate) dialect: Dialect,
     /// [`FREE`], [`WORKER`] or [`CALLER`].
     lead: AtomicU32,
     /// The transport reported a terminal error: nobody reads again (each
@@ -345,6 +351,7 @@ impl Inner {
         dispatcher: Option<Arc<dyn TaskDispatcher>>,
         config: EndpointConfig,
         setup: SetupInfo,
+        dialect: Dialect,
     ) -> Arc<Self> {
         let queue = VecDeque::with_capacity(config.max_queued_calls.clamp(1, 1 << 16));
         Arc::new(Self {
@@ -354,6 +361,7 @@ impl Inner {
             handlers,
             dispatcher,
             setup,
+            dialect,
             lead: AtomicU32::new(FREE),
             rx_dead: AtomicBool::new(false),
             callers: AtomicUsize::new(0),
@@ -380,6 +388,7 @@ impl Inner {
             conn: Mutex::new(ConnState {
                 phase: Phase::Open,
                 peer_gone: false,
+                stream_ended: false,
                 reason: None,
             }),
             conn_cv: Condvar::new(),
@@ -387,6 +396,17 @@ impl Inner {
             user_handle: Mutex::new(None),
             config,
         })
+    }
+
+    /// How an error result travels in the peer's dialect: its text under
+    /// [`RESULT_ERROR`] to orcwire, an empty result under tag 0 to LLVM
+    /// (see [`Dialect`]).
+    pub(super) fn error_result<'a>(&self, message: &'a str) -> (u64, &'a [u8]) {
+        if self.dialect.is_llvm() {
+            (RESULT_OK, &[])
+        } else {
+            (RESULT_ERROR, message.as_bytes())
+        }
     }
 
     fn id(&self) -> usize {
@@ -473,7 +493,7 @@ impl ResultSink for Inner {
             return; // Disconnecting: the caller's call fails on its side.
         };
         let (kind, bytes) = match result.error_message() {
-            Some(msg) => (RESULT_ERROR, msg.as_bytes()),
+            Some(msg) => self.error_result(msg),
             None => (RESULT_OK, result.as_slice()),
         };
         match self.send(Opcode::Result, seq, kind, bytes, None) {
@@ -481,7 +501,8 @@ impl ResultSink for Inner {
                 let msg = format!(
                     "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
                 );
-                let _ = self.send(Opcode::Result, seq, RESULT_ERROR, msg.as_bytes(), None);
+                let (kind, bytes) = self.error_result(&msg);
+                let _ = self.send(Opcode::Result, seq, kind, bytes, None);
             }
             // The connection is ending; the caller's pending call fails
             // with the disconnect.

@@ -161,12 +161,13 @@ impl Inner {
 
     pub(super) fn send_refusals(self: &Arc<Self>, seqs: &[u64]) {
         const BUSY: &str = "the callee is busy: its queue of incoming calls is full; call again later, or raise its EndpointConfig::max_queued_calls";
+        let (kind, bytes) = self.error_result(BUSY);
         for &seq in seqs {
             let Ok(_inside) = self.gate.enter() else {
                 return;
             };
             if self
-                .send(Opcode::Result, seq, RESULT_ERROR, BUSY.as_bytes(), None)
+                .send(Opcode::Result, seq, kind, bytes, None)
                 .is_err()
             {
                 return;

@@ -79,7 +79,7 @@ fn demo(opts: &Options) -> DemoResult<()> {
         .map_err(|e| format!("connecting: {e}"))?;
     let names: Vec<&str> = controller
         .setup_info()
-        .functions()
+        .functions(controller.dialect())
         .map(|(n, _)| n)
         .collect();
     println!("  executor publishes: {}", names.join(", "));
