@@ -97,6 +97,11 @@ use write::*;
 /// Size of the frame header: four little-endian `u64`s.
 pub const HEADER_SIZE: usize = 32;
 
+/// How long an end of stream waits for a watched peer process's exit to
+/// become visible ([`StreamTransport::watch_process`]): a dying process
+/// closes its descriptors just before it is marked exited.
+pub const DEATH_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Default [`StreamConfig::max_message_size`]: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1 << 30;
 
@@ -223,6 +228,12 @@ pub struct StreamTransport {
     /// The read side, with any frame read only in part. Held by the one
     /// `recv` at a time for as long as it reads or waits.
     reader: Mutex<FrameReader>,
+    /// A pidfd of the peer process, when the application knows it
+    /// ([`watch_process`](StreamTransport::watch_process)): an end of
+    /// stream is then told apart from the peer's death.
+    peer_process: Mutex<Option<OwnedFd>>,
+    /// Set once the peer process was seen dead.
+    peer_dead: AtomicBool,
 }
 
 /// What every operation consults: the stop and interrupt signals and the
@@ -375,6 +386,57 @@ impl StreamTransport {
         Ok((a, b))
     }
 
+    /// Watches the peer process `pid` (a child this process started, for
+    /// example `llvm-jitlink-executor`): when the stream ends without a
+    /// `Hangup`, the transport then reports
+    /// [`PeerDied`](TransportError::PeerDied) if that process has exited
+    /// (looking up to [`DEATH_GRACE`] for the exit to become visible after
+    /// the end of stream), and [`PeerHungUp`](TransportError::PeerHungUp)
+    /// otherwise. Pending calls then fail with `CallError::PeerDied`.
+    ///
+    /// # Errors
+    /// [`StreamError::Os`] when `pidfd_open` fails (no such process, or a
+    /// kernel before 5.3).
+    pub fn watch_process(&self, pid: u32) -> Result<(), StreamError> {
+        let os = |source| StreamError::Os {
+            what: "open a pidfd of the peer process",
+            source,
+        };
+        let pid = libc::pid_t::try_from(pid)
+            .map_err(|_| os(std::io::Error::from_raw_os_error(libc::ESRCH)))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or
+        // -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = i32::try_from(fd).map_err(|_| os(std::io::Error::last_os_error()))?;
+        if fd < 0 {
+            return Err(os(std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns
+        // it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        *self.peer_process.lock() = Some(fd);
+        Ok(())
+    }
+
+    /// At an end of stream: whether the watched peer process has exited
+    /// (waiting up to [`DEATH_GRACE`] for its exit to show).
+    fn peer_exited(&self) -> bool {
+        let guard = self.peer_process.lock();
+        let Some(pidfd) = guard.as_ref() else {
+            return false;
+        };
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let grace =
+            PollTimeout::try_from(DEATH_GRACE.as_millis() as i32).unwrap_or(PollTimeout::ZERO);
+        let exited = matches!(poll(&mut fds, grace), Ok(n) if n > 0);
+        if exited {
+            // SYNC POINT: none; a flag read by `peer_died` after the error
+            // that this recv returns, under the reader lock.
+            self.peer_dead.store(true, Ordering::Release);
+        }
+        exited
+    }
+
     /// Two transports connected by a Unix socket pair, for in-process use
     /// and tests.
     ///
@@ -425,6 +487,8 @@ impl StreamTransport {
             write_is_socket,
             room_wait: AtomicBool::new(false),
             reader: Mutex::new(FrameReader::new(read, config.max_message_size)),
+            peer_process: Mutex::new(None),
+            peer_dead: AtomicBool::new(false),
         }))
     }
 }
@@ -490,7 +554,12 @@ impl Transport for StreamTransport {
         match reader.next_frame(&io) {
             Ok(Some(message)) => Ok(Received::Message(message)),
             Ok(None) | Err(ReadStop::Eof) => {
-                let error = shared.finish(TransportError::PeerHungUp);
+                let gone = if self.peer_exited() {
+                    TransportError::PeerDied
+                } else {
+                    TransportError::PeerHungUp
+                };
+                let error = shared.finish(gone);
                 reader.done = Some(error.clone());
                 Err(error)
             }
@@ -541,6 +610,11 @@ impl Transport for StreamTransport {
 
     fn name(&self) -> &'static str {
         self.kind.name()
+    }
+
+    fn peer_died(&self) -> bool {
+        // SYNC POINT: see `peer_exited`.
+        self.peer_dead.load(Ordering::Acquire)
     }
 }
 
