@@ -10,14 +10,10 @@
 //! live segment of another process, read-only, for diagnostics.
 #![deny(missing_docs)]
 
-#[cfg(not(orcwire_loom))]
-#[doc(hidden)]
-pub mod bench;
 pub mod fdpass;
 #[cfg(not(orcwire_loom))]
 pub mod inspect;
 pub mod launch;
-
 pub mod layout;
 pub mod liveness;
 pub mod mapping;
