@@ -13,7 +13,7 @@ use std::time::Duration;
 pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: the word is a live, aligned u32 (kept alive by the caller's
     // borrow) and `ts` outlives the call. Every result (woken, EAGAIN,
