@@ -84,9 +84,9 @@ pub mod state {
     pub const FLAGS: u64 = 0x7;
     /// Every flag with its name, for diagnostics (`orcwire inspect`).
     pub const NAMES: [(u64, &str); 3] = [
-        (CONTROLLER_DISCONNECTING, "controller-disconnecting"),
-        (EXECUTOR_DISCONNECTING, "executor-disconnecting"),
-        (EXECUTOR_ATTACHED, "executor-attached"),
+        (CONTROLLER_DISCONNECTING, "CONTROLLER_DISCONNECTING"),
+        (EXECUTOR_DISCONNECTING, "EXECUTOR_DISCONNECTING"),
+        (EXECUTOR_ATTACHED, "EXECUTOR_ATTACHED"),
     ];
     /// The epoch lives in the high 32 bits. Written by the **controller**
     /// only, in [`init`](super::init), before the segment is published;

@@ -6,15 +6,14 @@
 //! [`transport`] ([`ShmTransport`], an `orcwire::Transport`),
 //! [`fdpass`] and [`liveness`] (the Unix socket that carries the segment's
 //! fd and tells each side when the other dies), and [`launch`] (spawning
-//! or accepting an executor, and attaching as one).
+//! or accepting an executor, and attaching as one). [`inspect`] reads a
+//! live segment of another process, read-only, for diagnostics.
 #![deny(missing_docs)]
 
-#[cfg(not(orcwire_loom))]
-#[doc(hidden)]
-pub mod bench;
 pub mod fdpass;
+#[cfg(not(orcwire_loom))]
+pub mod inspect;
 pub mod launch;
-
 pub mod layout;
 pub mod liveness;
 pub mod mapping;

@@ -6,16 +6,15 @@ use std::time::{Duration, Instant};
 
 use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, WrapperFunctionBuffer};
 use orcwire_shm::launch::{attach_inherited, attach_path, DEFAULT_ATTACH_TIMEOUT};
+use orcwire_tools::bench::percentile;
 
-use orcwire_shm::bench::percentile;
-
-use crate::common::{sum_reply, Options};
+use crate::common::{sum_reply, ExecutorArgs};
 
 /// `call_controller`'s reply: calls made, then p50, p99, p99.9 in ns.
 pub const CALL_REPLY_LEN: usize = 32;
 
-pub fn run(opts: &Options) -> ExitCode {
-    let config = opts.shm_config();
+pub fn run(opts: &ExecutorArgs) -> ExitCode {
+    let config = opts.connection.shm_config();
     let attached = match &opts.connect {
         Some(path) => attach_path(path, config, DEFAULT_ATTACH_TIMEOUT),
         None => attach_inherited(config),
@@ -28,7 +27,7 @@ pub fn run(opts: &Options) -> ExitCode {
         }
     };
     let mut builder = ExecutorBuilder::new();
-    if let Some(d) = opts.dispatcher() {
+    if let Some(d) = opts.connection.dispatcher() {
         builder = builder.dispatcher(d);
     }
     let endpoint = builder

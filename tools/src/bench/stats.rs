@@ -6,7 +6,7 @@ use std::time::Duration;
 /// anything ordered), nearest rank; the default (zero) for no samples.
 ///
 /// ```
-/// use orcwire_shm::bench::percentile;
+/// use orcwire_tools::bench::percentile;
 /// let s: Vec<u64> = (1..=1000).collect();
 /// assert_eq!(percentile(&s, 50.0), 501);
 /// assert_eq!(percentile(&s, 99.9), 999);

@@ -29,12 +29,13 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::mapping::SharedMapping;
-use crate::segment::{dup2_for_exec, Segment};
-use crate::sync::{spin_loop, AtomicU32, AtomicU64, Ordering};
-use crate::wait::futex;
+use std::hint::spin_loop;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use orcwire_shm::{dup2_for_exec, Segment, SharedMapping};
 
 use super::child::{child_env, wait_child, ChildSpec};
+use super::futex;
 use super::{BenchError, TransportKind};
 
 /// Largest floor payload.
@@ -135,7 +136,7 @@ fn wait_for(
             return Some(v);
         }
         if futex {
-            futex::wait(word, old, Some(Duration::from_millis(100)));
+            futex::wait(word, old, Duration::from_millis(100));
             if !alive() {
                 return None;
             }
@@ -149,7 +150,7 @@ fn wait_for(
             // Idle (other cases are running): nap on the word, and look
             // at it every millisecond (the spin floor's caller never calls
             // FUTEX_WAKE, so that stays out of its round trip).
-            futex::wait(word, old, Some(Duration::from_millis(1)));
+            futex::wait(word, old, Duration::from_millis(1));
             if !alive() {
                 return None;
             }
@@ -195,7 +196,7 @@ impl FloorPeer {
                     let _ = child.wait();
                     return Err(start("the floor child did not start".into()));
                 }
-                crate::sync::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         Ok(Self {

@@ -55,6 +55,17 @@ impl SuiteConfig {
             ..Self::full()
         }
     }
+
+    /// How many cases [`run_suite`] runs with this configuration (and so
+    /// how many times it calls `on_case`).
+    pub fn case_count(&self) -> usize {
+        let floors = self.transports.iter().filter(|k| k.is_floor()).count();
+        let others = self.transports.len() - floors;
+        let floor_directions = usize::from(self.directions.contains(&Direction::ToExecutor));
+        // Floors: the bare ping-pong and every payload, one direction.
+        floors * floor_directions * (1 + self.payloads.len())
+            + others * self.directions.len() * (self.payloads.len() + self.thread_counts.len())
+    }
 }
 
 /// One measured case.
@@ -319,6 +330,20 @@ mod tests {
                 ops_per_s: ops,
             },
         }
+    }
+
+    #[test]
+    fn case_count_matches_the_cases_run() {
+        // Floors: 2 × (bare + 5 sizes), one direction; the other 5: 5
+        // sizes and 2 thread counts, both directions.
+        assert_eq!(SuiteConfig::full().case_count(), 12 + 5 * 14);
+        let small = SuiteConfig {
+            transports: vec![TransportKind::FloorSpin, TransportKind::Pipe],
+            payloads: vec![8, 4096],
+            directions: vec![Direction::ToController],
+            ..SuiteConfig::quick()
+        };
+        assert_eq!(small.case_count(), 2 + 2);
     }
 
     #[test]

@@ -13,11 +13,11 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, Transport, WrapperFunctionBuffer};
 use orcwire::{StreamConfig, StreamTransport};
 
-use crate::launch::{ExecutorCommand, ExecutorProcess};
-use crate::segment::dup2_for_exec;
-use crate::sync::{thread, Arc};
-use crate::transport::ShmConfig;
-use crate::wait::WaitStrategy;
+use std::sync::Arc;
+use std::thread;
+
+use orcwire_shm::launch::{ExecutorCommand, ExecutorProcess};
+use orcwire_shm::{dup2_for_exec, ShmConfig, WaitStrategy};
 
 use super::child::{child_env, wait_child, ChildSpec};
 use super::floor::FloorPeer;
@@ -386,7 +386,7 @@ impl Peer {
     }
 
     /// `calls` round trips of `payload` bytes in `direction`, after
-    /// [`CHECK_CALLS`] checked ones; every result is checked. Samples in ns.
+    /// `CHECK_CALLS` (3) checked ones; every result is checked. Samples in ns.
     ///
     /// # Errors
     /// [`BenchError::Unsupported`] for a floor in the to-controller

@@ -1,12 +1,8 @@
-//! Benchmark machinery shared by the criterion suite (`benches/` in the
-//! root package) and `orcwire bench`: what a case is, the two-process
-//! runners, the raw floor, percentile statistics, CPU pinning and the
-//! JSON report.
-//!
-//! This is tooling, not transport API: it is public so that the root
-//! package's benches and the `orcwire` binary share one implementation,
-//! and hidden from the crate docs' front page. Nothing in the transport
-//! depends on it.
+//! Benchmark machinery shared by the criterion suite
+//! (`tools/benches/transports.rs`) and `orcwire bench`: what a case is,
+//! the two-process runners, the raw floor, percentile statistics, CPU
+//! pinning and the JSON report. It uses only the public API of `orcwire`
+//! and `orcwire-shm`; nothing in the transport depends on it.
 //!
 //! Every case runs between **two real processes**: the controller (the
 //! process that calls [`Peer::spawn`]) and a child that is this same
@@ -17,7 +13,7 @@
 //!
 //! The cases:
 //! * `shm-spin`, `shm-balanced`, `shm-block`: the shared-memory transport
-//!   under each [`WaitStrategy`](crate::WaitStrategy) preset (both sides
+//!   under each [`WaitStrategy`](orcwire_shm::WaitStrategy) preset (both sides
 //!   use the same preset), with the default dispatch (handlers run on the
 //!   connection worker that read the call).
 //! * `pipe`: the stream transport over two pipes, as LLVM's remote
@@ -33,12 +29,14 @@
 //! Every case checks its results (echo contents, stamped with the call
 //! number) before and while it is timed; a wrong result is an error.
 //!
-//! Relies on: `launch` (the shared-memory child), `orcwire::stream`
-//! (pipe and socket children), `segment` (the floor's memfd), `nix` for
-//! `sched_setaffinity`, `libc` for the floor's futex.
+//! Relies on: `orcwire_shm::launch` (the shared-memory child),
+//! `orcwire::stream` (pipe and socket children), `orcwire_shm::Segment`
+//! (the floor's memfd), `nix` for `sched_setaffinity`, `libc` for the
+//! floor's futex.
 
 mod child;
 mod floor;
+mod futex;
 mod peer;
 mod pin;
 mod stats;
@@ -55,11 +53,11 @@ use std::fmt;
 /// The transports (and floors) a case can run over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportKind {
-    /// Shared memory, [`WaitStrategy::lowest_latency`](crate::WaitStrategy::lowest_latency).
+    /// Shared memory, [`WaitStrategy::lowest_latency`](orcwire_shm::WaitStrategy::lowest_latency).
     ShmSpin,
-    /// Shared memory, [`WaitStrategy::balanced`](crate::WaitStrategy::balanced).
+    /// Shared memory, [`WaitStrategy::balanced`](orcwire_shm::WaitStrategy::balanced).
     ShmBalanced,
-    /// Shared memory, [`WaitStrategy::low_cpu`](crate::WaitStrategy::low_cpu).
+    /// Shared memory, [`WaitStrategy::low_cpu`](orcwire_shm::WaitStrategy::low_cpu).
     ShmBlock,
     /// The stream transport over two pipes.
     Pipe,

@@ -1,5 +1,6 @@
-//! The `orcwire` binary: the demo runs end to end, `--help` documents both
-//! roles, and bad usage is refused.
+//! The `orcwire` binary: the demo runs end to end, `--help` documents every
+//! subcommand, bad usage is refused, `bench` writes its JSON report and its
+//! chart.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -62,38 +63,87 @@ fn demo_calls_both_ways_and_exits_zero() {
 }
 
 #[test]
-fn help_documents_both_roles() {
-    let out = run(&["--help"], Duration::from_secs(10));
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for word in [
-        "demo",
-        "executor",
-        "--wait",
-        "--connect",
-        "--dispatch",
-        "orcwire bench",
-        "--quick",
-        "--json",
-    ] {
-        assert!(text.contains(word), "--help does not mention {word}");
+fn help_documents_every_subcommand_and_option() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--help"],
+            &[
+                "demo",
+                "executor",
+                "bench",
+                "inspect",
+                "--wait",
+                "--ring",
+                "--dispatch",
+                "--calls",
+                "echo, sum",
+            ],
+        ),
+        (
+            &["demo", "--help"],
+            &["--wait", "--ring", "--dispatch", "--calls"],
+        ),
+        (
+            &["executor", "--help"],
+            &["--connect", "--wait", "--dispatch"],
+        ),
+        (
+            &["bench", "--help"],
+            &[
+                "--quick",
+                "--json",
+                "--plot",
+                "--wait",
+                "--no-pin",
+                "--only",
+                "--payloads",
+                "--quiet",
+            ],
+        ),
+        (&["inspect", "--help"], &["<PID>", "read-only"]),
+    ];
+    for (args, words) in cases {
+        let out = run(args, Duration::from_secs(10));
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in words {
+            assert!(
+                text.contains(word),
+                "{args:?} does not mention {word}:\n{text}"
+            );
+        }
+        // Test-only options stay out of the help.
+        assert!(
+            !text.contains("--case-ms") && !text.contains("--hold-ms"),
+            "{text}"
+        );
     }
 }
 
 #[test]
-fn bad_usage_is_refused_with_exit_2() {
+fn bad_usage_is_refused_in_clap_form_with_exit_2() {
     for args in [
         &["frobnicate"][..],
         &["--wait", "sometimes"],
         &["--ring", "1000"],
+        &["--calls", "0"],
         &["demo", "--calls"],
+        &["demo", "--frobnicate"],
+        &["executor", "--dispatch", "nowhere"],
         &["bench", "--json"],
         &["bench", "--wait", "sometimes"],
         &["bench", "--frobnicate"],
+        &["bench", "--payloads", "8,0"],
+        &["bench", "--only", "floor-spin,carrier-pigeon"],
+        &["inspect"],
+        &["inspect", "notapid"],
+        &["inspect", "1", "2"],
     ] {
         let out = run(args, Duration::from_secs(10));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(!out.stderr.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
     }
 }
 
@@ -235,4 +285,71 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
     // 7 transports: floors 2 × 6 sizes, 5 × (5 sizes × 2 directions + 4
     // throughput cases).
     assert_eq!(objects.len(), 12 + 5 * 14, "{json}");
+}
+
+#[test]
+fn bench_plot_draws_one_line_per_transport_and_direction() {
+    let dir = std::env::temp_dir().join(format!("orcwire-plot-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg_path = dir.join("rtt.svg");
+    let out = run(
+        &[
+            "bench",
+            "--case-ms",
+            "20",
+            "--payloads",
+            "8,4096",
+            "--only",
+            "floor-spin,shm-spin,pipe",
+            "--plot",
+            svg_path.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("wrote "), "{stdout}");
+    // Not a terminal: no progress bar on stderr.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // floor-spin runs one direction; shm-spin and pipe both.
+    let lines = [
+        "floor-spin to-executor",
+        "shm-spin to-executor",
+        "shm-spin to-controller",
+        "pipe to-executor",
+        "pipe to-controller",
+    ];
+    for name in lines {
+        assert_eq!(svg.matches(name).count(), 1, "legend entry {name:?}");
+    }
+    // Each line is a polyline in its own colour, with one point per payload
+    // (8 B and 4 KiB), and its legend stroke has the same colour.
+    let data_lines: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains("<polyline") && l.contains("stroke-width=\"2\""))
+        .collect();
+    assert_eq!(data_lines.len(), 2 * lines.len(), "{svg}");
+    let plotted = data_lines
+        .iter()
+        .filter(|l| {
+            let points = l.split("points=\"").nth(1).unwrap_or("");
+            let points = points.split('"').next().unwrap_or("");
+            points.split_whitespace().count() == 2
+        })
+        .count();
+    assert_eq!(plotted, 2 * lines.len());
+    for label in ["payload (bytes, each way)", "p50 round trip (µs)"] {
+        assert!(svg.contains(label), "no axis label {label:?}");
+    }
 }

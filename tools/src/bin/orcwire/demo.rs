@@ -1,20 +1,20 @@
 //! `orcwire demo`: spawn this binary as the executor and call both ways.
 
-use orcwire_sync::thread;
 use std::process::{Command, ExitCode};
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, WrapperFunctionBuffer};
 use orcwire_shm::launch::ExecutorCommand;
+use orcwire_tools::bench::{pattern, percentile};
 
-use orcwire_shm::bench::{pattern, percentile};
-
-use crate::common::{sum_reply, Options};
+use crate::common::{sum_reply, DemoArgs};
 use crate::executor::CALL_REPLY_LEN;
 
 type DemoResult<T> = Result<T, String>;
 
-pub fn run(opts: &Options) -> ExitCode {
+pub fn run(opts: &DemoArgs) -> ExitCode {
     match demo(opts) {
         Ok(()) => {
             println!("demo: every result checked; OK");
@@ -43,22 +43,23 @@ fn summary(label: &str, samples: &mut [Duration]) {
     );
 }
 
-fn demo(opts: &Options) -> DemoResult<()> {
+fn demo(opts: &DemoArgs) -> DemoResult<()> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let mut cmd = Command::new(exe);
+    let conn = &opts.connection;
     cmd.args([
         "executor",
         "--wait",
-        &opts.wait,
+        conn.wait.name(),
         "--dispatch",
-        &opts.dispatch,
+        conn.dispatch.name(),
     ]);
-    let config = opts.shm_config();
+    let config = conn.shm_config();
     println!(
         "orcwire demo: shared memory, rings of {} KiB each way, wait preset `{}`, {} dispatch",
         config.ring_capacity.get() >> 10,
-        opts.wait,
-        opts.dispatch
+        conn.wait.name(),
+        conn.dispatch.name()
     );
     let spawned = ExecutorCommand::new(cmd)
         .config(config)
@@ -66,7 +67,7 @@ fn demo(opts: &Options) -> DemoResult<()> {
         .map_err(|e| format!("spawning the executor: {e}"))?;
     println!("  spawned executor pid {}", spawned.process.id());
     let mut builder = ControllerBuilder::new();
-    if let Some(d) = opts.dispatcher() {
+    if let Some(d) = conn.dispatcher() {
         builder = builder.dispatcher(d);
     }
     let controller = builder
@@ -85,6 +86,16 @@ fn demo(opts: &Options) -> DemoResult<()> {
     println!("  executor publishes: {}", names.join(", "));
 
     let result = calls(&controller, opts);
+    if result.is_ok() && opts.hold_ms > 0 {
+        println!(
+            "  holding the connection idle for {} ms (controller pid {}, executor pid {}; \
+             a line on stdin ends it early)",
+            opts.hold_ms,
+            std::process::id(),
+            spawned.process.id()
+        );
+        hold(Duration::from_millis(opts.hold_ms));
+    }
     controller.disconnect();
     let status = spawned
         .process
@@ -101,7 +112,26 @@ fn demo(opts: &Options) -> DemoResult<()> {
     Ok(())
 }
 
-fn calls(controller: &Endpoint, opts: &Options) -> DemoResult<()> {
+/// Keeps the connection idle for `time`, or until a line arrives on stdin.
+/// End of input does not end it, so a demo run without stdin holds the
+/// whole time.
+fn hold(time: Duration) {
+    let (tx, rx) = mpsc::channel();
+    // Left blocked in `read_line` when the time runs out; the process exits
+    // soon after.
+    thread::spawn(move || {
+        let mut line = String::new();
+        if matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0) {
+            let _ = tx.send(());
+        }
+    });
+    let deadline = Instant::now() + time;
+    if let Err(mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(time) {
+        thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    }
+}
+
+fn calls(controller: &Endpoint, opts: &DemoArgs) -> DemoResult<()> {
     let echo = tag(controller, "echo")?;
     let sum = tag(controller, "sum")?;
     let call_controller = tag(controller, "call_controller")?;

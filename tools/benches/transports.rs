@@ -2,7 +2,7 @@
 //! floor, pipelined throughput from one and four threads, both directions.
 //!
 //! Every case runs between two real processes: this bench binary re-runs
-//! itself as the child (see `orcwire_shm::bench`), so
+//! itself as the child (see `orcwire_tools::bench`), so
 //! `run_child_if_requested` comes first in `main` and criterion's own
 //! arguments never reach the child. Every result is checked before and
 //! while it is timed; a wrong result panics the bench.
@@ -18,7 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use orcwire_shm::bench::{run_child_if_requested, Direction, Peer, Pinning, TransportKind};
+use orcwire_tools::bench::{
+    pin_current_thread, run_child_if_requested, Direction, Peer, Pinning, TransportKind,
+};
 
 const PAYLOADS: [usize; 5] = [8, 64, 4 << 10, 64 << 10, 1 << 20];
 const WINDOW: usize = 64;
@@ -101,7 +103,7 @@ fn main() -> ExitCode {
     }
     let pinning = Pinning::choose();
     if let Some(p) = pinning {
-        if let Err(e) = orcwire_shm::bench::pin_current_thread(p.controller) {
+        if let Err(e) = pin_current_thread(p.controller) {
             eprintln!("not pinned: {e}");
         } else {
             eprintln!(

@@ -4,13 +4,13 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitCode};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffer};
-use orcwire::{StreamConfig, StreamTransport};
 
-use crate::launch::attach_inherited;
-use crate::sync::{Arc, Condvar, Mutex};
+use orcwire_shm::launch::attach_inherited;
 
 use super::{floor, peer, pin, BenchError, TransportKind};
 
@@ -68,7 +68,7 @@ fn parse(value: &str) -> Result<(ChildSpec, u32), String> {
 /// Call it first thing in `main` of any program that runs benchmarks.
 ///
 /// ```
-/// if let Some(code) = orcwire_shm::bench::run_child_if_requested() {
+/// if let Some(code) = orcwire_tools::bench::run_child_if_requested() {
 ///     std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
 /// }
 /// ```
@@ -165,19 +165,13 @@ fn serve(transport: Arc<dyn Transport>) -> Result<(), String> {
         .connect(transport)
         .map_err(|e| e.to_string())?;
     // Serve until the connection ends (the controller disconnects, or dies:
-    // then the liveness channel or end of stream ends it).
-    let ended: Arc<(Mutex<Option<DisconnectReason>>, Condvar)> =
-        Arc::new((Mutex::new(None), Condvar::new()));
-    let ended_cb = Arc::clone(&ended);
+    // then the liveness channel or end of stream ends it). A callback
+    // dropped without being called also ends the wait.
+    let (tx, rx) = mpsc::channel();
     endpoint.on_disconnect(move |reason| {
-        *ended_cb.0.lock() = Some(reason.clone());
-        ended_cb.1.notify_all();
+        let _ = tx.send(reason.clone());
     });
-    let mut reason = ended.0.lock();
-    while reason.is_none() {
-        reason = ended.1.wait(reason);
-    }
-    match reason.take().unwrap_or(DisconnectReason::Local) {
+    match rx.recv().unwrap_or(DisconnectReason::Local) {
         DisconnectReason::Local | DisconnectReason::PeerHungUp => Ok(()),
         other => Err(format!("connection ended: {other}")),
     }
@@ -195,9 +189,7 @@ pub(super) fn wait_child(child: &mut Child, kind: TransportKind) -> Result<(), B
                     "the {kind} child exited: {status}"
                 )))
             }
-            Ok(None) if Instant::now() < deadline => {
-                crate::sync::thread::sleep(Duration::from_millis(5))
-            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
