@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orcwire::sps::{Dialect, SpsReader, SpsWriter};
@@ -83,6 +82,8 @@ fn start(program: &PathBuf) -> LlvmExecutor {
     drop((to_exec_r, from_exec_w));
     let transport =
         StreamTransport::from_fds(from_exec_r, to_exec_w, StreamConfig::default()).unwrap();
+    // Its death is then told from a hang-up.
+    transport.watch_process(child.id()).unwrap();
     let controller = ControllerBuilder::new().connect(transport).unwrap();
     LlvmExecutor { child, controller }
 }
@@ -96,28 +97,129 @@ fn call(ep: &Endpoint, name: &str, args: &[u8]) -> Vec<u8> {
     r.as_slice().to_vec()
 }
 
+/// `SimpleExecutorMemoryManager::reserve(instance, size)`:
+/// `SPSExpected<SPSExecutorAddr>(SPSExecutorAddr, uint64_t)`.
+fn reserve(ep: &Endpoint, size: u64) -> Result<u64, String> {
+    let instance = ep.bootstrap_symbol(INSTANCE).unwrap();
+    let mut w = SpsWriter::new();
+    w.u64(instance).u64(size);
+    let out = call(ep, RESERVE, &w.into_inner());
+    let mut r = SpsReader::new(&out);
+    let result = if r.bool().unwrap() {
+        Ok(r.u64().unwrap())
+    } else {
+        Err(r.str("error", 1 << 20).unwrap().to_owned())
+    };
+    r.finish().unwrap();
+    result
+}
+
+/// `mem_write_uint64s`: `void(SPSSequence<SPSTuple<SPSExecutorAddr,
+/// uint64_t>>)`, whose SPS result is empty.
+fn write_u64s(ep: &Endpoint, writes: &[(u64, u64)]) {
+    let mut w = SpsWriter::new();
+    w.seq_len(writes.len());
+    for &(addr, value) in writes {
+        w.u64(addr).u64(value);
+    }
+    assert!(call(ep, WRITE_U64S, &w.into_inner()).is_empty());
+}
+
+/// `deallocate(instance, addrs)`: `SPSError(SPSExecutorAddr,
+/// SPSSequence<SPSExecutorAddr>)`.
+fn deallocate(ep: &Endpoint, addr: u64) -> Option<String> {
+    let instance = ep.bootstrap_symbol(INSTANCE).unwrap();
+    let mut w = SpsWriter::new();
+    w.u64(instance).seq_len(1).u64(addr);
+    orcwire::sps::decode_error(&call(ep, DEALLOCATE, &w.into_inner())).unwrap()
+}
+
 #[test]
-fn probe() {
+fn an_orcwire_controller_drives_llvm_14s_executor() {
     let Some(program) = executor_program() else {
         return;
     };
-    let ex = start(&program);
-    let c = &ex.controller;
-    eprintln!("dialect {:?}", c.dialect());
-    for (n, a) in &c.setup_info().bootstrap_symbols {
-        eprintln!("  {n} = {a:#x}");
+    for round in 0..5 {
+        let mut ex = start(&program);
+        let c = &ex.controller;
+        assert_eq!(c.dialect(), Dialect::Llvm14, "round {round}");
+        // Wrapper functions have tags; data objects only addresses.
+        for name in [RESERVE, DEALLOCATE, WRITE_U64S] {
+            assert!(c.function_tag(name).is_some(), "{name}");
+        }
+        for data in [INSTANCE, "__llvm_orc_SimpleRemoteEPC_dispatch_ctx"] {
+            assert!(c.function_tag(data).is_none(), "{data} is not a function");
+            assert!(c.bootstrap_symbol(data).is_some(), "{data} has an address");
+        }
+        // Reserve, write, deallocate; each SPS result checked.
+        let addr = reserve(c, 64 << 10).expect("reserve 64 KiB");
+        assert_ne!(addr, 0);
+        write_u64s(c, &[(addr, 0x1122_3344_5566_7788), (addr + 8, u64::MAX)]);
+        assert_eq!(deallocate(c, addr), None, "round {round}");
+        // An error result reaches the caller; the session goes on.
+        let refused = reserve(c, 1 << 62).expect_err("reserving 4 EiB must fail");
+        assert!(!refused.is_empty());
+        // Arguments LLVM cannot decode: its wrapper answers with an
+        // out-of-band error, which LLVM carries as an empty result.
+        let tag = c.function_tag(RESERVE).unwrap();
+        let garbled = c.call_sync_timeout(tag, b"xx", LIMIT).unwrap();
+        assert!(garbled.is_empty(), "round {round}");
+        let again = reserve(c, 4096).expect("the session survives errors");
+        assert_eq!(deallocate(c, again), None);
+        // A clean disconnect: LLVM's executor takes our Hangup and exits 0.
+        let c = c.clone();
+        common::run_bounded(LIMIT, move || c.disconnect());
+        let status = common::wait_child(&mut ex.child, LIMIT);
+        assert!(
+            status.success(),
+            "round {round}: executor ended with {status}"
+        );
     }
-    let _ = (
-        INSTANCE,
-        RESERVE,
-        DEALLOCATE,
-        WRITE_U64S,
-        Dialect::Llvm14,
-        SpsReader::new(&[]),
-        SpsWriter::new(),
-        Arc::new(0),
-        Instant::now(),
-    );
-    let _ = call;
-    c.disconnect();
+}
+
+#[test]
+fn a_killed_llvm_executor_fails_pending_calls_within_100ms_as_its_death() {
+    let Some(program) = executor_program() else {
+        return;
+    };
+    for round in 0..5 {
+        let mut ex = start(&program);
+        let c = ex.controller.clone();
+        let instance = c.bootstrap_symbol(INSTANCE).unwrap();
+        let tag = c.function_tag(RESERVE).unwrap();
+        let mut w = SpsWriter::new();
+        w.u64(instance).u64(4096);
+        let args = w.into_inner();
+        // Calls in flight as the process dies.
+        let pending: Vec<_> = (0..200).map(|_| c.call(tag, &args).unwrap()).collect();
+        ex.child.kill().unwrap();
+        let killed = Instant::now();
+        let mut failed = 0;
+        for mut p in pending {
+            match p.wait_timeout(LIMIT) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(
+                        e,
+                        orcwire::CallError::PeerDied,
+                        "round {round}: {:?}",
+                        c.disconnect_reason()
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        let took = killed.elapsed();
+        assert!(took < Duration::from_millis(100), "round {round}: {took:?}");
+        let deadline = Instant::now() + LIMIT;
+        while !c.is_disconnected() {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            c.disconnect_reason(),
+            Some(orcwire::DisconnectReason::PeerDied),
+            "round {round} ({failed} calls failed)"
+        );
+    }
 }

@@ -563,6 +563,18 @@ impl Transport for StreamTransport {
                 reader.done = Some(error.clone());
                 Err(error)
             }
+            Err(ReadStop::Truncated(error)) => {
+                // A process killed while it wrote leaves half a frame:
+                // that is its death, not a protocol error.
+                let error = if self.peer_exited() {
+                    TransportError::PeerDied
+                } else {
+                    error
+                };
+                let error = shared.finish(error);
+                reader.done = Some(error.clone());
+                Err(error)
+            }
             Err(ReadStop::Failed(error)) => {
                 let error = shared.finish(error);
                 reader.done = Some(error.clone());

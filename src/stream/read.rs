@@ -10,6 +10,9 @@ pub(super) enum ReadStop {
     Stopped,
     /// End of stream.
     Eof,
+    /// End of stream inside a frame: the peer wrote part of a message and
+    /// went away (it died mid-write, or it is broken).
+    Truncated(TransportError),
     /// The connection is unusable.
     Failed(TransportError),
     /// The caller's deadline passed; the partial frame is kept.
@@ -97,7 +100,7 @@ impl FrameReader {
                 match got {
                     Ok(n) => p.filled += n,
                     Err(ReadStop::Eof) => {
-                        return Err(ReadStop::Failed(truncated(
+                        return Err(ReadStop::Truncated(truncated(
                             HEADER_SIZE + p.filled,
                             HEADER_SIZE + len,
                         )))
@@ -133,7 +136,7 @@ impl FrameReader {
                 Ok(n) => self.end += n,
                 Err(ReadStop::Eof) if self.end == self.start => return Ok(None),
                 Err(ReadStop::Eof) => {
-                    return Err(ReadStop::Failed(truncated(
+                    return Err(ReadStop::Truncated(truncated(
                         self.end - self.start,
                         HEADER_SIZE,
                     )))
