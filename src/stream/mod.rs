@@ -389,10 +389,11 @@ impl StreamTransport {
     /// Watches the peer process `pid` (a child this process started, for
     /// example `llvm-jitlink-executor`): when the stream ends without a
     /// `Hangup`, the transport then reports
-    /// [`PeerDied`](TransportError::PeerDied) if that process has exited
-    /// (looking up to [`DEATH_GRACE`] for the exit to become visible after
-    /// the end of stream), and [`PeerHungUp`](TransportError::PeerHungUp)
-    /// otherwise. Pending calls then fail with `CallError::PeerDied`.
+    /// [`PeerDied`](TransportError::PeerDied) if that process was killed
+    /// by a signal (looking up to [`DEATH_GRACE`] for its exit to become
+    /// visible after the end of stream), and
+    /// [`PeerHungUp`](TransportError::PeerHungUp) if it exited normally or
+    /// still runs. Pending calls then fail with `CallError::PeerDied`.
     ///
     /// # Errors
     /// [`StreamError::Os`] when `pidfd_open` fails (no such process, or a
@@ -418,8 +419,14 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// At an end of stream: whether the watched peer process has exited
-    /// (waiting up to [`DEATH_GRACE`] for its exit to show).
+    /// At an end of stream: whether the watched peer process died.
+    ///
+    /// Waits up to [`DEATH_GRACE`] for its exit to show. A process that
+    /// exited normally hung up (LLVM 14's controller ends a session by
+    /// closing its descriptors and exiting, without a `Hangup`); one killed
+    /// by a signal died. When the status cannot be read (the process is
+    /// not our child), an exit right after the end of stream counts as
+    /// death.
     fn peer_exited(&self) -> bool {
         let guard = self.peer_process.lock();
         let Some(pidfd) = guard.as_ref() else {
@@ -428,13 +435,28 @@ impl StreamTransport {
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
         let grace =
             PollTimeout::try_from(DEATH_GRACE.as_millis() as i32).unwrap_or(PollTimeout::ZERO);
-        let exited = matches!(poll(&mut fds, grace), Ok(n) if n > 0);
-        if exited {
+        if !matches!(poll(&mut fds, grace), Ok(n) if n > 0) {
+            return false; // still running: it only closed its end
+        }
+        // SAFETY: an all-zero siginfo_t is a valid value to be filled in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid siginfo_t for the kernel to write; the
+        // pidfd is open; WNOWAIT leaves the child for its owner to reap.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        let died = rc != 0 || info.si_code != libc::CLD_EXITED;
+        if died {
             // SYNC POINT: none; a flag read by `peer_died` after the error
             // that this recv returns, under the reader lock.
             self.peer_dead.store(true, Ordering::Release);
         }
-        exited
+        died
     }
 
     /// Two transports connected by a Unix socket pair, for in-process use
