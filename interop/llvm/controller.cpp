@@ -7,6 +7,11 @@
 // behaved as expected.
 //
 // Usage: controller IN_FD OUT_FD
+//        controller IN_FD OUT_FD bench N
+// The bench form calls the executor's mem_write_uint8s wrapper N times
+// with an empty write list (the cheapest call LLVM's executor serves),
+// timing each, and prints `p50_ns <nanoseconds>` (for `orcwire
+// bench-llvm`).
 
 #include "llvm/ExecutionEngine/Orc/Shared/SimplePackedSerialization.h"
 #include "llvm/ExecutionEngine/Orc/SimpleRemoteEPC.h"
@@ -15,8 +20,11 @@
 #include "llvm/Support/Error.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 using namespace llvm;
 using namespace llvm::orc;
@@ -32,8 +40,8 @@ static void expect(bool ok, const std::string &what) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    errs() << "usage: controller IN_FD OUT_FD\n";
+  if (argc != 3 && !(argc == 5 && std::string(argv[3]) == "bench")) {
+    errs() << "usage: controller IN_FD OUT_FD [bench N]\n";
     return 2;
   }
   int InFD = std::atoi(argv[1]);
@@ -55,6 +63,38 @@ int main(int argc, char **argv) {
   expect((*EPC)->getTargetTriple().str().find("x86_64") == 0 ||
              (*EPC)->getTargetTriple().str().find("aarch64") == 0,
          "triple " + (*EPC)->getTargetTriple().str());
+
+  if (argc == 5) {
+    long N = std::atol(argv[4]);
+    ExecutorAddr Write;
+    if (auto Err = (*EPC)->getBootstrapSymbols(
+            {{Write, "__llvm_orc_bootstrap_mem_write_uint8s_wrapper"}})) {
+      outs() << "FAILED symbols: " << toString(std::move(Err)) << "\n";
+      return 1;
+    }
+    // An SPS sequence of no writes: its count, 0.
+    std::vector<char> Args(8, 0);
+    std::vector<long> Samples;
+    Samples.reserve(N);
+    for (long I = 0; I < N; ++I) {
+      auto T0 = std::chrono::steady_clock::now();
+      auto R = (*EPC)->callWrapper(Write, ArrayRef<char>(Args.data(), Args.size()));
+      auto T1 = std::chrono::steady_clock::now();
+      if (R.getOutOfBandError()) {
+        outs() << "FAILED call: " << R.getOutOfBandError() << "\n";
+        return 1;
+      }
+      Samples.push_back(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(T1 - T0).count());
+    }
+    std::sort(Samples.begin(), Samples.end());
+    outs() << "p50_ns " << Samples[Samples.size() / 2] << "\n";
+    if (auto Err = (*EPC)->disconnect()) {
+      outs() << "FAILED disconnect: " << toString(std::move(Err)) << "\n";
+      return 1;
+    }
+    return 0;
+  }
 
   ExecutorAddr Add, Mul64, Concat, Fail;
   if (auto Err = (*EPC)->getBootstrapSymbols(

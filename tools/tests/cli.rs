@@ -353,3 +353,34 @@ fn bench_plot_draws_one_line_per_transport_and_direction() {
         assert!(svg.contains(label), "no axis label {label:?}");
     }
 }
+
+#[test]
+fn bench_llvm_measures_both_pairings() {
+    if !std::path::Path::new("/usr/lib/llvm-14/bin/llvm-jitlink-executor").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "LLVM 14 is missing under CI: `apt-get install llvm-14 llvm-14-dev`"
+        );
+        return;
+    }
+    let out = run(
+        &["bench-llvm", "--calls", "300", "--rounds", "1"],
+        Duration::from_secs(180),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "round 0: LLVM -> LLVM p50",
+        "orcwire -> LLVM p50",
+        "median:",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}

@@ -217,6 +217,22 @@ pub struct BenchArgs {
     pub case_ms: Option<u64>,
 }
 
+/// `orcwire bench-llvm`.
+#[derive(Clone, Debug, Args)]
+pub struct BenchLlvmArgs {
+    /// Which LLVM's programs to measure (its llvm-jitlink-executor, its
+    /// libLLVM and llvm-config must be installed).
+    #[arg(long, default_value_t = 14)]
+    pub llvm: u32,
+    /// Timed calls per pairing and round.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub calls: usize,
+    /// Rounds; the pairings alternate within each, and the medians of the
+    /// rounds are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
 /// `orcwire inspect`.
 #[derive(Clone, Debug, Args)]
 pub struct InspectArgs {

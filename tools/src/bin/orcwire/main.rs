@@ -7,6 +7,7 @@
 //! error, 4 an executor whose controller died.
 
 mod bench;
+mod bench_llvm;
 mod common;
 mod demo;
 mod executor;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use common::{BenchArgs, DemoArgs, ExecutorArgs, InspectArgs};
+use common::{BenchArgs, BenchLlvmArgs, DemoArgs, ExecutorArgs, InspectArgs};
 
 const AFTER_HELP: &str = "\
 With no subcommand, `orcwire [OPTIONS]` runs the demo with those options.
@@ -67,6 +68,15 @@ enum Command {
     /// result checked. Prints p50/p99/p99.9, calls/s and the ratios to the
     /// floor and to the pipe.
     Bench(BenchArgs),
+    /// Measure orcwire against LLVM's own programs over pipes
+    ///
+    /// Per-call p50 of an orcwire controller calling an unmodified
+    /// llvm-jitlink-executor, next to LLVM's own SimpleRemoteEPC
+    /// controller calling the same executor the same way (the C++ program
+    /// in interop/llvm, built with g++ against libLLVM), in one run, the
+    /// two pairings alternating. The call: mem_write_uint8s with no
+    /// writes, the cheapest wrapper the executor serves.
+    BenchLlvm(BenchLlvmArgs),
     /// Show the live orcwire connections of a running process, read-only
     ///
     /// Finds the process's segments through /proc/PID/fd (your own
@@ -98,6 +108,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => demo::run(&args),
         Some(Command::Executor(args)) => executor::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::BenchLlvm(args)) => bench_llvm::run(&args),
         Some(Command::Inspect(args)) => inspect::run(&args),
     }
 }
