@@ -6,10 +6,13 @@
 //! * [`bench`](mod@bench): two-process benchmark cases over every transport and the
 //!   raw floor, statistics, CPU pinning, the JSON report.
 //! * [`plot`]: the SVG chart of `orcwire bench --plot`.
+//! * [`llvm`]: LLVM's own programs as peers (`orcwire bench-llvm` and the
+//!   interop tests).
 //!
 //! The binary (`src/bin/orcwire/`) adds the command line: `demo`,
 //! `executor`, `bench` and `inspect`.
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod llvm;
 pub mod plot;

@@ -2,19 +2,16 @@
 //! each calling an unmodified `llvm-jitlink-executor` over two pipes, in
 //! one run.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use orcwire::{ControllerBuilder, StreamConfig, StreamTransport};
+use orcwire_tools::llvm::{controller_program, executor_program, pipe, spawn_at_3_and_4};
 
 use crate::common::BenchLlvmArgs;
 
-/// LLVM's controller, built from this source at run time (the tool is
-/// not tied to one LLVM).
-const SOURCE: &str = include_str!("../../../../interop/llvm/controller.cpp");
 /// The wrapper both controllers call, with an SPS sequence of no writes.
 const WRAPPER: &str = "__llvm_orc_bootstrap_mem_write_uint8s_wrapper";
 const LIMIT: Duration = Duration::from_secs(120);
@@ -31,14 +28,8 @@ pub fn run(args: &BenchLlvmArgs) -> ExitCode {
 
 fn measure(args: &BenchLlvmArgs) -> Result<(), String> {
     let major = args.llvm;
-    let executor = PathBuf::from(format!("/usr/lib/llvm-{major}/bin/llvm-jitlink-executor"));
-    if !executor.exists() {
-        return Err(format!(
-            "{} is missing; install LLVM {major} (apt-get install llvm-{major} llvm-{major}-dev)",
-            executor.display()
-        ));
-    }
-    let controller = build_controller(major)?;
+    let executor = executor_program(major).map_err(|e| e.to_string())?;
+    let controller = controller_program(major).map_err(|e| e.to_string())?;
     println!(
         "orcwire bench-llvm: LLVM {major}, {} calls of {WRAPPER} (no writes) per pairing and round, over pipes",
         args.calls
@@ -71,81 +62,20 @@ fn median(v: &mut [u64]) -> u64 {
     v[v.len() / 2]
 }
 
-/// Builds `interop/llvm/controller.cpp` against LLVM `major`, once per
-/// source version (cached in the temp directory).
-fn build_controller(major: u32) -> Result<PathBuf, String> {
-    // FNV-1a of the source: a new source gets a new binary.
-    let hash = SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let dir = std::env::temp_dir().join(format!("orcwire-bench-llvm-{major}-{hash:016x}"));
-    let out = dir.join("controller");
-    if out.exists() {
-        return Ok(out);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let src = dir.join("controller.cpp");
-    std::fs::write(&src, SOURCE).map_err(|e| format!("writing {}: {e}", src.display()))?;
-    let config = |flag: &str| -> Result<String, String> {
-        let o = Command::new(format!("llvm-config-{major}"))
-            .arg(flag)
-            .output()
-            .map_err(|e| format!("llvm-config-{major}: {e} (apt-get install llvm-{major}-dev)"))?;
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    };
-    let cxxflags = config("--cxxflags")?;
-    let ldflags = config("--ldflags")?;
-    let o = Command::new("g++")
-        .args(["-std=c++17", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .args(
-            cxxflags
-                .split_whitespace()
-                .filter(|f| !f.starts_with("-std=")),
-        )
-        .args(ldflags.split_whitespace())
-        .arg(format!("-lLLVM-{major}"))
-        .output()
-        .map_err(|e| format!("g++: {e} (apt-get install g++)"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "building LLVM's controller: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    Ok(out)
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
-}
-
-/// Spawns `cmd` with `read` at fd 3 and `write` at fd 4 (both moved clear
-/// of 3 and 4 first, so each `dup2` clears close-on-exec on its target).
-fn spawn_at_3_and_4(mut cmd: Command, read: &OwnedFd, write: &OwnedFd) -> Result<Child, String> {
-    let (r, w) = (read.as_raw_fd(), write.as_raw_fd());
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only fcntl and dup2, which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = libc::fcntl(r, libc::F_DUPFD_CLOEXEC, 10);
-            let w = libc::fcntl(w, libc::F_DUPFD_CLOEXEC, 10);
-            if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawning {:?}: {e}", cmd.get_program()))
-}
-
 fn executor(program: &Path, to_exec: &OwnedFd, from_exec: &OwnedFd) -> Result<Child, String> {
     let mut cmd = Command::new(program);
     cmd.arg("filedescs=3,4");
     spawn_at_3_and_4(cmd, to_exec, from_exec)
+        .map_err(|e| format!("spawning {}: {e}", program.display()))
+}
+
+/// Both ends of one pipe: `(read, write)`.
+type Pipe = (OwnedFd, OwnedFd);
+
+/// The pipe to the executor and the pipe from it.
+fn pipes() -> Result<(Pipe, Pipe), String> {
+    let p = || pipe().map_err(|e| format!("pipe: {e}"));
+    Ok((p()?, p()?))
 }
 
 /// Waits for `child` at most [`LIMIT`], killing it if it overstays.
@@ -166,14 +96,14 @@ fn reap(mut child: Child, what: &str) -> Result<(), String> {
 }
 
 /// LLVM's controller against LLVM's executor: the p50 it prints.
-fn llvm_pair(executor_program: &Path, controller: &Path, calls: usize) -> Result<u64, String> {
-    let (to_exec_r, to_exec_w) = pipe()?;
-    let (from_exec_r, from_exec_w) = pipe()?;
-    let exec = executor(executor_program, &to_exec_r, &from_exec_w)?;
+fn llvm_pair(exec_program: &Path, controller: &Path, calls: usize) -> Result<u64, String> {
+    let ((to_exec_r, to_exec_w), (from_exec_r, from_exec_w)) = pipes()?;
+    let exec = executor(exec_program, &to_exec_r, &from_exec_w)?;
     let mut cmd = Command::new(controller);
     cmd.args(["3", "4", "bench", &calls.to_string()])
         .stdout(Stdio::piped());
-    let ctl = spawn_at_3_and_4(cmd, &from_exec_r, &to_exec_w)?;
+    let ctl = spawn_at_3_and_4(cmd, &from_exec_r, &to_exec_w)
+        .map_err(|e| format!("spawning LLVM's controller: {e}"))?;
     drop((to_exec_r, to_exec_w, from_exec_r, from_exec_w));
     let out = ctl
         .wait_with_output()
@@ -186,10 +116,9 @@ fn llvm_pair(executor_program: &Path, controller: &Path, calls: usize) -> Result
 }
 
 /// orcwire's controller against LLVM's executor: the p50 of `calls`.
-fn orcwire_pair(executor_program: &Path, calls: usize) -> Result<u64, String> {
-    let (to_exec_r, to_exec_w) = pipe()?;
-    let (from_exec_r, from_exec_w) = pipe()?;
-    let exec = executor(executor_program, &to_exec_r, &from_exec_w)?;
+fn orcwire_pair(exec_program: &Path, calls: usize) -> Result<u64, String> {
+    let ((to_exec_r, to_exec_w), (from_exec_r, from_exec_w)) = pipes()?;
+    let exec = executor(exec_program, &to_exec_r, &from_exec_w)?;
     drop((to_exec_r, from_exec_w));
     let transport = StreamTransport::from_fds(from_exec_r, to_exec_w, StreamConfig::default())
         .map_err(|e| e.to_string())?;

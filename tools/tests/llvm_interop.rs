@@ -4,16 +4,12 @@
 //! map), so both `Setup` layouts are tested against real programs:
 //! * an orcwire controller and an unmodified `llvm-jitlink-executor`;
 //! * an unmodified LLVM `SimpleRemoteEPC` controller
-//!   (`interop/llvm/controller.cpp`, built here with `g++` against that
-//!   LLVM's `libLLVM`) and an orcwire executor.
+//!   (`interop/llvm/controller.cpp`, built with `g++` against that LLVM's
+//!   `libLLVM` by `orcwire_tools::llvm`) and an orcwire executor.
 //!
 //! These tests need both LLVMs and g++. Under CI (`CI` set) a missing one
 //! is a failure, never a skip: `.ci/run` installs them.
 
-mod common;
-
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +19,7 @@ use orcwire::{
     ControllerBuilder, Endpoint, ExecutorBuilder, StreamConfig, StreamTransport,
     WrapperFunctionBuffer,
 };
+use orcwire_tools::llvm;
 
 const LIMIT: Duration = Duration::from_secs(20);
 const INSTANCE: &str = "__llvm_orc_SimpleExecutorMemoryManager_Instance";
@@ -35,16 +32,14 @@ const LLVMS: [(u32, Dialect); 2] = [(14, Dialect::Llvm14), (19, Dialect::Llvm15)
 
 /// LLVM `major`'s executor, or `None` outside CI when it is missing.
 fn executor_program(major: u32) -> Option<PathBuf> {
-    let path = PathBuf::from(format!("/usr/lib/llvm-{major}/bin/llvm-jitlink-executor"));
-    if path.exists() {
-        return Some(path);
+    match llvm::executor_program(major) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "under CI: {e}");
+            eprintln!("{e}: skipping it outside CI");
+            None
+        }
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "llvm-jitlink-executor (LLVM {major}) is missing under CI: `apt-get install llvm-{major}`"
-    );
-    eprintln!("llvm-jitlink-executor (LLVM {major}) not installed: skipping it outside CI");
-    None
 }
 
 /// The executor's process and an orcwire controller connected to it.
@@ -62,41 +57,15 @@ impl Drop for LlvmExecutor {
     }
 }
 
-/// A close-on-exec pipe: only the child it is handed to (by `dup2` onto
-/// fds 3 and 4) inherits an end, so every end of stream arrives.
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
-}
-
-/// Makes the child find `read` at fd 3 and `write` at fd 4 (and no other
-/// fd of ours: everything else is close-on-exec). Both are first moved
-/// above fd 10, so neither `dup2` can land on the other's source, and
-/// each `dup2` then clears close-on-exec on its target.
-fn at_fds_3_and_4(cmd: &mut Command, read: i32, write: i32) {
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only fcntl and dup2, which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = libc::fcntl(read, libc::F_DUPFD_CLOEXEC, 10);
-            let w = libc::fcntl(write, libc::F_DUPFD_CLOEXEC, 10);
-            if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Starts `llvm-jitlink-executor filedescs=3,4` with its end of two pipes
 /// at fds 3 and 4, and connects a controller to ours.
 fn start(program: &PathBuf) -> LlvmExecutor {
-    let (to_exec_r, to_exec_w) = pipe();
-    let (from_exec_r, from_exec_w) = pipe();
-    let (r, w) = (to_exec_r.as_raw_fd(), from_exec_w.as_raw_fd());
+    let (to_exec_r, to_exec_w) = llvm::pipe().unwrap();
+    let (from_exec_r, from_exec_w) = llvm::pipe().unwrap();
     let mut cmd = Command::new(program);
-    cmd.arg("filedescs=3,4").stdin(Stdio::null());
-    at_fds_3_and_4(&mut cmd, r, w);
-    let child = cmd.spawn().expect("spawn llvm-jitlink-executor");
+    cmd.arg("filedescs=3,4");
+    let child =
+        llvm::spawn_at_3_and_4(cmd, &to_exec_r, &from_exec_w).expect("spawn llvm-jitlink-executor");
     drop((to_exec_r, from_exec_w));
     let transport =
         StreamTransport::from_fds(from_exec_r, to_exec_w, StreamConfig::default()).unwrap();
@@ -192,8 +161,8 @@ fn drive_llvm_executor(major: u32, dialect: Dialect, program: &PathBuf) {
         assert_eq!(deallocate(c, again), None);
         // A clean disconnect: LLVM's executor takes our Hangup and exits 0.
         let c = c.clone();
-        common::run_bounded(LIMIT, move || c.disconnect());
-        let status = common::wait_child(&mut ex.child, LIMIT);
+        run_bounded(move || c.disconnect());
+        let status = wait_child(&mut ex.child);
         assert!(status.success(), "{round}: executor ended with {status}");
     }
 }
@@ -251,45 +220,11 @@ fn kill_llvm_executor(major: u32, program: &PathBuf) {
     }
 }
 
-/// Builds `interop/llvm/controller.cpp` against LLVM `major` once per
-/// test run (about 4 s).
+/// LLVM `major`'s controller (built once), or `None` outside CI when
+/// that LLVM is missing.
 fn controller_program(major: u32) -> Option<PathBuf> {
     executor_program(major)?;
-    static BUILT: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, out)) = built.iter().find(|(m, _)| *m == major) {
-        return Some(out.clone());
-    }
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("controller{major}"));
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/llvm/controller.cpp");
-    let llvm_config = format!("llvm-config-{major}");
-    let config = |flag: &str| {
-        let o = Command::new(&llvm_config)
-            .arg(flag)
-            .output()
-            .unwrap_or_else(|e| panic!("{llvm_config}: {e} (apt-get install llvm-{major}-dev)"));
-        assert!(o.status.success(), "{llvm_config} {flag}");
-        String::from_utf8(o.stdout).unwrap()
-    };
-    let mut cmd = Command::new("g++");
-    cmd.args(["-std=c++17", "-O1", "-o"]).arg(&out).arg(src);
-    // llvm-config may ask for an older standard; LLVM's headers are fine
-    // with 17.
-    cmd.args(
-        config("--cxxflags")
-            .split_whitespace()
-            .filter(|f| !f.starts_with("-std=")),
-    );
-    cmd.args(config("--ldflags").split_whitespace())
-        .arg(format!("-lLLVM-{major}"));
-    let o = cmd.output().expect("g++ (apt-get install g++)");
-    assert!(
-        o.status.success(),
-        "building the LLVM {major} controller: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    built.push((major, out.clone()));
-    Some(out)
+    Some(llvm::controller_program(major).unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn i32_pair(args: &[u8]) -> Option<(i32, i32)> {
@@ -346,15 +281,12 @@ fn llvms_own_controller_calls_an_orcwire_executor() {
 fn serve_llvm_controller(major: u32, dialect: Dialect, program: &PathBuf) {
     for round in 0..20 {
         let round = format!("LLVM {major}, round {round}");
-        let (to_ctl_r, to_ctl_w) = pipe();
-        let (from_ctl_r, from_ctl_w) = pipe();
-        let (r, w) = (to_ctl_r.as_raw_fd(), from_ctl_w.as_raw_fd());
+        let (to_ctl_r, to_ctl_w) = llvm::pipe().unwrap();
+        let (from_ctl_r, from_ctl_w) = llvm::pipe().unwrap();
         let mut cmd = Command::new(program);
-        cmd.args(["3", "4"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        at_fds_3_and_4(&mut cmd, r, w);
-        let child = cmd.spawn().expect("spawn the LLVM controller");
+        cmd.args(["3", "4"]).stdout(Stdio::piped());
+        let child =
+            llvm::spawn_at_3_and_4(cmd, &to_ctl_r, &from_ctl_w).expect("spawn the LLVM controller");
         drop((to_ctl_r, from_ctl_w));
         let transport =
             StreamTransport::from_fds(from_ctl_r, to_ctl_w, StreamConfig::default()).unwrap();
@@ -366,7 +298,7 @@ fn serve_llvm_controller(major: u32, dialect: Dialect, program: &PathBuf) {
             assert!(Instant::now() < deadline, "{round}: no disconnect");
             std::thread::sleep(Duration::from_millis(1));
         }
-        let out = common::run_bounded(LIMIT, move || child.wait_with_output().unwrap());
+        let out = run_bounded(move || child.wait_with_output().unwrap());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{round}:\n{text}");
         for line in [
@@ -387,5 +319,34 @@ fn serve_llvm_controller(major: u32, dialect: Dialect, program: &PathBuf) {
             Some(orcwire::DisconnectReason::PeerHungUp),
             "{round}"
         );
+    }
+}
+
+/// Runs `f` on a thread and waits for it at most [`LIMIT`].
+fn run_bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let v = rx
+        .recv_timeout(LIMIT)
+        .unwrap_or_else(|_| panic!("did not finish within {LIMIT:?}"));
+    h.join().expect("bounded thread panicked");
+    v
+}
+
+/// Waits for `child` at most [`LIMIT`], killing it if it overstays.
+fn wait_child(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child process did not exit within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
