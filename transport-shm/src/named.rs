@@ -23,26 +23,13 @@
 //! unreadable (a clean error), and the memory both sides map is a memfd
 //! whose size is sealed.
 //!
-//! # What the flow needs
-//! Both processes run as the same user, and the controller is *dumpable*
-//! (the default; not after `prctl(PR_SET_DUMPABLE, 0)` or a set-uid exec):
-//! opening another process's `/proc/<pid>/fd/<n>` takes the same
-//! permission as reading its memory (`PTRACE_MODE_READ`). Yama's
-//! `ptrace_scope` does not restrict this mode. A `/proc` mounted with
-//! `hidepid` or another pid namespace breaks it: use the listener or the
-//! spawn flow there.
-//!
 //! # Why not the `shared_memory` crate
 //! Its `open` maps the object before the caller can check anything
 //! (owner, mode, size) and never exposes the fd, and it links an old `nix`
 //! (0.23). This module calls `shm_open` itself.
 //!
-//! # Crash clean-up
-//! Between [`NamedRendezvous::create`] and the first `unlink` the name
-//! exists in `/dev/shm`; a crash (or `SIGKILL`) of both sides in that
-//! window leaves a one-page `/dev/shm/orcwire-<pid>-…` behind until the
-//! next reboot. [`remove_stale_segments`] removes the ones whose creating
-//! process is gone; call it at controller start-up (it is cheap).
+//! What the flow needs from the system, and crash clean-up, are on
+//! [`NamedRendezvous`] (its users need them).
 
 use std::fs::File;
 use std::io;
@@ -137,6 +124,22 @@ pub enum NamedRendezvousError {
 
 /// The controller's end of a rendezvous name, or the record the executor
 /// read through it.
+///
+/// # What the flow needs
+/// Both processes run as the same user, and the controller is *dumpable*
+/// (the default; not after `prctl(PR_SET_DUMPABLE, 0)` or a set-uid exec):
+/// opening another process's `/proc/<pid>/fd/<n>` takes the same
+/// permission as reading its memory (`PTRACE_MODE_READ`). Yama's
+/// `ptrace_scope` does not restrict this mode. A `/proc` mounted with
+/// `hidepid` or another pid namespace breaks it: use the listener or the
+/// spawn flow there.
+///
+/// # Crash clean-up
+/// Between [`NamedRendezvous::create`] and the first `unlink` the name
+/// exists in `/dev/shm`; a crash (or `SIGKILL`) of both sides in that
+/// window leaves a one-page `/dev/shm/orcwire-<pid>-…` behind until the
+/// next reboot. [`remove_stale_segments`] removes the ones whose creating
+/// process is gone; call it at controller start-up (it is cheap).
 ///
 /// # Examples
 /// ```

@@ -182,8 +182,8 @@ impl Segment {
     /// pages), zero-filled, and maps it.
     ///
     /// The fd is close-on-exec; use [`inheritable_dup`] or
-    /// [`dup2_for_exec`] to hand it to a child, or [`crate::fdpass`] to
-    /// send it over a socket.
+    /// [`dup2_for_exec`] to hand it to a child, or
+    /// [`send_fd`](crate::send_fd) to send it over a socket.
     ///
     /// # Errors
     /// [`SegmentError::ZeroLength`] / [`SegmentError::TooLarge`] for a bad
