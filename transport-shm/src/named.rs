@@ -7,7 +7,7 @@
 //! attacker cannot pre-create the name and make us use their object) with
 //! mode 0600, and writes into it, with `pwrite`, a 32-byte record: its pid,
 //! and the number of the fd under which it holds the connection's sealed
-//! memfd [`Segment`](crate::Segment). The executor checks the object (our
+//! memfd [`Segment`]. The executor checks the object (our
 //! uid, mode exactly 0600, a regular file), reads the record with `pread`,
 //! and opens the memfd through `/proc/<pid>/fd/<fd>`; from there on it is
 //! the memfd flow: [`Segment::from_fd`](crate::Segment::from_fd) checks the
@@ -30,6 +30,10 @@
 //!
 //! What the flow needs from the system, and crash clean-up, are on
 //! [`NamedRendezvous`] (its users need them).
+//!
+//! Relies on: POSIX shared memory in `/dev/shm` (`shm_open`), the
+//! controller's `/proc/<pid>/fd` to reach its memfd, and [`Segment`] for
+//! the memory itself.
 
 use std::fs::File;
 use std::io;
@@ -200,7 +204,7 @@ impl NamedRendezvous {
     /// executor has attached.
     ///
     /// The name stays in `/dev/shm` until [`unlink`](Self::unlink) or
-    /// drop; see the module docs for crashes.
+    /// drop; see [crash clean-up](Self#crash-clean-up).
     ///
     /// # Errors
     /// [`NamedRendezvousError::Random`] when no random bytes are
@@ -355,7 +359,7 @@ impl NamedRendezvous {
     ///
     /// # Errors
     /// [`NamedRendezvousError::SegmentUnreachable`] when the path cannot be
-    /// opened (see the module docs for what the flow needs).
+    /// opened (see [what the flow needs](Self#what-the-flow-needs)).
     pub fn open_segment(&self) -> Result<OwnedFd, NamedRendezvousError> {
         let path = format!("/proc/{}/fd/{}", self.pid, self.fd);
         std::fs::OpenOptions::new()

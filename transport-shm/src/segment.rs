@@ -20,7 +20,8 @@
 //!   raises `SIGBUS` — a peer could crash us at will. With the seals in
 //!   place the size is fixed for the life of the file, for everybody.
 //!
-//! Linux only (memfd and file seals).
+//! Relies on: Linux's memfd and file seals (through `nix`), `memmap2` for
+//! the shared mapping, and the [`SharedMapping`] contract it implements.
 
 use std::ffi::CStr;
 use std::io;

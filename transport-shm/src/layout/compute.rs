@@ -85,7 +85,6 @@ pub struct RingRegion {
 }
 
 impl RingRegion {
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// A ring alone in a mapping of its own: control block at 0, data after
     /// it. For in-process tests, benches and loom models of the ring.
     ///
@@ -98,6 +97,7 @@ impl RingRegion {
     ///
     /// # Errors
     /// [`LayoutError::InvalidCapacity`] for a bad capacity.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn standalone(capacity: usize) -> Result<Self, LayoutError> {
         check_capacity(capacity as u64)?;
         let data_offset = align_up(size_of::<RingControl>(), REGION_ALIGN).ok_or_else(overflow)?;
@@ -109,8 +109,8 @@ impl RingRegion {
         })
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Bytes a mapping needs to hold this region.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn required_len(&self) -> usize {
         (self.control_offset + size_of::<RingControl>()).max(self.data_offset + self.capacity)
     }

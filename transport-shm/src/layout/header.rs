@@ -60,11 +60,13 @@ pub mod state {
     /// Set by the **executor** when it attaches; a second attach to the
     /// same epoch is refused.
     pub const EXECUTOR_ATTACHED: u64 = 1 << 2;
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    // `FLAGS` and `NAMES` describe the format for diagnostics and tests;
+    // the transport itself only ever reads single bits.
     /// Every defined flag.
+    #[allow(dead_code)]
     pub const FLAGS: u64 = 0x7;
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Every flag with its name, for diagnostics (`orcwire inspect`).
+    #[allow(dead_code)]
     pub const NAMES: [(u64, &str); 3] = [
         (CONTROLLER_DISCONNECTING, "controller-disconnecting"),
         (EXECUTOR_DISCONNECTING, "executor-disconnecting"),

@@ -104,8 +104,8 @@ impl RingConsumer {
         })
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Data bytes of the ring.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn capacity(&self) -> usize {
         self.mem.capacity
     }
@@ -140,8 +140,8 @@ impl RingConsumer {
         self.cached_tail != self.head || self.mem.control.tail.load(Ordering::Acquire) != self.head
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Whether a message is partly received.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn is_mid_message(&self) -> bool {
         self.partial.is_some()
     }

@@ -84,7 +84,6 @@ pub use frame::{FrameHeader, FIRST, FRAME_ALIGN, FRAME_HEADER_SIZE, LAST, PADDIN
 pub use pair::{heap_ring, ring_pair};
 pub use producer::{OutgoingMessage, RingProducer};
 
-
 /// Why the ring cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
@@ -123,7 +122,6 @@ pub enum WriteStatus {
     WouldBlock,
 }
 
-#[cfg(any(test, feature = "internals", orcwire_loom))]
 #[cfg(all(test, not(orcwire_loom)))]
 mod tests {
     use orcwire::Opcode;

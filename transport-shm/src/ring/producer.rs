@@ -48,8 +48,8 @@ impl<'a> OutgoingMessage<'a> {
         }
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Whether every frame is written.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn is_complete(&self) -> bool {
         self.finished
     }
@@ -59,8 +59,8 @@ impl<'a> OutgoingMessage<'a> {
         self.started
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Payload bytes written so far.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn written(&self) -> usize {
         self.written
     }
@@ -132,20 +132,20 @@ impl RingProducer {
         })
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Data bytes of the ring.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn capacity(&self) -> usize {
         self.mem.capacity
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Largest payload one frame carries; longer messages are fragmented.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn max_frame_payload(&self) -> usize {
         self.max_frame_payload
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// The largest message this end sends.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn max_message_size(&self) -> u64 {
         self.max_message_size
     }
@@ -251,12 +251,12 @@ impl RingProducer {
         Ok(self.free() >= step)
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// Writes a whole message, or nothing, without publishing it: several
     /// may be written and then published at once.
     ///
     /// # Errors
     /// As for [`try_write`](Self::try_write).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn try_push(
         &mut self,
         opcode: Opcode,
@@ -278,7 +278,6 @@ impl RingProducer {
         Ok(status)
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// [`try_push`](Self::try_push), then [`publish`](Self::publish).
     ///
     /// ```
@@ -294,6 +293,7 @@ impl RingProducer {
     ///
     /// # Errors
     /// As for [`try_write`](Self::try_write).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn try_send(
         &mut self,
         opcode: Opcode,

@@ -1,10 +1,12 @@
 //! Waiting for the peer: spin for a budget, then sleep on a futex word in
 //! the segment.
 //!
-//! Each side has one futex word ([`SideBlock::futex`]) that it sleeps on,
-//! and a set of [`waiting`] bits announcing *why* it sleeps (its consumer
-//! waits for data, its producer for space). The protocol, in the spirit of
-//! folly's `EventCount` and Shadow's `vasi-sync`:
+//! Each side has one futex word
+//! ([`SideBlock::futex`](crate::layout::SideBlock::futex)) that it sleeps
+//! on, and a set of [`waiting`](crate::layout::waiting) bits announcing
+//! *why* it sleeps (its consumer waits for data, its producer for space).
+//! The protocol, in the spirit of folly's `EventCount` and Shadow's
+//! `vasi-sync`:
 //!
 //! ```text
 //! waiter                                   notifier (after publishing)
@@ -47,7 +49,6 @@
 //! fences only, which loom models). The real futex runs in the
 //! cross-process tests and the `--wait block` demo test, where a lost
 //! wake-up would be a hang caught by their timeouts.
-//!
 //!
 //! # Files
 //! * `strategy.rs`: [`WaitStrategy`], the spin budget before sleeping.

@@ -43,9 +43,9 @@ impl WakeWord {
         Self { block }
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// A word of its own on the heap, for in-process tests and loom
     /// models of the protocol.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn standalone() -> Self {
         use std::sync::Arc;
 
@@ -212,8 +212,8 @@ impl WakeWord {
         &self.block
     }
 
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     /// The announced [`waiting`] bits (a snapshot, for diagnostics/tests).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn waiting_bits(&self) -> u32 {
         self.block.waiting.load(Ordering::Relaxed)
     }
