@@ -43,7 +43,7 @@ pub enum AttachError {
 /// ```
 /// use orcwire::{attach_executor, ControllerBuilder, ExecutorBuilder, Session};
 /// use orcwire::{StreamTransport, ThreadPoolTaskDispatcher, WrapperFunctionBuffer};
-/// use orcwire::stream::StreamConfig;
+/// use orcwire::StreamConfig;
 /// use std::sync::Arc;
 ///
 /// let (c, e) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();

@@ -14,7 +14,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use orcwire::{ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
-//! use orcwire::stream::StreamConfig;
+//! use orcwire::StreamConfig;
 //!
 //! let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
 //! // The executor side usually runs in another process; a thread will do here.
@@ -33,6 +33,61 @@
 //! controller.disconnect();
 //! executor.join().unwrap().disconnect();
 //! ```
+//!
+//! # How an endpoint works
+//! The engine behind [`Endpoint`] decides who reads the inbound side, who
+//! runs handlers, and how a disconnect proceeds.
+//!
+//! ## Roles
+//! * The **lead**: exactly one thread at a time reads the transport. While
+//!   it leads it only *routes*: a result completes its pending-call slot, an
+//!   incoming call is handed on (never run), a `Hangup` ends the
+//!   connection. Routing never blocks on the peer: incoming calls beyond
+//!   [`EndpointConfig::max_queued_calls`] are refused with a "busy" error
+//!   result instead of stopping the reader.
+//! * **Callers** waiting synchronously for their own result take the lead
+//!   themselves, so a lone caller writes its frame and reads its result on
+//!   its own thread: no hand-over, no thread hop. A waiting caller never
+//!   runs a handler (seed 002: a wait is explicit and runs nothing else):
+//!   calls it reads go to the queue for a worker.
+//! * **Workers** are the connection's own threads (`orcwire-rx`). One
+//!   starts with the connection; it leads while no caller wants to. When a
+//!   worker reads a call it gives up the lead and runs the handler itself,
+//!   on the thread that read it (no hop), or hands it to the user's
+//!   [`TaskDispatcher`] if one was configured. Before a worker runs a
+//!   handler it makes sure another worker is idle (spawning one, up to
+//!   [`EndpointConfig::max_workers`]), so handlers that call the peer back
+//!   (re-entrant chains) or block never leave the connection unread.
+//!
+//! ## Deadlock freedom
+//! A thread that sends and finds the transport full calls the engine's
+//! `on_wait` hook before it sleeps; the hook makes sure some other thread
+//! leads (waking or starting a worker), so the inbound side keeps draining
+//! and the peer's sends — and so its reading — can progress. At the worker
+//! cap the last free worker does not start a handler: it keeps reading and
+//! queues (or refuses) calls. A standby worker (started with the first
+//! call) also takes a lead left free while a handler runs — it notices
+//! within 100 ms, then looks every millisecond — so results
+//! for futures flow even while a handler blocks without sending. If every
+//! worker is inside a handler that blocks without sending or calling the
+//! peer, reading resumes when one of them returns.
+//!
+//! ## Disconnect
+//! 1. Close the gate: no call can start, no incoming call is accepted,
+//!    no handler starts (each handler start enters the gate). Exactly one
+//!    caller (the *doer*) does steps 2-6; all others wait for step 6.
+//! 2. Drop the queued incoming calls without running them; wait (bounded)
+//!    for calls being sent to leave the gate.
+//! 3. Send `Hangup`: to the peer it is the request, or our acknowledgement.
+//! 4. If we started it, wait (bounded by `hangup_timeout`) for the peer's
+//!    `Hangup`, end of stream, or death.
+//! 5. Close the transport; fail every pending call with `Disconnected`, or
+//!    `PeerDied` if the peer is known dead.
+//! 6. Mark the connection disconnected, stop the workers, run the
+//!    disconnect callbacks.
+//!
+//! When `disconnect()` returns no handler of the endpoint starts any more;
+//! handlers already running may finish, and their results are discarded.
 
 use std::fmt;
 use std::time::Instant;
@@ -44,7 +99,7 @@ use crate::engine::{Driver, Inner};
 use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
 use crate::pending::{CallError, CallHost, PendingCall};
-use crate::sps::{self, SetupInfo};
+use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::Arc;
 use crate::transport::{Received, Transport, TransportError};
 
@@ -69,6 +124,9 @@ pub enum ConnectError {
     /// Two entries were registered under one name.
     #[error("\"{0}\" is registered twice; each name may be registered once")]
     DuplicateName(String),
+    /// Controller handlers were declared for an LLVM controller.
+    #[error("controller handler \"{0}\" was declared, but the executor speaks LLVM's dialect: an LLVM controller has no handlers to call by tag; drop the declaration or speak Dialect::Orcwire")]
+    HandlersNeedOrcwire(String),
 }
 
 struct Common {
@@ -106,7 +164,7 @@ pub struct ControllerBuilder {
 
 impl ControllerBuilder {
     /// A builder with no handlers, handlers run on the connection's own
-    /// workers (see [`engine`](crate::engine)),
+    /// workers (see [How an endpoint works](self#how-an-endpoint-works)),
     /// and default [`EndpointConfig`].
     pub fn new() -> Self {
         Self {
@@ -174,7 +232,7 @@ impl ControllerBuilder {
         }
         let timeout = self.common.config.setup_timeout;
         let deadline = Instant::now() + timeout;
-        let setup = loop {
+        let (setup, dialect) = loop {
             match transport.recv(Some(deadline))? {
                 Received::Message(m) if m.opcode == Opcode::Setup => {
                     break SetupInfo::decode(m.payload.as_slice())?;
@@ -184,23 +242,33 @@ impl ControllerBuilder {
                 Received::TimedOut => return Err(ConnectError::SetupTimeout(timeout)),
             }
         };
-        let version = setup.protocol_version()?;
-        if version != sps::PROTOCOL_VERSION {
-            return Err(ConnectError::Setup(sps::SpsError::VersionMismatch {
-                ours: sps::PROTOCOL_VERSION,
-                theirs: version,
-            }));
-        }
         let mut table = HandlerTable::default();
-        for (name, tag) in setup.handler_tags() {
-            match self.handlers.iter().find(|(n, _)| n == name) {
-                Some((_, f)) => table.insert(HandlerTag::new(tag), name, Arc::clone(f)),
-                None => table.insert_unbound(HandlerTag::new(tag), name),
+        if dialect == Dialect::Orcwire {
+            // The protocol entry is a capability: present, it must match.
+            let version = setup.protocol_version()?;
+            if version != sps::PROTOCOL_VERSION {
+                return Err(ConnectError::Setup(sps::SpsError::VersionMismatch {
+                    ours: sps::PROTOCOL_VERSION,
+                    theirs: version,
+                }));
+            }
+            for (name, tag) in setup.handler_tags() {
+                match self.handlers.iter().find(|(n, _)| n == name) {
+                    Some((_, f)) => table.insert(HandlerTag::new(tag), name, Arc::clone(f)),
+                    None => table.insert_unbound(HandlerTag::new(tag), name),
+                }
             }
         }
         let dispatcher = self.common.dispatcher();
         let config = self.common.config.clone();
-        let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
+        let inner = Inner::new(
+            Arc::clone(transport),
+            table,
+            dispatcher,
+            config,
+            setup,
+            dialect,
+        );
         Endpoint::start(inner, Role::Controller)
     }
 }
@@ -216,17 +284,19 @@ pub struct ExecutorBuilder {
     common: Common,
     functions: Vec<(String, Arc<HandlerFn>)>,
     handler_names: Vec<String>,
+    dialect: Dialect,
 }
 
 impl ExecutorBuilder {
     /// A builder with no functions, functions run on the connection's own
-    /// workers (see [`engine`](crate::engine)),
+    /// workers (see [How an endpoint works](self#how-an-endpoint-works)),
     /// and default [`EndpointConfig`].
     pub fn new() -> Self {
         Self {
             common: Common::new(),
             functions: Vec::new(),
             handler_names: Vec::new(),
+            dialect: Dialect::Orcwire,
         }
     }
 
@@ -246,6 +316,17 @@ impl ExecutorBuilder {
         F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
     {
         self.functions.push((name.to_owned(), wrap_sync(f)));
+        self
+    }
+
+    /// Speaks `dialect` to the controller (default
+    /// [`Dialect::Orcwire`]): [`Dialect::Llvm14`] or [`Dialect::Llvm15`]
+    /// for a controller that is LLVM's own `SimpleRemoteEPC` of that
+    /// version. The executor talks first, so it must be told. Controller
+    /// handlers ([`controller_handler`](Self::controller_handler)) exist
+    /// only between orcwire endpoints.
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
         self
     }
 
@@ -284,6 +365,9 @@ impl ExecutorBuilder {
 
     fn connect_inner(&mut self, transport: &Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
         let mut setup = SetupInfo::new_orcwire(sps::host_target_triple(), sps::host_page_size());
+        if self.dialect != Dialect::Orcwire {
+            setup.bootstrap_map.clear();
+        }
         let mut table = HandlerTable::default();
         let mut names = std::collections::HashSet::new();
         // Tags are small integers counted from 1, so they reveal nothing
@@ -298,6 +382,24 @@ impl ExecutorBuilder {
             table.insert(tag, name, Arc::clone(f));
             setup.bootstrap_symbols.push((name.clone(), tag.get()));
         }
+        if self.dialect.is_llvm() {
+            if let Some(name) = self.handler_names.first() {
+                return Err(ConnectError::HandlersNeedOrcwire(name.clone()));
+            }
+            // What LLVM's `SimpleRemoteEPC::Create` looks up at set-up,
+            // unless the application registered it.
+            for (name, kind) in llvm_bootstrap::SYMBOLS {
+                if !names.insert(name.to_string()) {
+                    continue;
+                }
+                let tag = HandlerTag::new(next_tag);
+                next_tag += 1;
+                if let llvm_bootstrap::Kind::Wrapper(service) = kind {
+                    table.insert(tag, name, llvm_bootstrap::unimplemented(service));
+                }
+                setup.bootstrap_symbols.push((name.to_string(), tag.get()));
+            }
+        }
         for name in &self.handler_names {
             let full = format!("{}{name}", sps::HANDLER_PREFIX);
             if !names.insert(full.clone()) {
@@ -306,10 +408,17 @@ impl ExecutorBuilder {
             setup.bootstrap_symbols.push((full, next_tag));
             next_tag += 1;
         }
-        transport.send(Opcode::Setup, 0, 0, &setup.encode())?;
+        transport.send(Opcode::Setup, 0, 0, &setup.encode_for(self.dialect))?;
         let dispatcher = self.common.dispatcher();
         let config = self.common.config.clone();
-        let inner = Inner::new(Arc::clone(transport), table, dispatcher, config, setup);
+        let inner = Inner::new(
+            Arc::clone(transport),
+            table,
+            dispatcher,
+            config,
+            setup,
+            self.dialect,
+        );
         Endpoint::start(inner, Role::Executor)
     }
 }
@@ -317,6 +426,104 @@ impl ExecutorBuilder {
 impl Default for ExecutorBuilder {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The bootstrap symbols an LLVM 14 controller requires of an executor.
+///
+/// `SimpleRemoteEPC::Create` looks these up before it returns (the JIT
+/// dispatch context and function, `run_as_main`, the default memory
+/// manager and memory access), and LLVM's dylib manager and EH-frame
+/// registration look up the rest on first use. An orcwire executor
+/// speaking LLVM's dialect publishes every one the application did not
+/// register itself, so that an unmodified LLVM controller connects and
+/// calls the application's functions. **None of them is implemented
+/// yet:** the wrappers answer with an error (an LLVM caller sees a failed
+/// result), and the data objects are tags no handler answers. Running
+/// LLVM's JIT inside an orcwire executor (issue #12) registers real ones
+/// under these names.
+mod llvm_bootstrap {
+    use std::sync::Arc;
+
+    use crate::buffer::WrapperFunctionBuffer;
+    use crate::handler::HandlerFn;
+
+    pub(super) enum Kind {
+        /// An address LLVM keeps (never calls as a wrapper).
+        Data,
+        /// A wrapper function of the named service.
+        Wrapper(&'static str),
+    }
+
+    pub(super) const SYMBOLS: [(&str, Kind); 17] = [
+        ("__llvm_orc_SimpleRemoteEPC_dispatch_ctx", Kind::Data),
+        ("__llvm_orc_SimpleRemoteEPC_dispatch_fn", Kind::Data),
+        (
+            "__llvm_orc_bootstrap_run_as_main_wrapper",
+            Kind::Wrapper("run_as_main"),
+        ),
+        (
+            "__llvm_orc_SimpleExecutorMemoryManager_Instance",
+            Kind::Data,
+        ),
+        (
+            "__llvm_orc_SimpleExecutorMemoryManager_reserve_wrapper",
+            Kind::Wrapper("the memory manager"),
+        ),
+        (
+            "__llvm_orc_SimpleExecutorMemoryManager_finalize_wrapper",
+            Kind::Wrapper("the memory manager"),
+        ),
+        (
+            "__llvm_orc_SimpleExecutorMemoryManager_deallocate_wrapper",
+            Kind::Wrapper("the memory manager"),
+        ),
+        (
+            "__llvm_orc_bootstrap_mem_write_uint8s_wrapper",
+            Kind::Wrapper("memory access"),
+        ),
+        (
+            "__llvm_orc_bootstrap_mem_write_uint16s_wrapper",
+            Kind::Wrapper("memory access"),
+        ),
+        (
+            "__llvm_orc_bootstrap_mem_write_uint32s_wrapper",
+            Kind::Wrapper("memory access"),
+        ),
+        (
+            "__llvm_orc_bootstrap_mem_write_uint64s_wrapper",
+            Kind::Wrapper("memory access"),
+        ),
+        (
+            "__llvm_orc_bootstrap_mem_write_buffers_wrapper",
+            Kind::Wrapper("memory access"),
+        ),
+        (
+            "__llvm_orc_bootstrap_register_ehframe_section_wrapper",
+            Kind::Wrapper("EH-frame registration"),
+        ),
+        (
+            "__llvm_orc_bootstrap_deregister_ehframe_section_wrapper",
+            Kind::Wrapper("EH-frame registration"),
+        ),
+        ("__llvm_orc_SimpleExecutorDylibManager_Instance", Kind::Data),
+        (
+            "__llvm_orc_SimpleExecutorDylibManager_open_wrapper",
+            Kind::Wrapper("the dylib manager"),
+        ),
+        (
+            "__llvm_orc_SimpleExecutorDylibManager_lookup_wrapper",
+            Kind::Wrapper("the dylib manager"),
+        ),
+    ];
+
+    /// A wrapper that answers every call with an error naming `service`.
+    pub(super) fn unimplemented(service: &'static str) -> Arc<HandlerFn> {
+        Arc::new(move |_args, responder| {
+            responder.respond(WrapperFunctionBuffer::out_of_band_error(format!(
+                "this orcwire executor does not implement {service} (LLVM's JIT in an orcwire executor is issue #12)"
+            )))
+        })
     }
 }
 
@@ -416,12 +623,33 @@ impl Endpoint {
 
     /// The tag of the executor wrapper function `name`, as published in
     /// `Setup`.
+    ///
+    /// Against an LLVM executor only its wrapper functions (names ending
+    /// in `_wrapper`) have tags: a tag is the function's address in the
+    /// executor, and "only registered entry points can be called" is then
+    /// the executor's guarantee to give, not orcwire's. A call to a bad
+    /// tag crashes LLVM's executor; orcwire reports that as the peer's
+    /// hang-up or death and fails the pending calls. Other published
+    /// addresses (data objects such as `..._Instance`) are read with
+    /// [`bootstrap_symbol`](Self::bootstrap_symbol).
     pub fn function_tag(&self, name: &str) -> Option<HandlerTag> {
         self.inner
             .setup
-            .functions()
+            .functions(self.inner.dialect)
             .find(|(n, _)| *n == name)
             .map(|(_, t)| HandlerTag::new(t))
+    }
+
+    /// The address (or, from an orcwire executor, the tag) the executor
+    /// published under `name` in its `Setup`, whatever it names.
+    pub fn bootstrap_symbol(&self, name: &str) -> Option<u64> {
+        self.inner.setup.symbol(name)
+    }
+
+    /// What the peer speaks, as its `Setup` showed (the executor's own
+    /// choice on the executor side).
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
     }
 
     /// The tag under which the executor calls the controller handler
@@ -473,7 +701,7 @@ impl Endpoint {
     /// ```
     /// use std::time::Duration;
     /// use orcwire::{CallError, ControllerBuilder, ExecutorBuilder, StreamTransport};
-    /// use orcwire::stream::StreamConfig;
+    /// use orcwire::StreamConfig;
     ///
     /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
     /// let executor = std::thread::spawn(move || {
@@ -521,7 +749,7 @@ impl Endpoint {
     /// a handler; every caller returns only when no further call can be
     /// made or accepted on this side, the peer has been told, and every
     /// pending call has completed (with an error if no result came). See
-    /// the [engine docs](crate::engine) for the steps.
+    /// [the disconnect steps](self#disconnect).
     pub fn disconnect(&self) {
         self.inner.disconnect(DisconnectReason::Local);
     }

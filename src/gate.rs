@@ -148,12 +148,16 @@ impl Gate {
         self.word.load(Ordering::Acquire) & CLOSED != 0
     }
 
+    /// (For the tests and the loom models.)
+    #[cfg(any(test, orcwire_loom))]
     /// The connection epoch: 0 while the first connection is open, advanced
     /// by each close.
     pub fn epoch(&self) -> u32 {
         ((self.word.load(Ordering::Acquire) & EPOCH_MASK) >> EPOCH_SHIFT) as u32
     }
 
+    /// (For the tests and the loom models.)
+    #[cfg(any(test, orcwire_loom))]
     /// Operations inside the gate right now.
     pub fn in_flight(&self) -> u32 {
         (self.word.load(Ordering::Acquire) & COUNT_MASK) as u32
@@ -164,6 +168,8 @@ impl Gate {
         self.word.load(Ordering::Acquire) & COUNT_MASK == 0
     }
 
+    /// (For the tests and the loom models.)
+    #[cfg(any(test, orcwire_loom))]
     /// Blocks until nobody is inside. Meant to be called after
     /// [`close`](Self::close); on an open gate it may wait forever.
     pub fn wait_idle(&self) {

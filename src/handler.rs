@@ -98,7 +98,7 @@ impl Responder {
     ///
     /// ```
     /// use orcwire::{ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer};
-    /// use orcwire::stream::StreamConfig;
+    /// use orcwire::StreamConfig;
     ///
     /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
     /// let executor = std::thread::spawn(move || {
@@ -164,9 +164,17 @@ pub(crate) struct HandlerEntry {
     pub(crate) f: Arc<HandlerFn>,
 }
 
+/// Tags below this are looked up by index (tags are small consecutive
+/// numbers in practice: orcwire's executor hands them out from 1).
+const DENSE_TAGS: u64 = 4096;
+
 /// Tag to handler, frozen once the connection is set up.
 #[derive(Clone, Default)]
 pub(crate) struct HandlerTable {
+    /// Handlers of tags below [`DENSE_TAGS`], by tag: one bounds-checked
+    /// index per incoming call instead of a hash.
+    dense: Vec<Option<HandlerEntry>>,
+    /// Handlers of larger tags (a foreign executor may choose any).
     map: HashMap<u64, HandlerEntry>,
     /// Tags the executor declared for handlers the controller lacks, kept
     /// only to say so in the error result.
@@ -175,13 +183,21 @@ pub(crate) struct HandlerTable {
 
 impl HandlerTable {
     pub(crate) fn insert(&mut self, tag: HandlerTag, name: &str, f: Arc<HandlerFn>) {
-        self.map.insert(
-            tag.get(),
-            HandlerEntry {
-                name: Arc::from(name),
-                f,
-            },
-        );
+        let entry = HandlerEntry {
+            name: Arc::from(name),
+            f,
+        };
+        match usize::try_from(tag.get()) {
+            Ok(i) if tag.get() < DENSE_TAGS => {
+                if self.dense.len() <= i {
+                    self.dense.resize(i + 1, None);
+                }
+                self.dense[i] = Some(entry);
+            }
+            _ => {
+                self.map.insert(tag.get(), entry);
+            }
+        }
     }
 
     pub(crate) fn insert_unbound(&mut self, tag: HandlerTag, name: &str) {
@@ -189,6 +205,10 @@ impl HandlerTable {
     }
 
     pub(crate) fn get(&self, tag: u64) -> Option<&HandlerEntry> {
+        if tag < DENSE_TAGS {
+            // `tag < 4096` fits a usize; past the end means unbound.
+            return self.dense.get(tag as usize).and_then(Option::as_ref);
+        }
         self.map.get(&tag)
     }
 
@@ -208,17 +228,45 @@ impl HandlerTable {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.dense.iter().flatten().count() + self.map.len()
     }
 
     /// `(tag, name)` of every bound handler, sorted by tag.
     pub(crate) fn entries(&self) -> Vec<(HandlerTag, String)> {
-        let mut v: Vec<_> = self
+        let dense = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter_map(|(t, e)| Some((HandlerTag(t as u64), e.as_ref()?.name.to_string())));
+        let sparse = self
             .map
             .iter()
-            .map(|(t, e)| (HandlerTag(*t), e.name.to_string()))
-            .collect();
+            .map(|(t, e)| (HandlerTag(*t), e.name.to_string()));
+        let mut v: Vec<_> = dense.chain(sparse).collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(all(test, not(orcwire_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_and_large_tags_are_both_found_and_listed_in_order() {
+        let f: Arc<HandlerFn> = Arc::new(|_args, responder| drop(responder));
+        let mut t = HandlerTable::default();
+        for (tag, name) in [(3, "c"), (1, "a"), (u64::MAX, "max"), (DENSE_TAGS, "edge")] {
+            t.insert(HandlerTag(tag), name, Arc::clone(&f));
+        }
+        for (tag, name) in [(1, "a"), (3, "c"), (DENSE_TAGS, "edge"), (u64::MAX, "max")] {
+            assert_eq!(&*t.get(tag).unwrap().name, name, "tag {tag}");
+        }
+        for missing in [0, 2, 4, DENSE_TAGS - 1, DENSE_TAGS + 1, u64::MAX - 1] {
+            assert!(t.get(missing).is_none(), "tag {missing}");
+        }
+        assert_eq!(t.len(), 4);
+        let names: Vec<_> = t.entries().into_iter().map(|(_, n)| n).collect();
+        assert_eq!(names, ["a", "c", "edge", "max"]);
     }
 }

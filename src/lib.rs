@@ -5,42 +5,89 @@
 //! bytes ([`WrapperFunctionBuffer`]); orcwire carries those calls in both
 //! directions and never interprets the bytes. The pieces:
 //!
-//! * [`message`]: LLVM SimpleRemoteEPC's message model (`Setup`, `Hangup`,
+//! * [`Message`]: LLVM SimpleRemoteEPC's message model (`Setup`, `Hangup`,
 //!   `Result`, `CallWrapper`), shared by every transport.
 //! * [`Transport`]: moves messages. [`StreamTransport`] runs over pipes,
 //!   Unix sockets or TCP (wire-compatible with LLVM's
 //!   `FDSimpleRemoteEPCTransport`); the `orcwire-shm` crate provides the
 //!   shared-memory transport.
 //! * [`Endpoint`]: the connection engine for both roles — pending calls,
-//!   handler tags, the disconnect [gate], and the hang-up handshake.
+//!   handler tags, the disconnect gate, and the hang-up handshake
+//!   ([`endpoint`] documents how it works).
 //! * [`Session`], [`Service`], [`TaskDispatcher`]: orc-rt's executor-side
 //!   session with ordered detach/shutdown; [`attach_executor`] plugs an
 //!   endpoint in as its `ControllerAccess`.
 //!
-//! See [`endpoint`] for a complete example.
+//! # Example
+//! ```
+//! use orcwire::{ControllerBuilder, ExecutorBuilder, StreamConfig, StreamTransport, WrapperFunctionBuffer};
+//!
+//! let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
+//! // The executor side usually runs in another process; a thread will do here.
+//! let executor = std::thread::spawn(move || {
+//!     ExecutorBuilder::new()
+//!         .sync_function("add_one", |args: &[u8]| {
+//!             WrapperFunctionBuffer::from_vec(args.iter().map(|b| b + 1).collect())
+//!         })
+//!         .connect(e_side)
+//!         .unwrap()
+//! });
+//! let controller = ControllerBuilder::new().connect(c_side).unwrap();
+//! let tag = controller.function_tag("add_one").unwrap();
+//! let out = controller.call(tag, &[1, 2, 3]).unwrap().wait().unwrap();
+//! assert_eq!(out.as_slice(), &[2, 3, 4]);
+//! controller.disconnect();
+//! executor.join().unwrap().disconnect();
+//! ```
+//!
+//! # What is public
+//! The types above, re-exported at the crate root; the modules that
+//! document them ([`endpoint`], [`session`], [`stream`]); [`sps`] (LLVM's
+//! Simple Packed Serialization, for wrapper-function arguments and the
+//! `Setup` payload); and [`transport`], everything needed to write a
+//! transport of one's own. The engine, the gate, the pending-call table and the handler
+//! table are implementation: the loom models reach them under
+//! `--cfg orcwire_loom` only.
 #![deny(missing_docs)]
 
-pub mod access;
-pub mod buffer;
-pub mod dispatch;
+/// Declares internal modules: private, except under `--cfg orcwire_loom`,
+/// where the loom models in `loom-tests` need to reach them (hidden from
+/// the docs either way).
+macro_rules! internal {
+    ($($(#[$attr:meta])* $name:ident;)*) => {$(
+        $(#[$attr])*
+        #[cfg(orcwire_loom)]
+        #[doc(hidden)]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(orcwire_loom))]
+        mod $name;
+    )*};
+}
+
+internal! {
+    access;
+    buffer;
+    dispatch;
+    engine;
+    gate;
+    handler;
+    message;
+    pending;
+    waker;
+}
 pub mod endpoint;
-pub mod engine;
-pub mod gate;
-pub mod handler;
-pub mod message;
-pub mod pending;
 pub mod session;
 pub mod sps;
 #[cfg(not(orcwire_loom))]
 pub mod stream;
 pub mod transport;
-mod waker;
 
 /// The sync shim (std's or loom's primitives), as `crate::sync`.
 use orcwire_sync as sync;
 
 pub use access::{attach_executor, AttachError};
-pub use buffer::WrapperFunctionBuffer;
+pub use buffer::{AllocError, WrapperFunctionBuffer};
 pub use dispatch::{
     is_dispatcher_thread, DispatchError, InlineTaskDispatcher, Task, TaskDispatcher,
     ThreadPoolTaskDispatcher,
@@ -50,9 +97,9 @@ pub use endpoint::{
     Role,
 };
 pub use handler::{HandlerTag, Responder};
-pub use message::{Message, Opcode};
-pub use pending::{CallError, PendingCall};
+pub use message::{Message, Opcode, UnknownOpcode};
+pub use pending::{CallError, CallResult, PendingCall};
 pub use session::{ControllerAccess, Service, Session, SessionError};
 #[cfg(not(orcwire_loom))]
-pub use stream::StreamTransport;
+pub use stream::{StreamConfig, StreamError, StreamTransport};
 pub use transport::{Received, Transport, TransportError};

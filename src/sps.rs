@@ -26,6 +26,38 @@
 //! the bytes that remain *before* anything is allocated, and entry counts
 //! and name lengths are capped ([`MAX_SETUP_ENTRIES`], [`MAX_NAME_LEN`]).
 
+/// Which protocol the executor speaks, as its `Setup` message shows.
+///
+/// | dialect | `Setup` payload | result kind | errors | `Hangup` payload |
+/// |---|---|---|---|---|
+/// | [`Llvm14`](Self::Llvm14) | triple, page size, symbols | tag 0 | empty result (LLVM sends no text) | SPS `Error` |
+/// | [`Llvm15`](Self::Llvm15) | triple, page size, bootstrap map, symbols | tag 0 | as LLVM 14 | SPS `Error` |
+/// | [`Orcwire`](Self::Orcwire) | as LLVM 15, plus the `"orcwire.protocol"` map entry | [`RESULT_OK`](crate::transport::RESULT_OK) / [`RESULT_ERROR`](crate::transport::RESULT_ERROR) | the message, out of band | SPS `Error` (empty accepted) |
+///
+/// LLVM's `SimpleRemoteEPC` (14 and later) refuses a `Result` whose tag is
+/// not 0, and carries an out-of-band error as an empty result (its
+/// `WrapperFunctionResult::data()` of an error has no bytes): the caller's
+/// SPS decoding of the result then fails, which is how an LLVM caller sees
+/// the error, without the session ending. orcwire's own dialect keeps the
+/// error text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// LLVM 14's `SimpleRemoteEPCExecutorInfo`: no bootstrap map.
+    Llvm14,
+    /// LLVM 15 and later: with the bootstrap map.
+    Llvm15,
+    /// Two orcwire endpoints: LLVM 15's layout with the
+    /// [`PROTOCOL_KEY`] entry, and error results that keep their text.
+    Orcwire,
+}
+
+impl Dialect {
+    /// Whether the peer is one of LLVM's programs.
+    pub fn is_llvm(self) -> bool {
+        !matches!(self, Self::Orcwire)
+    }
+}
+
 /// Bootstrap-map key holding the orcwire protocol version.
 pub const PROTOCOL_KEY: &str = "orcwire.protocol";
 /// The protocol version this crate speaks.
@@ -36,6 +68,8 @@ pub const HANDLER_PREFIX: &str = "orcwire.handler:";
 pub const MAX_SETUP_ENTRIES: usize = 65_536;
 /// Longest name (in bytes) a decoded `Setup` may contain.
 pub const MAX_NAME_LEN: usize = 4096;
+/// Longest error message (in bytes) a decoded `Error` may carry.
+pub const MAX_ERROR_LEN: usize = 1 << 20;
 
 /// Why SPS bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -298,8 +332,9 @@ impl<'a> SpsReader<'a> {
 ///
 /// let mut info = SetupInfo::new_orcwire("x86_64-unknown-linux-gnu".into(), 4096);
 /// info.bootstrap_symbols.push(("my_fn".into(), 1));
-/// let back = SetupInfo::decode(&info.encode()).unwrap();
+/// let (back, dialect) = SetupInfo::decode(&info.encode()).unwrap();
 /// assert_eq!(back, info);
+/// assert_eq!(dialect, orcwire::sps::Dialect::Orcwire);
 /// assert_eq!(back.protocol_version().unwrap(), PROTOCOL_VERSION);
 /// assert_eq!(back.symbol("my_fn"), Some(1));
 /// ```
@@ -329,13 +364,22 @@ impl SetupInfo {
         }
     }
 
-    /// SPS-encodes it.
+    /// SPS-encodes it in orcwire's layout (LLVM 15's, with the map).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_for(Dialect::Orcwire)
+    }
+
+    /// SPS-encodes it in the layout `dialect` decodes: without the
+    /// bootstrap map for LLVM 14 (the map is then dropped), with it
+    /// otherwise.
+    pub fn encode_for(&self, dialect: Dialect) -> Vec<u8> {
         let mut w = SpsWriter::with_capacity(64 + 32 * self.bootstrap_symbols.len());
         w.str(&self.target_triple).u64(self.page_size);
-        w.seq_len(self.bootstrap_map.len());
-        for (k, v) in &self.bootstrap_map {
-            w.str(k).bytes(v);
+        if dialect != Dialect::Llvm14 {
+            w.seq_len(self.bootstrap_map.len());
+            for (k, v) in &self.bootstrap_map {
+                w.str(k).bytes(v);
+            }
         }
         w.seq_len(self.bootstrap_symbols.len());
         for (k, a) in &self.bootstrap_symbols {
@@ -344,31 +388,74 @@ impl SetupInfo {
         w.into_inner()
     }
 
-    /// Decodes untrusted bytes.
+    /// Decodes untrusted bytes in either layout and tells which dialect
+    /// they are: LLVM 15's layout (with the bootstrap map) is tried first,
+    /// then LLVM 14's; each must consume the input exactly, so a payload
+    /// cannot pass for both. With the map, the [`PROTOCOL_KEY`] entry makes
+    /// it [`Dialect::Orcwire`].
     ///
     /// # Errors
-    /// An [`SpsError`] for truncated, oversized, non-UTF-8 or trailing
-    /// input.
-    pub fn decode(input: &[u8]) -> Result<Self, SpsError> {
+    /// An [`SpsError`] for input that is neither layout (truncated,
+    /// oversized, non-UTF-8 or trailing bytes): the error of the LLVM 15
+    /// reading, or of the LLVM 14 one if that got further.
+    pub fn decode(input: &[u8]) -> Result<(Self, Dialect), SpsError> {
+        let with_map = Self::decode_layout(input, true);
+        let with_map_err = match with_map {
+            Ok(info) => {
+                let dialect = if info.map_value(PROTOCOL_KEY).is_some() {
+                    Dialect::Orcwire
+                } else {
+                    Dialect::Llvm15
+                };
+                return Ok((info, dialect));
+            }
+            Err(e) => e,
+        };
+        match Self::decode_layout(input, false) {
+            Ok(info) => Ok((info, Dialect::Llvm14)),
+            Err((e14, at14)) => Err(if at14 > with_map_err.1 {
+                e14
+            } else {
+                with_map_err.0
+            }),
+        }
+    }
+
+    /// One layout; on error also how far it got (to report the better
+    /// of two failed readings).
+    fn decode_layout(input: &[u8], with_map: bool) -> Result<Self, (SpsError, usize)> {
         let mut r = SpsReader::new(input);
-        let target_triple = r.str("target triple", MAX_NAME_LEN)?.to_owned();
-        let page_size = r.u64()?;
-        // Each map entry is at least two length prefixes.
-        let n = r.seq_len("bootstrap map", 16, MAX_SETUP_ENTRIES)?;
-        let mut bootstrap_map = Vec::with_capacity(n);
-        for _ in 0..n {
-            let k = r.str("bootstrap map key", MAX_NAME_LEN)?.to_owned();
-            let v = r.bytes("bootstrap map value", usize::MAX)?.to_vec();
-            bootstrap_map.push((k, v));
+        let at = |r: &SpsReader<'_>| input.len() - r.remaining();
+        macro_rules! t {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((e, at(&r))),
+                }
+            };
+        }
+        let target_triple = t!(r.str("target triple", MAX_NAME_LEN)).to_owned();
+        let page_size = t!(r.u64());
+        let mut bootstrap_map = Vec::new();
+        if with_map {
+            // Each map entry is at least two length prefixes.
+            let n = t!(r.seq_len("bootstrap map", 16, MAX_SETUP_ENTRIES));
+            bootstrap_map.reserve(n);
+            for _ in 0..n {
+                let k = t!(r.str("bootstrap map key", MAX_NAME_LEN)).to_owned();
+                let v = t!(r.bytes("bootstrap map value", usize::MAX)).to_vec();
+                bootstrap_map.push((k, v));
+            }
         }
         // Each symbol is a length prefix and an address.
-        let n = r.seq_len("bootstrap symbols", 16, MAX_SETUP_ENTRIES)?;
+        let n = t!(r.seq_len("bootstrap symbols", 16, MAX_SETUP_ENTRIES));
         let mut bootstrap_symbols = Vec::with_capacity(n);
         for _ in 0..n {
-            let k = r.str("bootstrap symbol name", MAX_NAME_LEN)?.to_owned();
-            bootstrap_symbols.push((k, r.u64()?));
+            let k = t!(r.str("bootstrap symbol name", MAX_NAME_LEN)).to_owned();
+            bootstrap_symbols.push((k, t!(r.u64())));
         }
-        r.finish()?;
+        let end = at(&r);
+        r.finish().map_err(|e| (e, end))?;
         Ok(Self {
             target_triple,
             page_size,
@@ -406,11 +493,21 @@ impl SetupInfo {
         Ok(u32::from_le_bytes(b))
     }
 
-    /// Executor wrapper functions: `(name, tag)`.
-    pub fn functions(&self) -> impl Iterator<Item = (&str, u64)> {
+    /// Executor wrapper functions a controller may call, `(name, tag)`,
+    /// for an executor speaking `dialect`. An orcwire executor publishes
+    /// exactly its registered functions. An LLVM executor publishes
+    /// addresses of anything (functions and data objects such as
+    /// `..._Instance` or `..._dispatch_ctx`); only names ending in
+    /// `_wrapper`, LLVM's convention for wrapper functions, count as
+    /// functions. Calling anything else would make LLVM's executor jump to
+    /// a non-function and crash.
+    pub fn functions(&self, dialect: Dialect) -> impl Iterator<Item = (&str, u64)> {
         self.bootstrap_symbols
             .iter()
-            .filter(|(k, _)| !k.starts_with(HANDLER_PREFIX))
+            .filter(move |(k, _)| match dialect {
+                Dialect::Orcwire => !k.starts_with(HANDLER_PREFIX),
+                Dialect::Llvm14 | Dialect::Llvm15 => k.ends_with("_wrapper"),
+            })
             .map(|(k, a)| (k.as_str(), *a))
     }
 
@@ -420,6 +517,41 @@ impl SetupInfo {
             .iter()
             .filter_map(|(k, a)| k.strip_prefix(HANDLER_PREFIX).map(|n| (n, *a)))
     }
+}
+
+/// SPS-encodes an LLVM `Error` (`SPSError`): `false`, or `true` and the
+/// message. The payload of a `Hangup` in every dialect.
+pub fn encode_error(message: Option<&str>) -> Vec<u8> {
+    let mut w = SpsWriter::new();
+    match message {
+        None => {
+            w.bool(false);
+        }
+        Some(m) => {
+            w.bool(true).str(m);
+        }
+    }
+    w.into_inner()
+}
+
+/// Decodes an SPS-encoded LLVM `Error` from untrusted bytes: `None` for
+/// success, the message otherwise. An empty input counts as success (an
+/// orcwire peer before protocol 1.1 sent an empty `Hangup`).
+///
+/// # Errors
+/// An [`SpsError`] for anything else than one well-formed `Error`.
+pub fn decode_error(input: &[u8]) -> Result<Option<String>, SpsError> {
+    if input.is_empty() {
+        return Ok(None);
+    }
+    let mut r = SpsReader::new(input);
+    let message = if r.bool()? {
+        Some(r.str("error message", MAX_ERROR_LEN)?.to_owned())
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(message)
 }
 
 /// This host's target triple, as LLVM spells it (for example
@@ -467,17 +599,21 @@ mod tests {
     #[test]
     fn round_trip_and_accessors() {
         let s = sample();
-        let back = SetupInfo::decode(&s.encode()).unwrap();
+        let (back, dialect) = SetupInfo::decode(&s.encode()).unwrap();
         assert_eq!(back, s);
+        assert_eq!(dialect, Dialect::Orcwire);
         assert_eq!(back.protocol_version(), Ok(PROTOCOL_VERSION));
         assert_eq!(
-            back.functions().collect::<Vec<_>>(),
+            back.functions(Dialect::Orcwire).collect::<Vec<_>>(),
             vec![("f", 1), ("ünïcode", u64::MAX)]
         );
         assert_eq!(back.handler_tags().collect::<Vec<_>>(), vec![("log", 2)]);
         assert_eq!(back.map_value("blob"), Some(&[1u8, 2, 3][..]));
         let empty = SetupInfo::default();
-        assert_eq!(SetupInfo::decode(&empty.encode()).unwrap(), empty);
+        assert_eq!(
+            SetupInfo::decode(&empty.encode()).unwrap(),
+            (empty.clone(), Dialect::Llvm15)
+        );
         assert_eq!(empty.protocol_version(), Err(SpsError::NoProtocolVersion));
     }
 
@@ -526,12 +662,17 @@ mod tests {
             w.str("t").u64(4096).u64(len);
             assert!(SetupInfo::decode(&w.into_inner()).is_err());
         }
+        // A map value claiming u64::MAX bytes is refused, not allocated.
+        // (The same bytes happen to be a valid LLVM 14 Setup: one symbol
+        // "k" at address u64::MAX.)
         let mut w = SpsWriter::new();
         w.str("t").u64(4096).u64(1).str("k").u64(u64::MAX);
+        let bytes = w.into_inner();
         assert!(matches!(
-            SetupInfo::decode(&w.into_inner()),
-            Err(SpsError::Truncated { .. })
+            SetupInfo::decode_layout(&bytes, true),
+            Err((SpsError::Truncated { .. }, _))
         ));
+        assert_eq!(SetupInfo::decode(&bytes).unwrap().1, Dialect::Llvm14);
     }
 
     #[test]
@@ -545,6 +686,71 @@ mod tests {
         ));
         assert_eq!(SpsReader::new(&[2]).bool(), Err(SpsError::InvalidBool(2)));
         assert_eq!(SpsReader::new(&[1]).bool(), Ok(true));
+    }
+
+    #[test]
+    fn each_layout_decodes_as_its_dialect() {
+        let mut llvm = SetupInfo {
+            target_triple: "x86_64-unknown-linux-gnu".into(),
+            page_size: 4096,
+            bootstrap_map: Vec::new(),
+            bootstrap_symbols: vec![
+                (
+                    "__llvm_orc_SimpleExecutorMemoryManager_Instance".into(),
+                    0x5555_0000,
+                ),
+                (
+                    "__llvm_orc_SimpleExecutorMemoryManager_reserve_wrapper".into(),
+                    0x5555_1000,
+                ),
+                (
+                    "__llvm_orc_bootstrap_mem_write_uint64s_wrapper".into(),
+                    0x5555_2000,
+                ),
+            ],
+        };
+        // LLVM 14: no map at all.
+        let (back, dialect) = SetupInfo::decode(&llvm.encode_for(Dialect::Llvm14)).unwrap();
+        assert_eq!((&back, dialect), (&llvm, Dialect::Llvm14));
+        // Only the `_wrapper` symbols are functions; data objects are not.
+        assert_eq!(
+            back.functions(Dialect::Llvm14)
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
+            [
+                "__llvm_orc_SimpleExecutorMemoryManager_reserve_wrapper",
+                "__llvm_orc_bootstrap_mem_write_uint64s_wrapper"
+            ]
+        );
+        // LLVM 15+: a map without orcwire's entry.
+        llvm.bootstrap_map.push(("some.key".into(), vec![1, 2]));
+        let (back, dialect) = SetupInfo::decode(&llvm.encode_for(Dialect::Llvm15)).unwrap();
+        assert_eq!((&back, dialect), (&llvm, Dialect::Llvm15));
+        // Encoding for LLVM 14 drops the map.
+        let (back, _) = SetupInfo::decode(&llvm.encode_for(Dialect::Llvm14)).unwrap();
+        assert!(back.bootstrap_map.is_empty());
+        // Every truncation of an LLVM 14 Setup is an error too.
+        let bytes = llvm.encode_for(Dialect::Llvm14);
+        for cut in 0..bytes.len() {
+            assert!(SetupInfo::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn errors_round_trip_and_hostile_ones_are_refused() {
+        assert_eq!(encode_error(None), [0]);
+        assert_eq!(decode_error(&encode_error(None)), Ok(None));
+        assert_eq!(decode_error(&[]), Ok(None));
+        let e = encode_error(Some("boom"));
+        assert_eq!(decode_error(&e), Ok(Some("boom".to_owned())));
+        for cut in 1..e.len() {
+            assert!(decode_error(&e[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_error(&[2]).is_err());
+        assert!(decode_error(&[0, 0]).is_err());
+        let mut huge = vec![1];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_error(&huge).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! A [`Transport`] only moves [`Message`]s and wakes the other side. It
 //! knows nothing of pending calls, handlers or the disconnect handshake:
-//! those belong to the [endpoint](crate::endpoint). This split is LLVM's
+//! those belong to the [`Endpoint`](crate::Endpoint). This split is LLVM's
 //! `SimpleRemoteEPCTransport` / `SimpleRemoteEPCTransportClient` split,
 //! turned from push to *pull*: the endpoint asks for the next message with
 //! [`Transport::recv`], so whichever thread needs progress (a dedicated
@@ -17,11 +17,15 @@
 //!   guarantees it. A transport may rely on that.
 //! * [`interrupt_recv`](Transport::interrupt_recv) and
 //!   [`close`](Transport::close) may be called from any thread at any time.
+//!
+//! This module is everything a transport of one's own needs: the trait,
+//! the message model it carries ([`Message`], [`Opcode`], the result kinds
+//! [`RESULT_OK`] / [`RESULT_ERROR`]) and [`decode_message`].
 
 use std::time::Instant;
 
 use crate::buffer::WrapperFunctionBuffer;
-use crate::message::{Message, Opcode};
+pub use crate::message::{Message, Opcode, UnknownOpcode, RESULT_ERROR, RESULT_OK};
 
 /// What [`Transport::recv`] produced.
 #[derive(Debug)]

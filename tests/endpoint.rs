@@ -10,12 +10,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{block_on, join_bounded, run_bounded};
-use orcwire::dispatch::{InlineTaskDispatcher, TaskDispatcher};
-use orcwire::stream::StreamConfig;
+use orcwire::StreamConfig;
 use orcwire::{
     CallError, ControllerBuilder, DisconnectReason, Endpoint, ExecutorBuilder, StreamTransport,
     WrapperFunctionBuffer,
 };
+use orcwire::{InlineTaskDispatcher, TaskDispatcher};
 
 const LIMIT: Duration = Duration::from_secs(20);
 

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{connect_pair, dispatchers, pseudo_random, run_bounded, shm_pair, MakeDispatcher};
-use orcwire::stream::StreamConfig;
+use orcwire::StreamConfig;
 use orcwire::{
     CallError, ControllerBuilder, Endpoint, EndpointConfig, ExecutorBuilder, StreamTransport,
     Transport, WrapperFunctionBuffer,

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use orcwire::sps::SetupInfo;
-use orcwire::stream::StreamConfig;
+use orcwire::StreamConfig;
 use orcwire::{
     CallError, ConnectError, ControllerBuilder, DisconnectReason, Endpoint, StreamTransport,
 };

@@ -136,13 +136,7 @@ fn controller(spawned: &SpawnedExecutor) -> Endpoint {
         .sync_handler("ctl_xor", |a: &[u8]| {
             WrapperFunctionBuffer::from_vec(xor(a))
         })
-        .handler("ctl_hang", |_a, r| {
-            // Keep the responder alive: the call stays pending.
-            thread::spawn(move || {
-                thread::sleep(LIMIT);
-                drop(r);
-            });
-        })
+        .handler("ctl_hang", |_a, r| common::never_answer(r, LIMIT))
         .connect(spawned.transport.clone())
         .unwrap()
 }
@@ -203,12 +197,7 @@ fn executor_role(transport: Arc<orcwire_shm::ShmTransport>) {
     let ep = ExecutorBuilder::new()
         .sync_function("echo", WrapperFunctionBuffer::from_slice)
         .sync_function("xor", |a: &[u8]| WrapperFunctionBuffer::from_vec(xor(a)))
-        .function("hang", |_a, r| {
-            thread::spawn(move || {
-                thread::sleep(LIMIT);
-                drop(r);
-            });
-        })
+        .function("hang", |_a, r| common::never_answer(r, LIMIT))
         .sync_function("call_controller_sizes", move |_a: &[u8]| {
             let ep = me2.get().unwrap();
             let tag = ep.handler_tag("ctl_xor").unwrap();
@@ -266,12 +255,7 @@ fn listener_controller_role() {
         .sync_handler("ctl_xor", |a: &[u8]| {
             WrapperFunctionBuffer::from_vec(xor(a))
         })
-        .handler("ctl_hang", |_a, r| {
-            thread::spawn(move || {
-                thread::sleep(LIMIT);
-                drop(r);
-            });
-        })
+        .handler("ctl_hang", |_a, r| common::never_answer(r, LIMIT))
         .connect(transport)
         .unwrap();
     // Wait to be killed (bounded, in case the test never does).
@@ -486,6 +470,33 @@ fn both_sides_disconnecting_at_once_both_return() {
     leaks.check();
 }
 
+/// Disconnects `c` after a corruption test (bounded), and checks that the
+/// executor then exits in order: not a panic (101), not a signal, not a
+/// hang. Returns why the controller's connection ended.
+fn end_after_corruption(
+    c: Endpoint,
+    spawned: &SpawnedExecutor,
+    what: &str,
+) -> Option<DisconnectReason> {
+    common::run_bounded(LIMIT, {
+        let c = c.clone();
+        move || c.disconnect()
+    });
+    assert!(c.is_disconnected(), "{what}");
+    let reason = c.disconnect_reason();
+    drop(c);
+    let status = spawned
+        .process
+        .wait_timeout(LIMIT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: the executor hung after the corruption"));
+    assert!(
+        matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
+        "{what}: executor ended with {status}"
+    );
+    reason
+}
+
 #[test]
 fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
     let _serial = serial();
@@ -560,15 +571,10 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
         for h in callers {
             common::join_bounded(h, LIMIT);
         }
-        common::run_bounded(LIMIT, {
-            let c = c.clone();
-            move || c.disconnect()
-        });
-        assert!(c.is_disconnected());
+        let reason = end_after_corruption(c, &spawned, &format!("round {round}"));
         if !(4..6).contains(&round) {
             // Header and control blocks: one side noticed before our own
             // disconnect (a protocol error here, or the executor's there).
-            let reason = c.disconnect_reason();
             assert!(
                 matches!(
                     reason,
@@ -577,17 +583,6 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
                 "round {round}: the corruption went unnoticed: {reason:?}"
             );
         }
-        drop(c);
-        let status = spawned
-            .process
-            .wait_timeout(LIMIT)
-            .unwrap()
-            .expect("the executor hung after corruption");
-        // Not a panic (101) and not a signal: an orderly exit.
-        assert!(
-            matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
-            "round {round}: executor ended with {status}"
-        );
     }
     leaks.check();
 }
@@ -653,26 +648,12 @@ fn a_corrupted_head_index_is_caught_the_next_time_it_is_read() {
             assert!(Instant::now() < deadline, "no disconnect after the failure");
             thread::sleep(Duration::from_millis(1));
         }
-        common::run_bounded(LIMIT, {
-            let c = c.clone();
-            move || c.disconnect()
-        });
-        match c.disconnect_reason() {
+        match end_after_corruption(c, &spawned, &format!("variant {variant}")) {
             Some(DisconnectReason::Protocol(what)) => {
                 assert!(what.contains("consumer head"), "variant {variant}: {what}")
             }
             other => panic!("variant {variant}: {other:?}"),
         }
-        drop(c);
-        let status = spawned
-            .process
-            .wait_timeout(LIMIT)
-            .unwrap()
-            .expect("the executor hung after the controller failed");
-        assert!(
-            matches!(status.code(), Some(EXIT_CLEAN | EXIT_BROKEN)),
-            "variant {variant}: executor ended with {status}"
-        );
     }
     leaks.check();
 }

@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{Message, Opcode, Received, Transport, TransportError};
+use orcwire::{StreamConfig, StreamTransport};
 use orcwire_sync::{thread, Arc};
 
 /// The longest any single wait in these tests may take.

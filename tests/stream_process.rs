@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{spawn_child, wait_child, CHILD_ENV};
-use orcwire::stream::StreamConfig;
+use orcwire::StreamConfig;
 use orcwire::{
     CallError, ControllerBuilder, ExecutorBuilder, StreamTransport, WrapperFunctionBuffer,
 };

@@ -26,14 +26,9 @@
 //!     LOOM_MAX_PREEMPTIONS=3 cargo test --release -p orcwire-loom-tests
 //! ```
 //!
-//! | file | model | proves |
-//! |---|---|---|
-//! | `gate.rs` | 2 callers, 2 `disconnect()`s | no call enters after a disconnect returned; every disconnect returns; the in-flight count ends at 0 |
-//! | `ring.rs` | producer and consumer, wrap-around, a fragmented message | each message arrives once, whole and in order; no race on payload bytes |
-//! | `futex.rs` | a sleeper and a publisher | no lost wake-up when the sleeper goes to sleep as the publisher publishes |
-//! | `pending.rs` | two results racing a disconnect, a call registered during it | each call completes exactly once, with its result or the disconnect's error |
-//! | `session.rs` | two `shutdown` callers and `wait_for_shutdown` | each completion callback runs exactly once, none lost (seed 000's bug) |
-//! | `handshake.rs` | two `ShmTransport` ends as two processes: one closing right after a call, both disconnecting at once, one disconnecting while the other calls | what was sent before the hang-up bit is received first; both disconnects return; each side sees the other's `Hangup`; a sent call is not lost; the peer had stopped accepting calls when a disconnect returned |
+//! The table of models, what each proves and how many executions loom
+//! explores is in the README's *Model checking* section (written once,
+//! there).
 //!
 //! # A model must be able to fail
 //!

@@ -148,7 +148,7 @@ pub type MakeDispatcher = Option<fn() -> std::sync::Arc<dyn orcwire::TaskDispatc
 /// Every way to run handlers, by name: the connection's workers, an
 /// inline dispatcher, and a pool of two threads.
 pub fn dispatchers() -> [(&'static str, MakeDispatcher); 3] {
-    use orcwire::dispatch::{InlineTaskDispatcher, ThreadPoolTaskDispatcher};
+    use orcwire::{InlineTaskDispatcher, ThreadPoolTaskDispatcher};
     [
         ("workers", None),
         (
@@ -181,4 +181,14 @@ pub fn connect_pair(
     let executor = executor.connect(e).unwrap();
     let controller = controller.connect(c).unwrap();
     (controller, executor)
+}
+
+/// A handler that never answers while the test runs: it keeps the
+/// responder alive (so the call stays pending, without the "dropped
+/// without an answer" error) for `limit`, on a thread of its own.
+pub fn never_answer(responder: orcwire::Responder, limit: Duration) {
+    thread::spawn(move || {
+        thread::sleep(limit);
+        drop(responder);
+    });
 }

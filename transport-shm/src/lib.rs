@@ -69,6 +69,11 @@
 //! (with [`pidfd_open`]) for liveness. [`remove_stale_segments`] cleans
 //! up names a crash left in `/dev/shm`.
 //!
+//! # Diagnostics
+//! [`inspect`] reads a live segment of another process, read-only, and
+//! reports its header, state flags, wake words and ring indices (what
+//! `orcwire inspect PID` prints), each side's and ring's by [`Side`].
+//!
 //! # Inside
 //! The modules are private; each file's docs say what it holds and what
 //! it relies on. Bottom up: `segment` and `named` (the shared memory
@@ -101,10 +106,9 @@ macro_rules! internal {
     };
 }
 
-#[cfg(not(orcwire_loom))]
-#[doc(hidden)]
-pub mod bench;
 mod fdpass;
+#[cfg(not(orcwire_loom))]
+pub mod inspect;
 // Public so that `orcwire_shm::launch::X` paths keep resolving; every
 // item is re-exported, and documented, at the root.
 #[doc(hidden)]
@@ -128,7 +132,7 @@ pub use launch::{
     ExecutorProcess, LaunchError, NamedOffer, ShmListener, SpawnedExecutor, DEFAULT_ATTACH_TIMEOUT,
     ENV_INHERITED,
 };
-pub use layout::{LayoutError, RingCapacity};
+pub use layout::{LayoutError, RingCapacity, Side};
 pub use liveness::{pidfd_open, LivenessError};
 pub use mapping::{HeapMapping, SharedMapping, MAPPING_ALIGN};
 pub use named::{remove_stale_segments, NamedRendezvous, NamedRendezvousError};

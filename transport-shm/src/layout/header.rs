@@ -68,9 +68,9 @@ pub mod state {
     /// Every flag with its name, for diagnostics (`orcwire inspect`).
     #[allow(dead_code)]
     pub const NAMES: [(u64, &str); 3] = [
-        (CONTROLLER_DISCONNECTING, "controller-disconnecting"),
-        (EXECUTOR_DISCONNECTING, "executor-disconnecting"),
-        (EXECUTOR_ATTACHED, "executor-attached"),
+        (CONTROLLER_DISCONNECTING, "CONTROLLER_DISCONNECTING"),
+        (EXECUTOR_DISCONNECTING, "EXECUTOR_DISCONNECTING"),
+        (EXECUTOR_ATTACHED, "EXECUTOR_ATTACHED"),
     ];
     /// The epoch lives in the high 32 bits. Written by the **controller**
     /// only, in [`init`](crate::layout::init()), before the segment is published;
@@ -117,7 +117,8 @@ impl Side {
         }
     }
 
-    /// Index of this side's [`SideBlock`] and of the ring it sends on.
+    /// Index of this side's block in the segment header and of the ring
+    /// it sends on: 0 for the controller, 1 for the executor.
     pub fn index(self) -> usize {
         match self {
             Side::Controller => 0,
@@ -125,11 +126,13 @@ impl Side {
         }
     }
 
-    /// The [`state`] bit this side sets when it disconnects.
-    pub fn disconnecting_bit(self) -> u64 {
-        match self {
-            Side::Controller => state::CONTROLLER_DISCONNECTING,
-            Side::Executor => state::EXECUTOR_DISCONNECTING,
+    internal! {
+        /// The [`state`] bit this side sets when it disconnects.
+        fn disconnecting_bit(self) -> u64 {
+            match self {
+                Side::Controller => state::CONTROLLER_DISCONNECTING,
+                Side::Executor => state::EXECUTOR_DISCONNECTING,
+            }
         }
     }
 }

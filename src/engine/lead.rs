@@ -1,0 +1,204 @@
+//! The lead: the one thread at a time that reads the transport, and how
+//! it routes what it reads (results complete slots, calls go to workers,
+//! a `Hangup` ends the connection); sending with the engine's `on_wait`
+//! hook.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn try_lead(&self, who: u32) -> bool {
+        // SYNC POINT: lead. Acquire pairs with the Release in
+        // `release_lead`: the previous leader's reads of the transport
+        // happened before ours.
+        self.lead
+            .compare_exchange(FREE, who, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub(super) fn release_lead(&self) {
+        // SYNC POINT: lead (Release half, see `try_lead`).
+        self.lead.store(FREE, Ordering::Release);
+        // SYNC POINT: follower hand-over. A follower announces itself, then
+        // re-checks the lead; we free the lead, then check for followers.
+        // The two SeqCst fences are totally ordered, so one of us sees the
+        // other: it does not park, or we unpark it. (Fences, not SeqCst
+        // accesses: loom models fences exactly, and costs are the same.)
+        fence(Ordering::SeqCst);
+        if self.follower_count.load(Ordering::Relaxed) > 0 {
+            for t in self.followers.lock().iter() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Reads and routes messages while leading. A caller (`own` is its
+    /// call) stops once its result is in or `deadline` passes; a worker
+    /// stops at the first call it reads (to run it) or when a caller wants
+    /// the lead.
+    pub(super) fn lead_turn(self: &Arc<Self>, own: Option<u64>, deadline: Option<Instant>) -> Turn {
+        let mut turn = Turn::default();
+        loop {
+            match own {
+                Some(seq) if self.pending.is_done(seq) => return turn,
+                None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
+                _ => {}
+            }
+            match self.transport.recv(deadline) {
+                Ok(Received::Message(msg)) => {
+                    self.route(msg, own.is_none(), &mut turn);
+                    if turn.call.is_some() || turn.disconnect.is_some() || turn.saw_call {
+                        return turn;
+                    }
+                }
+                Ok(Received::TimedOut) | Ok(Received::Interrupted) => return turn,
+                Err(e) => {
+                    // SYNC POINT: reading dead. Pairs with the Acquire
+                    // loads before every try to lead.
+                    self.rx_dead.store(true, Ordering::Release);
+                    self.note_stream_ended();
+                    turn.disconnect = Some(DisconnectReason::from_transport(e));
+                    return turn;
+                }
+            }
+        }
+    }
+
+    /// The outcome a `Result` message carries, or why it is malformed.
+    pub(super) fn outcome_of(
+        &self,
+        msg: Message,
+    ) -> Result<(u64, WrapperFunctionBuffer), String> {
+        if self.dialect.is_llvm() {
+            // LLVM sends every result, errors included, under tag 0.
+            return match msg.tag {
+                0 => Ok((msg.seq, msg.payload)),
+                other => Err(format!(
+                    "result for sequence number {} has tag {other}; LLVM's protocol sends results with tag 0",
+                    msg.seq
+                )),
+            };
+        }
+        match msg.tag {
+            RESULT_OK => Ok((msg.seq, msg.payload)),
+            RESULT_ERROR => Ok((
+                msg.seq,
+                WrapperFunctionBuffer::out_of_band_error(
+                    String::from_utf8_lossy(msg.payload.as_slice()).into_owned(),
+                ),
+            )),
+            other => Err(format!(
+                "result for sequence number {} has unknown kind {other}",
+                msg.seq
+            )),
+        }
+    }
+
+    /// Routes one message. Never blocks.
+    pub(super) fn route(self: &Arc<Self>, msg: Message, worker: bool, turn: &mut Turn) {
+        match msg.opcode {
+            Opcode::Result => match self.outcome_of(msg) {
+                Ok((seq, outcome)) => {
+                    if let Err(e) = self.pending.complete(seq, Ok(outcome)) {
+                        self.protocol_error(e.to_string(), turn);
+                    }
+                }
+                Err(what) => self.protocol_error(what, turn),
+            },
+            Opcode::CallWrapper => {
+                if self.gate.is_closed() {
+                    return; // Disconnecting: the peer fails this call.
+                }
+                let call = Incoming {
+                    seq: msg.seq,
+                    tag: msg.tag,
+                    args: msg.payload,
+                };
+                if worker {
+                    turn.call = Some(call);
+                    return;
+                }
+                turn.saw_call = true;
+                let mut w = self.work.lock();
+                if !self.enqueue(&mut w, call) {
+                    drop(w);
+                    self.protocol_error(
+                        "the peer keeps sending calls while it does not read their results".into(),
+                        turn,
+                    );
+                }
+            }
+            Opcode::Hangup => match sps::decode_error(msg.payload.as_slice()) {
+                Ok(_) => {
+                    self.note_peer_gone();
+                    turn.disconnect = Some(DisconnectReason::PeerHungUp);
+                }
+                Err(e) => self.protocol_error(format!("the peer's Hangup is malformed: {e}"), turn),
+            },
+            Opcode::Setup => self.protocol_error(
+                "a second Setup message arrived after the connection was set up".into(),
+                turn,
+            ),
+        }
+    }
+
+    pub(super) fn protocol_error(&self, what: String, turn: &mut Turn) {
+        // The peer cannot be trusted to acknowledge anything any more.
+        self.note_peer_gone();
+        self.transport.close();
+        turn.disconnect = Some(DisconnectReason::Protocol(what));
+    }
+
+    pub(super) fn note_peer_gone(&self) {
+        let mut c = self.conn.lock();
+        c.peer_gone = true;
+        self.conn_cv.notify_all();
+    }
+
+    /// Reading ended for good (end of stream, death, broken transport):
+    /// the peer is gone and nothing more may be sent.
+    pub(super) fn note_stream_ended(&self) {
+        let mut c = self.conn.lock();
+        c.peer_gone = true;
+        c.stream_ended = true;
+        self.conn_cv.notify_all();
+    }
+
+    pub(super) fn peer_gone(&self) -> bool {
+        self.conn.lock().peer_gone
+    }
+
+    /// A send found the transport ended (the peer hung up or died, or it
+    /// broke the protocol): start the disconnect with that reason now,
+    /// rather than when the reader next looks, so the reason the user sees
+    /// is the cause and not a later local `disconnect()`.
+    pub(super) fn transport_ended(self: &Arc<Self>, e: TransportError) {
+        let mut w = self.work.lock();
+        w.disconnect
+            .get_or_insert(DisconnectReason::from_transport(e));
+        self.wake_or_spawn(&mut w);
+    }
+
+    /// The `on_wait` hook of every send: the sender is about to sleep for
+    /// room, so make sure somebody reads meanwhile.
+    pub(super) fn ensure_reader(self: &Arc<Self>) {
+        if self.lead.load(Ordering::Acquire) != FREE || self.callers.load(Ordering::Relaxed) > 0 {
+            return; // someone leads, or a caller is about to
+        }
+        self.wake_or_spawn(&mut self.work.lock());
+    }
+
+    /// Sends on the transport with the engine's hook.
+    pub(super) fn send(
+        self: &Arc<Self>,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), TransportError> {
+        self.transport
+            .send_until(opcode, seq, tag, payload, deadline, &|| {
+                self.ensure_reader()
+            })
+    }
+}

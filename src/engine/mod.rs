@@ -1,0 +1,517 @@
+//! The connection engine behind [`Endpoint`](crate::Endpoint): who reads
+//! the inbound side, who runs handlers, and the disconnect protocol.
+//!
+//! The protocol (roles, deadlock freedom, disconnect) is documented for
+//! users in [`crate::endpoint`]; this module implements it.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
+
+use crate::buffer::WrapperFunctionBuffer;
+use crate::dispatch::TaskDispatcher;
+use crate::gate::Gate;
+use crate::handler::{HandlerTable, Responder, ResultSink};
+use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
+use crate::pending::{CallError, CallHost, PendingTable};
+use crate::sps::{self, Dialect, SetupInfo};
+use crate::sync::{
+    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
+    Ordering,
+};
+use crate::transport::{Received, Transport, TransportError};
+
+mod caller;
+mod disconnect;
+mod lead;
+mod worker;
+
+/// How often an idle worker looks at a free lead while handlers run, and
+/// takes it (results for futures keep flowing at this pace even when every
+/// other thread is busy in a handler).
+pub const HANDOVER: Duration = Duration::from_millis(1);
+
+/// How long an idle worker sleeps when nothing asks for it: the longest a
+/// handler that blocks without sending can leave the lead free before the
+/// standby notices (starting a handler wakes nobody; that would cost a
+/// system call per call).
+const IDLE_LOOK: Duration = Duration::from_millis(100);
+
+/// How long a parked caller sleeps before it looks at the lead again
+/// (its result wakes it at once).
+const LOOK_AGAIN: Duration = Duration::from_millis(10);
+
+/// How the engine's waits end: the timing policy, a parameter of the
+/// engine so that the loom models run the same code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timing {
+    /// Production. A worker that stands aside for callers, for the grace
+    /// after them, or as a standby looks again after a timeout, so that no
+    /// caller pays a wake-up per call (a system call, and on a shared CPU
+    /// a context switch).
+    Polled,
+    /// Every wait ends by a notification, none by a timeout: what a model
+    /// checker needs, since time does not pass under loom (its timed waits
+    /// wait forever). The last caller out always wakes a worker that stood
+    /// aside for it, there is no grace period, and a worker that starts a
+    /// handler wakes an idle one to lead.
+    Notified,
+}
+
+impl Timing {
+    /// The policy of this build: `Notified` under `--cfg orcwire_loom`.
+    const fn of_build() -> Self {
+        if cfg!(orcwire_loom) {
+            Self::Notified
+        } else {
+            Self::Polled
+        }
+    }
+}
+
+/// Refusals waiting to be sent beyond this mean the peer floods calls
+/// without reading our results: a protocol error.
+const MAX_REFUSALS: usize = 1 << 16;
+
+/// Tunables of an endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// How long `disconnect()` waits for in-flight sends to finish and for
+    /// the peer to acknowledge the hangup before it closes the transport
+    /// anyway. Default 1 s.
+    pub hangup_timeout: Duration,
+    /// How long the controller waits for the executor's `Setup` message.
+    /// Default 10 s.
+    pub setup_timeout: Duration,
+    /// After the last synchronous waiter leaves, how long the worker stays
+    /// aside before it takes the lead again. A caller that makes
+    /// synchronous calls back to back then never has to interrupt it.
+    /// Default 200 µs.
+    pub reader_grace: Duration,
+    /// Calls waiting for a result at once (slots of the pending table,
+    /// rounded up to a power of two). One more fails with
+    /// [`CallError::TooManyPending`]. Default 1024.
+    pub max_pending_calls: usize,
+    /// Incoming calls queued while every worker is busy. One more is
+    /// answered at once with a "busy" error result. Default 1024.
+    pub max_queued_calls: usize,
+    /// Most worker threads this connection starts (they run handlers and
+    /// lead while nobody else does). At least 1. Default 16.
+    pub max_workers: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            hangup_timeout: Duration::from_secs(1),
+            setup_timeout: Duration::from_secs(10),
+            reader_grace: Duration::from_micros(200),
+            max_pending_calls: 1024,
+            max_queued_calls: 1024,
+            max_workers: 16,
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectReason {
+    /// `disconnect()` was called on this side.
+    #[error("disconnected on this side")]
+    Local,
+    /// The peer sent `Hangup` or closed its end.
+    #[error("the peer hung up")]
+    PeerHungUp,
+    /// The peer process died.
+    #[error("the peer process died")]
+    PeerDied,
+    /// The peer broke the protocol; the text says how.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The transport failed.
+    #[error("transport failure: {0}")]
+    Transport(TransportError),
+}
+
+impl DisconnectReason {
+    fn from_transport(e: TransportError) -> Self {
+        match e {
+            TransportError::PeerHungUp => Self::PeerHungUp,
+            TransportError::PeerDied => Self::PeerDied,
+            TransportError::Closed => Self::Local,
+            TransportError::Protocol(p) => Self::Protocol(p),
+            other => Self::Transport(other),
+        }
+    }
+}
+
+/// `lead` values.
+const FREE: u32 = 0;
+/// A worker leads (it may be asleep in `recv`: interrupt it).
+const WORKER: u32 = 1;
+/// A caller leads.
+const CALLER: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    Disconnecting,
+    Disconnected,
+}
+
+struct ConnState {
+    phase: Phase,
+    /// The peer said `Hangup`, closed its end, or died.
+    peer_gone: bool,
+    /// Reading ended: end of stream, death, or a broken transport. Then
+    /// nothing more is sent (LLVM's programs close their end after their
+    /// `Hangup`; writing into it would only fail).
+    stream_ended: bool,
+    reason: Option<DisconnectReason>,
+}
+
+type DisconnectCallback = Box<dyn FnOnce(&DisconnectReason) + Send + 'static>;
+
+/// An incoming call not yet run.
+struct Incoming {
+    seq: u64,
+    tag: u64,
+    args: WrapperFunctionBuffer,
+}
+
+/// The workers' shared state (the slow path: queue, refusals, pool size).
+struct Work {
+    queue: VecDeque<Incoming>,
+    /// Sequence numbers of calls refused as busy, to answer.
+    refusals: Vec<u64>,
+    /// A disconnect found while a caller led, for a worker to carry out.
+    disconnect: Option<DisconnectReason>,
+    workers: usize,
+    /// Worker threads ever started (compared with [`Exits`]).
+    spawned: usize,
+    /// Their handles, until `disconnect` joins the ones that exited.
+    handles: Vec<thread::JoinHandle<()>>,
+    /// Workers parked on `work_cv`.
+    idle: usize,
+    /// Workers running a handler.
+    busy: usize,
+    stop: bool,
+}
+
+/// What one turn of leading produced for the thread to do afterwards.
+#[derive(Default)]
+struct Turn {
+    /// A call a worker read: it runs it after giving up the lead.
+    call: Option<Incoming>,
+    disconnect: Option<DisconnectReason>,
+    /// A caller read an incoming call (and queued or refused it).
+    saw_call: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) gate: Gate,
+    pub(crate) pending: PendingTable,
+    pub(crate) handlers: HandlerTable,
+    /// `None`: handlers run on the connection's workers.
+    pub(crate) dispatcher: Option<Arc<dyn TaskDispatcher>>,
+    pub(crate) config: EndpointConfig,
+    pub(crate) setup: SetupInfo,
+    /// What the peer speaks: decides result kinds and error results.
+    pub(crate) dialect: Dialect,
+    /// [`FREE`], [`WORKER`] or [`CALLER`].
+    lead: AtomicU32,
+    /// The transport reported a terminal error: nobody reads again (each
+    /// read would fail at once; a thread that kept taking the lead would
+    /// spin until disconnect stops the workers). Only ever set.
+    rx_dead: AtomicBool,
+    /// Threads inside a synchronous wait (they want the lead).
+    callers: AtomicUsize,
+    /// Advanced each time a caller leaves its wait.
+    caller_epoch: AtomicU64,
+    /// Callers parked because another thread leads (`followers` holds
+    /// their threads); the lead's release wakes them.
+    follower_count: AtomicUsize,
+    followers: Mutex<Vec<thread::Thread>>,
+    /// A worker stands aside for callers and wants the last caller out to
+    /// wake it (when it backed off its polling, or always under
+    /// [`Timing::Notified`]). Set under the work lock, then `callers` is
+    /// read again; the last caller lowers `callers`, then reads this: one
+    /// of the two sees the other (a SeqCst fence on both ends).
+    workers_backed_off: AtomicBool,
+    timing: Timing,
+    work: Mutex<Work>,
+    work_cv: Condvar,
+    exits: Arc<Exits>,
+    conn: Mutex<ConnState>,
+    conn_cv: Condvar,
+    on_disconnect: Mutex<Vec<DisconnectCallback>>,
+    /// Makes a user handle ([`crate::Endpoint`]) while one is alive, for
+    /// [`Responder::endpoint`]. Set by `Endpoint::start` before the first
+    /// worker runs; it holds only a weak reference, so it keeps nothing
+    /// alive.
+    pub(crate) user_handle: Mutex<Option<UserHandleFn>>,
+}
+
+/// See [`Inner::user_handle`].
+pub(crate) type UserHandleFn = Box<dyn Fn() -> Option<crate::Endpoint> + Send + Sync>;
+
+// Which endpoint's handler this thread is running (its `Inner` address),
+// for the would-deadlock check of a synchronous wait inside a handler.
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static IN_HANDLER_OF: Cell<usize> = const { Cell::new(0) };
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static IN_HANDLER_OF: Cell<usize> = Cell::new(0);
+}
+
+// Which endpoint this thread is an idle worker of (0 while it runs a
+// handler, and on every other thread): disconnect does not wait for itself.
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static IDLE_WORKER_OF: Cell<usize> = const { Cell::new(0) };
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static IDLE_WORKER_OF: Cell<usize> = Cell::new(0);
+}
+
+/// The worker threads that have left their loop, recorded *after* each
+/// dropped its reference to the connection: once `disconnect` sees them
+/// all, no idle engine thread touches the connection any more, and joining
+/// them waits only for their thread teardown.
+#[derive(Default)]
+struct Exits {
+    threads: Mutex<Vec<thread::ThreadId>>,
+    cv: Condvar,
+}
+
+/// Wakes a parked thread: the waker a synchronous waiter registers in its
+/// pending-call slot. One per thread, made once (no allocation per wait).
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+}
+
+/// Parks the calling thread until unparked or `deadline` (spurious wakes
+/// allowed: callers re-check).
+fn park_until(deadline: Option<Instant>) {
+    #[cfg(not(orcwire_loom))]
+    match deadline {
+        None => thread::park(),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                thread::park_timeout(left);
+            }
+        }
+    }
+    // Under loom time does not pass: park until unparked (every park here
+    // has a registered waker or follower entry that ends it).
+    #[cfg(orcwire_loom)]
+    {
+        let _ = deadline;
+        thread::park();
+    }
+}
+
+fn wait_cv<'a, T>(
+    cv: &Condvar,
+    g: MutexGuard<'a, T>,
+    timeout: Option<Duration>,
+) -> MutexGuard<'a, T> {
+    match timeout {
+        None => cv.wait(g),
+        Some(d) => cv.wait_timeout(g, d).0,
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(
+        transport: Arc<dyn Transport>,
+        handlers: HandlerTable,
+        dispatcher: Option<Arc<dyn TaskDispatcher>>,
+        config: EndpointConfig,
+        setup: SetupInfo,
+        dialect: Dialect,
+    ) -> Arc<Self> {
+        let queue = VecDeque::with_capacity(config.max_queued_calls.clamp(1, 1 << 16));
+        Arc::new(Self {
+            transport,
+            gate: Gate::new(),
+            pending: PendingTable::new(config.max_pending_calls),
+            handlers,
+            dispatcher,
+            setup,
+            dialect,
+            lead: AtomicU32::new(FREE),
+            rx_dead: AtomicBool::new(false),
+            callers: AtomicUsize::new(0),
+            caller_epoch: AtomicU64::new(0),
+            follower_count: AtomicUsize::new(0),
+            // Sized up front: the first follower must not allocate on a
+            // call's path.
+            followers: Mutex::new(Vec::with_capacity(8)),
+            workers_backed_off: AtomicBool::new(false),
+            timing: Timing::of_build(),
+            work: Mutex::new(Work {
+                queue,
+                refusals: Vec::new(),
+                disconnect: None,
+                workers: 0,
+                spawned: 0,
+                handles: Vec::new(),
+                idle: 0,
+                busy: 0,
+                stop: false,
+            }),
+            work_cv: Condvar::new(),
+            exits: Arc::new(Exits::default()),
+            conn: Mutex::new(ConnState {
+                phase: Phase::Open,
+                peer_gone: false,
+                stream_ended: false,
+                reason: None,
+            }),
+            conn_cv: Condvar::new(),
+            on_disconnect: Mutex::new(Vec::new()),
+            user_handle: Mutex::new(None),
+            config,
+        })
+    }
+
+    /// How an error result travels in the peer's dialect: its text under
+    /// [`RESULT_ERROR`] to orcwire, an empty result under tag 0 to LLVM
+    /// (see [`Dialect`]).
+    pub(super) fn error_result<'a>(&self, message: &'a str) -> (u64, &'a [u8]) {
+        if self.dialect.is_llvm() {
+            (RESULT_OK, &[])
+        } else {
+            (RESULT_ERROR, message.as_bytes())
+        }
+    }
+
+    fn id(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Starts the first worker.
+    pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut w = self.work.lock();
+        self.spawn_worker(&mut w)
+    }
+
+    /// Starts one more worker (the caller holds the work lock).
+    fn spawn_worker(self: &Arc<Self>, w: &mut Work) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        let exits = Arc::clone(&self.exits);
+        let handle = thread::Builder::new()
+            .name("orcwire-rx".into())
+            .spawn(move || {
+                IDLE_WORKER_OF.with(|c| c.set(me.id()));
+                // Consumes (drops) this thread's reference first.
+                me.worker_loop();
+                exits.threads.lock().push(thread::current().id());
+                exits.cv.notify_all();
+            })?;
+        w.workers += 1;
+        w.spawned += 1;
+        w.handles.push(handle);
+        Ok(())
+    }
+}
+
+/// Lets a [`PendingCall`](crate::PendingCall) drive the connection.
+pub(crate) struct Driver(pub(crate) Arc<Inner>);
+
+impl CallHost for Driver {
+    fn table(&self) -> &PendingTable {
+        &self.0.pending
+    }
+
+    fn wait_for(
+        &self,
+        seq: u64,
+        deadline: Option<Instant>,
+        registered: &mut bool,
+    ) -> Result<(), CallError> {
+        self.0.wait_for_call(seq, deadline, registered)
+    }
+}
+
+impl Inner {
+    /// Sends a call: the fast path of [`Endpoint::call`](crate::Endpoint::call).
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        tag: u64,
+        args: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<u64, CallError> {
+        let _inside = self.gate.enter().map_err(|_| self.closed_error())?;
+        let seq = self.pending.register()?;
+        if let Err(e) = self.send(Opcode::CallWrapper, seq, tag, args, deadline) {
+            let err = match &e {
+                TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
+                TransportError::TimedOut => CallError::TimedOut,
+                _ => {
+                    self.transport_ended(e);
+                    self.closed_error()
+                }
+            };
+            self.pending.free_unsent(seq);
+            return Err(err);
+        }
+        Ok(seq)
+    }
+}
+
+impl ResultSink for Inner {
+    fn endpoint(&self) -> Option<crate::Endpoint> {
+        self.user_handle.lock().as_ref().and_then(|make| make())
+    }
+
+    fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
+        let Ok(_inside) = self.gate.enter() else {
+            return; // Disconnecting: the caller's call fails on its side.
+        };
+        let (kind, bytes) = match result.error_message() {
+            Some(msg) => self.error_result(msg),
+            None => (RESULT_OK, result.as_slice()),
+        };
+        match self.send(Opcode::Result, seq, kind, bytes, None) {
+            Err(TransportError::TooLarge { size, limit }) => {
+                let msg = format!(
+                    "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
+                );
+                let (kind, bytes) = self.error_result(&msg);
+                let _ = self.send(Opcode::Result, seq, kind, bytes, None);
+            }
+            // The connection is ending; the caller's pending call fails
+            // with the disconnect.
+            Err(
+                e @ (TransportError::PeerHungUp
+                | TransportError::PeerDied
+                | TransportError::Protocol(_)),
+            ) => self.transport_ended(e),
+            _ => {}
+        }
+    }
+}

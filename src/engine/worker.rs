@@ -1,0 +1,177 @@
+//! Workers: the connection's own threads (`orcwire-rx`), which lead while
+//! no caller wants to and run the handlers of the calls they read.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn worker_loop(self: Arc<Self>) {
+        let mut last_epoch = self.caller_epoch.load(Ordering::Relaxed);
+        let base = self.config.reader_grace.max(Duration::from_micros(50));
+        let mut poll = base;
+        let mut w = self.work.lock();
+        loop {
+            if w.stop {
+                w.workers -= 1;
+                self.work_cv.notify_all();
+                return;
+            }
+            if let Some(reason) = w.disconnect.take() {
+                drop(w);
+                self.disconnect_with(reason, false);
+                w = self.work.lock();
+                continue;
+            }
+            if !w.refusals.is_empty() {
+                let refusals = std::mem::take(&mut w.refusals);
+                drop(w);
+                self.send_refusals(&refusals);
+                w = self.work.lock();
+                continue;
+            }
+            if self.may_run_handler(&w) {
+                if let Some(call) = w.queue.pop_front() {
+                    w = self.run_call(w, call);
+                    continue;
+                }
+            }
+            // Lead if no caller wants to and none left just now.
+            let callers = self.callers.load(Ordering::Relaxed);
+            let epoch = self.caller_epoch.load(Ordering::Relaxed);
+            // SYNC POINT: reading dead (Acquire half, see `lead_turn`).
+            let dead = self.rx_dead.load(Ordering::Acquire);
+            if !dead && callers == 0 && epoch == last_epoch && self.try_lead(WORKER) {
+                drop(w);
+                poll = base;
+                let turn = self.lead_turn(None, None);
+                self.release_lead();
+                w = self.work.lock();
+                if let Some(r) = turn.disconnect {
+                    w.disconnect.get_or_insert(r);
+                }
+                if let Some(call) = turn.call {
+                    if self.may_run_handler(&w) {
+                        w = self.run_call(w, call);
+                    } else if !self.enqueue(&mut w, call) {
+                        w.disconnect.get_or_insert(DisconnectReason::Protocol(
+                            "the peer keeps sending calls while it does not read their results"
+                                .into(),
+                        ));
+                    }
+                }
+                continue;
+            }
+            // Stand aside: callers drive, another thread leads, or the
+            // grace after the last caller runs. Look again later.
+            let backs_off = callers > 0 && (epoch == last_epoch || self.timing == Timing::Notified);
+            if backs_off {
+                self.workers_backed_off.store(true, Ordering::Relaxed);
+                // SYNC POINT: caller exit (see `caller_leaves`).
+                fence(Ordering::SeqCst);
+                if self.callers.load(Ordering::Relaxed) == 0 {
+                    // The last caller left meanwhile: look again now.
+                    self.workers_backed_off.store(false, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            let timeout = match self.timing {
+                Timing::Notified if callers == 0 && epoch != last_epoch => {
+                    // No grace period: lead at once.
+                    last_epoch = epoch;
+                    continue;
+                }
+                Timing::Notified => None,
+                Timing::Polled if callers > 0 => {
+                    if epoch == last_epoch {
+                        poll = (poll * 2).min(Duration::from_millis(50));
+                    }
+                    Some(poll)
+                }
+                Timing::Polled if epoch != last_epoch => Some(base),
+                Timing::Polled if w.busy > 0 => Some(HANDOVER),
+                // Another worker leads and nothing runs: every event that
+                // needs us notifies; the timeout only bounds a lead left
+                // free by a handler that blocks (see `IDLE_LOOK`).
+                Timing::Polled => Some(IDLE_LOOK),
+            };
+            last_epoch = epoch;
+            w.idle += 1;
+            w = wait_cv(&self.work_cv, w, timeout);
+            w.idle -= 1;
+        }
+    }
+
+    /// Runs one incoming call (unless the connection is closing), with the
+    /// work lock released meanwhile; makes sure another worker stays idle
+    /// to lead while this one is busy.
+    pub(super) fn run_call<'a>(
+        self: &'a Arc<Self>,
+        mut w: MutexGuard<'a, Work>,
+        call: Incoming,
+    ) -> MutexGuard<'a, Work> {
+        // A handler starts only inside the gate: once disconnect closed
+        // it, queued and just-read calls are dropped unrun.
+        let Ok(entered) = self.gate.enter() else {
+            return w;
+        };
+        drop(entered);
+        if w.workers == 1 {
+            // Start the standby, once: it leads while handlers run. More
+            // workers start only where they are needed (a blocked send, a
+            // call queued by a waiting caller), never on this hot path,
+            // where a worker that has answered but not yet left `busy`
+            // would make every race look like a need.
+            self.wake_or_spawn(&mut w);
+        } else if self.timing == Timing::Notified {
+            // No standby polls under this policy: hand the lead on now.
+            self.work_cv.notify_one();
+        }
+        w.busy += 1;
+        drop(w);
+        let idle_of = IDLE_WORKER_OF.with(|c| c.replace(0));
+        let responder = Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
+        match &self.dispatcher {
+            None => {
+                let prev = IN_HANDLER_OF.with(|h| h.replace(self.id()));
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.invoke(call.tag, call.args, responder)
+                }));
+                IN_HANDLER_OF.with(|h| h.set(prev));
+                // A panicking handler's responder answered with an error
+                // as it unwound; the worker carries on.
+                drop(ran);
+            }
+            Some(d) => {
+                let me = Arc::clone(self);
+                let (tag, args) = (call.tag, call.args);
+                d.dispatch(Box::new(move || me.invoke(tag, args, responder)));
+            }
+        }
+        IDLE_WORKER_OF.with(|c| c.set(idle_of));
+        let mut w = self.work.lock();
+        w.busy -= 1;
+        w
+    }
+
+    pub(super) fn invoke(&self, tag: u64, args: WrapperFunctionBuffer, responder: Responder) {
+        match self.handlers.get(tag) {
+            Some(entry) => (entry.f)(args, responder),
+            None => responder.respond(self.handlers.unknown_tag_error(tag)),
+        }
+    }
+
+    pub(super) fn send_refusals(self: &Arc<Self>, seqs: &[u64]) {
+        const BUSY: &str = "the callee is busy: its queue of incoming calls is full; call again later, or raise its EndpointConfig::max_queued_calls";
+        let (kind, bytes) = self.error_result(BUSY);
+        for &seq in seqs {
+            let Ok(_inside) = self.gate.enter() else {
+                return;
+            };
+            if self
+                .send(Opcode::Result, seq, kind, bytes, None)
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Pending calls: a fixed array of slots indexed by sequence number, and
+//! [`PendingCall`], the caller's handle on one slot.
+//!
+//! No map, no lock, no allocation per call. A call takes the slot
+//! `seq % slots` for a fresh sequence number (if that slot is busy it
+//! takes the next number, so sequence numbers on the wire may skip); the
+//! reader delivers a result by indexing the same slot and checking that the
+//! slot still belongs to that sequence number.
+//!
+//! # The slot's state word
+//! ```text
+//!  63 ............................ 8   7 .. 5   4          3        2       1       0
+//! [ sequence number of the owner     ][  0   ][ABANDONED][CLAIMED][ (0) ][VALUE][OCCUPIED]
+//! ```
+//! * `OCCUPIED`: a call owns the slot. Set by `PendingTable::register`
+//!   (CAS from 0), cleared (store 0) by whoever frees the slot: the owner
+//!   after taking the outcome, or the completer of an abandoned call.
+//! * `CLAIMED`: one completer (the reader with a result, or disconnect
+//!   failing every call) won the right to write the outcome. Only the
+//!   claimer writes the value cell, and only before it sets `VALUE`.
+//! * `VALUE`: the outcome is in the value cell; from here only the owner
+//!   (or, if `ABANDONED`, the completer) touches the cell.
+//! * `ABANDONED`: the handle was dropped before the outcome came; the
+//!   completer drops the outcome and frees the slot.
+//!
+//! Every call therefore completes exactly once: the claim is one CAS, so a
+//! result racing a disconnect wins or loses but never completes a call
+//! twice, and a late result for a freed or reused slot sees another
+//! sequence number (or no `OCCUPIED`) and is discarded.
+//!
+//! Waiting: each slot embeds an `AtomicWaker`. A
+//! future registers its task's waker; a synchronous waiter registers a
+//! waker that unparks its thread. A completer sets `VALUE` and then wakes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::buffer::WrapperFunctionBuffer;
+use crate::sync::{Arc, AtomicU64, Ordering, UnsafeCell};
+
+mod call;
+#[cfg(orcwire_loom)]
+pub mod model;
+#[cfg(all(test, not(orcwire_loom)))]
+mod tests;
+
+pub use call::PendingCall;
+pub(crate) use call::CallHost;
+use crate::transport::TransportError;
+use crate::waker::AtomicWaker;
+
+/// Why a call produced no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The connection was disconnected (by either side) before the result
+    /// arrived, or before the call could be made.
+    #[error(
+        "the connection is disconnected, so the call was not answered; reconnect to call again"
+    )]
+    Disconnected,
+    /// The peer process died before the result arrived.
+    #[error("the peer process died before answering; start a new peer to call again")]
+    PeerDied,
+    /// A deadline passed. From [`PendingCall::wait_timeout`] the call is
+    /// still pending (wait again, or drop the handle to forget it); from
+    /// [`Endpoint::call_deadline`](crate::Endpoint::call_deadline) the call
+    /// was not sent.
+    #[error(
+        "no result within the timeout; the call is still pending, so wait again or drop the handle"
+    )]
+    TimedOut,
+    /// The result was already taken out of this handle.
+    #[error("the result of this call was already taken from its handle")]
+    AlreadyTaken,
+    /// The transport refused the call (for example, it is too large).
+    #[error("the call could not be sent: {0}")]
+    Send(TransportError),
+    /// Every pending-call slot is in use.
+    #[error("{0} calls are already waiting for results on this connection; wait for some, or raise EndpointConfig::max_pending_calls")]
+    TooManyPending(usize),
+    /// A synchronous wait on this thread could only finish by running a
+    /// handler on this same thread, which a waiting thread never does.
+    #[error("this wait would deadlock: {0}")]
+    WouldDeadlock(&'static str),
+}
+
+impl CallError {
+    /// The error that ends a call when the connection ends for `cause`.
+    pub fn from_transport(cause: &TransportError) -> Self {
+        match cause {
+            TransportError::PeerDied => Self::PeerDied,
+            _ => Self::Disconnected,
+        }
+    }
+}
+
+/// The outcome a call ends with.
+pub type CallResult = Result<WrapperFunctionBuffer, CallError>;
+
+/// A call owns the slot.
+pub const OCCUPIED: u64 = 1 << 0;
+/// The outcome is in the value cell.
+pub const VALUE: u64 = 1 << 1;
+/// A completer won the right to write the outcome.
+pub const CLAIMED: u64 = 1 << 3;
+/// The handle was dropped; the completer frees the slot.
+pub const ABANDONED: u64 = 1 << 4;
+const SEQ_SHIFT: u32 = 8;
+/// Sequence numbers stay below this (they fit the state word's seq field).
+const SEQ_LIMIT: u64 = 1 << (64 - SEQ_SHIFT);
+
+/// Where one call's result lands.
+struct Slot {
+    /// `seq << 8 | flags`, or 0 when free. See the module docs.
+    state: AtomicU64,
+    /// Written by the claimer before `VALUE`; read by the owner after.
+    value: UnsafeCell<Option<CallResult>>,
+    waker: AtomicWaker,
+}
+
+// SAFETY: the value cell is touched only by the thread the state word's
+// protocol gives it to (the claimer before VALUE, the owner or the
+// completer of an abandoned call after); see the module docs.
+unsafe impl Sync for Slot {}
+// SAFETY: as above; the contents are Send.
+unsafe impl Send for Slot {}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            value: UnsafeCell::new(None),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn take_value(&self) -> Option<CallResult> {
+        // SAFETY: callers own the cell by the state protocol (VALUE seen
+        // with Acquire by the owner, or the claimer of an abandoned call).
+        self.value.with_mut(|v| unsafe { (*v).take() })
+    }
+}
+
+/// A result arrived for a sequence number this side never handed out. A
+/// protocol error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the peer sent a result for sequence number {0}, which this side never used")]
+pub(crate) struct UnknownSeq(pub u64);
+
+/// What [`PendingTable::complete`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// The outcome was stored for the waiting call.
+    Delivered,
+    /// No call waits under that number any more (it was dropped, already
+    /// answered, or failed by disconnect); the outcome was dropped.
+    Discarded,
+}
+
+/// Sequence number to waiting caller; see the [module docs](self).
+pub(crate) struct PendingTable {
+    slots: Box<[CachePadded<Slot>]>,
+    mask: u64,
+    /// Next sequence number to try; starts at 1 (0 is `Setup`/`Hangup`).
+    next_seq: CachePadded<AtomicU64>,
+}
+
+impl std::fmt::Debug for PendingTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTable")
+            .field("slots", &self.slots.len())
+            .field("pending", &self.len())
+            .finish()
+    }
+}
+
+impl PendingTable {
+    /// A table of `capacity` slots, rounded up to a power of two (at least 2).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let n = capacity.clamp(2, 1 << 24).next_power_of_two();
+        Self {
+            slots: (0..n).map(|_| CachePadded::new(Slot::new())).collect(),
+            mask: n as u64 - 1,
+            next_seq: CachePadded::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn slot(&self, seq: u64) -> &Slot {
+        &self.slots[(seq & self.mask) as usize]
+    }
+
+    /// Takes a free slot under a fresh sequence number.
+    pub(crate) fn register(&self) -> Result<u64, CallError> {
+        for _ in 0..self.slots.len() {
+            let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if seq >= SEQ_LIMIT || seq == 0 {
+                // 2^56 calls later: start again at 1. Racing threads may
+                // both reset; any number they then take is still unique
+                // among the occupied slots, which is all that matters.
+                self.next_seq.store(2, Ordering::Relaxed);
+                seq = 1;
+            }
+            // SYNC POINT: slot freed. Acquire pairs with the Release store
+            // of 0 by whoever freed the slot: its last use of the value
+            // cell happened before ours.
+            if self
+                .slot(seq)
+                .state
+                .compare_exchange(
+                    0,
+                    seq << SEQ_SHIFT | OCCUPIED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Ok(seq);
+            }
+        }
+        Err(CallError::TooManyPending(self.slots.len()))
+    }
+
+    /// Completes call `seq` with `outcome`.
+    ///
+    /// # Errors
+    /// [`UnknownSeq`] for a number this table never handed out.
+    pub(crate) fn complete(&self, seq: u64, outcome: CallResult) -> Result<Completed, UnknownSeq> {
+        // `next_seq` only grows (bar the wrap after 2^56 calls), so a number
+        // at or above it was never used. Relaxed suffices: our increment
+        // happened before the call was sent, and the peer's result reached
+        // us through the transport's own Release/Acquire pairs.
+        if seq == 0 || seq >= SEQ_LIMIT || seq >= self.next_seq.load(Ordering::Relaxed) {
+            return Err(UnknownSeq(seq));
+        }
+        if self.claim(seq) && self.fill(seq, outcome) {
+            Ok(Completed::Delivered)
+        } else {
+            Ok(Completed::Discarded)
+        }
+    }
+
+    /// Wins the right to write call `seq`'s outcome, if it is still waiting
+    /// and nobody else won it.
+    fn claim(&self, seq: u64) -> bool {
+        let slot = self.slot(seq);
+        let mut cur = slot.state.load(Ordering::Relaxed);
+        loop {
+            if cur >> SEQ_SHIFT != seq || cur & OCCUPIED == 0 || cur & CLAIMED != 0 {
+                return false;
+            }
+            if crate::sync::is_broken("pending") {
+                // Loom must-fail variant: claim with a plain store, so two
+                // completers can both believe they won.
+                slot.state.store(cur | CLAIMED, Ordering::Relaxed);
+                return true;
+            }
+            // SYNC POINT: slot claimed. The RMW total order on the state
+            // word makes exactly one claimer win; Acquire pairs with the
+            // slot-freed Release so the cell is ours to write.
+            match slot.state.compare_exchange_weak(
+                cur,
+                cur | CLAIMED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Stores a claimed call's outcome and wakes its owner; `false` if the
+    /// owner had abandoned the call (the outcome was dropped).
+    fn fill(&self, seq: u64, outcome: CallResult) -> bool {
+        let slot = self.slot(seq);
+        // SAFETY: CLAIMED is ours and VALUE not yet set: nobody else
+        // touches the cell (module docs).
+        slot.value.with_mut(|v| unsafe { *v = Some(outcome) });
+        // SYNC POINT: outcome stored. Release pairs with the owner's
+        // Acquire loads (`try_take`, `abandon`): the cell write above is
+        // visible to whoever sees VALUE.
+        let prev = slot.state.fetch_or(VALUE, Ordering::AcqRel);
+        if prev & ABANDONED != 0 {
+            // The owner left before the outcome came: drop it, free the slot.
+            drop(slot.take_value());
+            // SYNC POINT: slot freed (Release half, see `register`).
+            slot.state.store(0, Ordering::Release);
+            return false;
+        }
+        slot.waker.wake();
+        true
+    }
+
+    /// Completes every call still waiting with `err`. The caller makes sure
+    /// no new call registers meanwhile (the endpoint's gate is closed and
+    /// idle), so afterwards the table is empty or holds only outcomes.
+    pub(crate) fn fail_all(&self, err: CallError) {
+        for slot in self.slots.iter() {
+            let cur = slot.state.load(Ordering::Relaxed);
+            if cur & OCCUPIED != 0 && cur & (CLAIMED | VALUE) == 0 {
+                let seq = cur >> SEQ_SHIFT;
+                if self.claim(seq) {
+                    let _ = self.fill(seq, Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Whether call `seq`'s outcome is there.
+    #[inline]
+    pub(crate) fn is_done(&self, seq: u64) -> bool {
+        // SYNC POINT: outcome stored (Acquire half, see `fill`).
+        self.slot(seq).state.load(Ordering::Acquire) & VALUE != 0
+    }
+
+    /// Takes call `seq`'s outcome and frees the slot, if the outcome is
+    /// there. Owner only.
+    pub(crate) fn try_take(&self, seq: u64, registered: bool) -> Option<CallResult> {
+        let slot = self.slot(seq);
+        // SYNC POINT: outcome stored (Acquire half, see `fill`).
+        if slot.state.load(Ordering::Acquire) & VALUE == 0 {
+            return None;
+        }
+        let r = slot.take_value();
+        if registered {
+            // Drop our waker now rather than leave it for the next owner.
+            drop(slot.waker.take());
+        }
+        // SYNC POINT: slot freed (Release half, see `register`).
+        slot.state.store(0, Ordering::Release);
+        // The claimer stored an outcome before VALUE; `None` cannot happen.
+        Some(r.unwrap_or(Err(CallError::AlreadyTaken)))
+    }
+
+    /// Registers `waker` for call `seq`. Owner only; re-check
+    /// [`is_done`](Self::is_done) afterwards.
+    pub(crate) fn register_waker(&self, seq: u64, waker: &Waker) {
+        self.slot(seq).waker.register(waker);
+    }
+
+    /// Frees the slot of call `seq`, which was never sent (so no result
+    /// can be meant for it; a forged one finds the slot free and is
+    /// discarded). Owner only.
+    pub(crate) fn free_unsent(&self, seq: u64) {
+        // SYNC POINT: slot freed (Release half, see `register`).
+        self.slot(seq).state.store(0, Ordering::Release);
+    }
+
+    /// Forgets call `seq`: its outcome, now or later, is dropped and the
+    /// slot freed. Owner only.
+    pub(crate) fn abandon(&self, seq: u64, registered: bool) {
+        let slot = self.slot(seq);
+        if registered {
+            drop(slot.waker.take());
+        }
+        let mut cur = slot.state.load(Ordering::Acquire);
+        loop {
+            if cur & VALUE != 0 {
+                drop(self.try_take(seq, false));
+                return;
+            }
+            // SYNC POINT: outcome stored. AcqRel: if the CAS fails because
+            // VALUE was just set, the reload (Acquire) sees the cell.
+            match slot.state.compare_exchange_weak(
+                cur,
+                cur | ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Calls waiting for an outcome (or holding one not yet taken).
+    pub(crate) fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                let st = s.state.load(Ordering::Relaxed);
+                st & OCCUPIED != 0 && st & ABANDONED == 0
+            })
+            .count()
+    }
+}

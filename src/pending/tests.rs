@@ -1,0 +1,144 @@
+mod table {
+    use super::super::*;
+
+    struct Host(PendingTable);
+    impl CallHost for Host {
+        fn table(&self) -> &PendingTable {
+            &self.0
+        }
+        fn wait_for(&self, _: u64, _: Option<Instant>, _: &mut bool) -> Result<(), CallError> {
+            std::thread::yield_now();
+            Ok(())
+        }
+    }
+
+    fn host(n: usize) -> Arc<Host> {
+        Arc::new(Host(PendingTable::new(n)))
+    }
+
+    fn call(h: &Arc<Host>) -> PendingCall {
+        let seq = h.0.register().unwrap();
+        PendingCall::new(seq, Arc::clone(h) as Arc<dyn CallHost>)
+    }
+
+    #[test]
+    fn complete_once_then_discarded() {
+        let h = host(4);
+        let c = call(&h);
+        assert_eq!(c.seq(), 1);
+        let b = |s: &[u8]| Ok(WrapperFunctionBuffer::from_slice(s));
+        assert_eq!(h.0.complete(1, b(b"x")), Ok(Completed::Delivered));
+        assert!(c.is_done());
+        assert_eq!(h.0.complete(1, b(b"y")), Ok(Completed::Discarded));
+        assert_eq!(h.0.complete(99, b(b"y")), Err(UnknownSeq(99)));
+        assert_eq!(h.0.complete(0, b(b"y")), Err(UnknownSeq(0)));
+        assert_eq!(c.wait().unwrap().as_slice(), b"x");
+        assert_eq!(h.0.len(), 0);
+    }
+
+    #[test]
+    fn dropped_call_frees_its_slot_now_or_when_the_result_comes() {
+        let h = host(2);
+        let a = call(&h);
+        let b = call(&h);
+        assert_eq!(h.0.register(), Err(CallError::TooManyPending(2)));
+        let (sa, sb) = (a.seq(), b.seq());
+        drop(a); // before its result
+        h.0.complete(sb, Ok(WrapperFunctionBuffer::new())).unwrap();
+        drop(b); // after its result
+        assert_eq!(
+            h.0.complete(sa, Ok(WrapperFunctionBuffer::new())),
+            Ok(Completed::Discarded)
+        );
+        assert_eq!(h.0.len(), 0);
+        // Both slots are free again.
+        let _c = call(&h);
+        let _d = call(&h);
+        assert_eq!(h.0.len(), 2);
+    }
+
+    #[test]
+    fn abandoned_then_answered_frees_the_slot() {
+        let h = host(2);
+        let a = call(&h);
+        let seq = a.seq();
+        drop(a);
+        assert_eq!(h.0.len(), 0);
+        assert_eq!(
+            h.0.complete(seq, Ok(WrapperFunctionBuffer::from_slice(&[1; 100]))),
+            Ok(Completed::Discarded)
+        );
+        // The completer freed it.
+        for _ in 0..2 {
+            std::mem::forget(call(&h));
+        }
+    }
+
+    #[test]
+    fn fail_all_completes_everything() {
+        let h = host(16);
+        let calls: Vec<_> = (0..10).map(|_| call(&h)).collect();
+        h.0.fail_all(CallError::PeerDied);
+        h.0.fail_all(CallError::Disconnected);
+        for c in calls {
+            let seq = c.seq();
+            assert_eq!(c.wait(), Err(CallError::PeerDied));
+            assert_eq!(
+                h.0.complete(seq, Ok(WrapperFunctionBuffer::new())),
+                Ok(Completed::Discarded)
+            );
+        }
+        assert_eq!(h.0.len(), 0);
+    }
+
+    #[test]
+    fn timeout_leaves_the_call_pending() {
+        let h = host(4);
+        let mut c = call(&h);
+        assert_eq!(
+            c.wait_timeout(Duration::from_millis(5)),
+            Err(CallError::TimedOut)
+        );
+        h.0.complete(c.seq(), Ok(WrapperFunctionBuffer::from_slice(b"late")))
+            .unwrap();
+        assert_eq!(c.wait_timeout(Duration::ZERO).unwrap().as_slice(), b"late");
+        assert_eq!(c.wait_timeout(Duration::ZERO), Err(CallError::AlreadyTaken));
+    }
+}
+
+mod wake {
+    use super::super::*;
+    use std::task::Wake;
+
+    struct Count(AtomicU64);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    struct Host(PendingTable);
+    impl CallHost for Host {
+        fn table(&self) -> &PendingTable {
+            &self.0
+        }
+        fn wait_for(&self, _: u64, _: Option<Instant>, _: &mut bool) -> Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_polled_call_is_woken_once_by_its_result() {
+        let h = Arc::new(Host(PendingTable::new(4)));
+        let seq = h.0.register().unwrap();
+        let mut call = PendingCall::new(seq, Arc::clone(&h) as Arc<dyn CallHost>);
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut call).poll(&mut cx).is_pending());
+        h.0.complete(seq, Ok(WrapperFunctionBuffer::new())).unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(Pin::new(&mut call).poll(&mut cx).is_ready());
+    }
+}
+

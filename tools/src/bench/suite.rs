@@ -1,0 +1,377 @@
+//! The full comparison: every transport and floor, every payload, both
+//! directions, round trips and pipelined throughput, in one run.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::pin::{pin_current_thread, Pinning};
+use super::stats::Summary;
+use super::{BenchError, Direction, Mode, Peer, TransportKind};
+
+/// What [`run_suite`] measures and for how long.
+#[derive(Clone, Debug)]
+pub struct SuiteConfig {
+    /// Transports and floors, in the order they run.
+    pub transports: Vec<TransportKind>,
+    /// Round-trip payload sizes (floors also run the bare ping-pong, 0).
+    pub payloads: Vec<usize>,
+    /// Directions (floors run controller → child only: they are symmetric).
+    pub directions: Vec<Direction>,
+    /// Payload of the pipelined throughput cases.
+    pub throughput_payload: usize,
+    /// Calling threads of the throughput cases (one case each).
+    pub thread_counts: Vec<usize>,
+    /// Calls each calling thread keeps in flight.
+    pub window: usize,
+    /// Roughly how long each case is timed.
+    pub case_time: Duration,
+    /// Upper bound on the calls of one case.
+    pub max_calls: usize,
+    /// Where to run the two processes; `None`: unpinned.
+    pub pinning: Option<Pinning>,
+}
+
+impl SuiteConfig {
+    /// The full run: about 1 s per case.
+    pub fn full() -> Self {
+        Self {
+            transports: TransportKind::ALL.to_vec(),
+            payloads: vec![8, 64, 4 << 10, 64 << 10, 1 << 20],
+            directions: vec![Direction::ToExecutor, Direction::ToController],
+            throughput_payload: 64,
+            thread_counts: vec![1, 4],
+            window: 64,
+            case_time: Duration::from_secs(1),
+            max_calls: 2_000_000,
+            pinning: Pinning::choose(),
+        }
+    }
+
+    /// A quick run (`orcwire bench --quick`): 150 ms per case.
+    pub fn quick() -> Self {
+        Self {
+            case_time: Duration::from_millis(150),
+            max_calls: 300_000,
+            ..Self::full()
+        }
+    }
+
+    /// How many cases [`run_suite`] runs with this configuration (and so
+    /// how many times it calls `on_case`).
+    pub fn case_count(&self) -> usize {
+        let floors = self.transports.iter().filter(|k| k.is_floor()).count();
+        let others = self.transports.len() - floors;
+        let floor_directions = usize::from(self.directions.contains(&Direction::ToExecutor));
+        // Floors: the bare ping-pong and every payload, one direction.
+        floors * floor_directions * (1 + self.payloads.len())
+            + others * self.directions.len() * (self.payloads.len() + self.thread_counts.len())
+    }
+}
+
+/// One measured case.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CaseResult {
+    /// Transport or floor.
+    pub transport: TransportKind,
+    /// Who calls.
+    pub direction: Direction,
+    /// Argument (and echoed reply) size in bytes.
+    pub payload: usize,
+    /// Round trips or pipelined throughput.
+    pub mode: Mode,
+    /// What was measured.
+    pub summary: Summary,
+}
+
+/// A case compared with the others of the same run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ratios {
+    /// Round trips: p50 over the p50 of the matching floor (spin floor, or
+    /// futex floor for `shm-block`) at the same payload. 1.0 is the floor;
+    /// lower is impossible, higher is slower.
+    pub to_floor: Option<f64>,
+    /// How many times faster than the pipe transport in the same case:
+    /// pipe p50 over this p50 (round trips), this calls/s over the pipe's
+    /// (throughput).
+    pub vs_pipe: Option<f64>,
+}
+
+fn same_shape(a: &CaseResult, b: &CaseResult) -> bool {
+    a.payload == b.payload && a.mode == b.mode
+}
+
+/// Ratios of `case` to the floor and to the pipe among `all`.
+pub fn ratios(all: &[CaseResult], case: &CaseResult) -> Ratios {
+    let floor = all.iter().find(|f| {
+        f.transport == case.transport.floor() && same_shape(f, case) && f.mode == Mode::Rtt
+    });
+    let pipe = all.iter().find(|p| {
+        p.transport == TransportKind::Pipe
+            && same_shape(p, case)
+            && (p.direction == case.direction || case.transport.is_floor())
+    });
+    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    Ratios {
+        to_floor: floor.and_then(|f| div(case.summary.p50_ns as f64, f.summary.p50_ns as f64)),
+        vs_pipe: pipe.and_then(|p| match case.mode {
+            Mode::Rtt => div(p.summary.p50_ns as f64, case.summary.p50_ns as f64),
+            Mode::Throughput { .. } => div(case.summary.ops_per_s, p.summary.ops_per_s),
+        }),
+    }
+}
+
+/// Runs every case of `config`, calling `on_case` after each; pins this
+/// thread first when `config.pinning` says so (threads started later
+/// inherit the CPU).
+///
+/// Every child is started first and kept for the whole run, and the
+/// cases run size by size with every transport in turn, so the cases a
+/// ratio compares are measured seconds apart, not minutes (this machine
+/// is noisy). Idle children sleep. The results come back grouped by
+/// transport.
+///
+/// # Errors
+/// The first [`BenchError`]: a child that could not start, a failed call,
+/// a wrong result.
+pub fn run_suite(
+    config: &SuiteConfig,
+    on_case: &mut dyn FnMut(&CaseResult),
+) -> Result<Vec<CaseResult>, BenchError> {
+    if let Some(p) = config.pinning {
+        pin_current_thread(p.controller).map_err(BenchError::Call)?;
+    }
+    let mut peers = Vec::with_capacity(config.transports.len());
+    let mut outcome = Ok(());
+    for &kind in &config.transports {
+        match Peer::spawn(kind, config.pinning.map(|p| p.child)) {
+            Ok(p) => peers.push(p),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    let mut results = Vec::new();
+    if outcome.is_ok() {
+        outcome = run_interleaved(&mut peers, config, &mut results, on_case);
+    }
+    for peer in peers {
+        let finished = peer.finish();
+        if outcome.is_ok() {
+            outcome = finished;
+        }
+    }
+    outcome?;
+    let order = |c: &CaseResult| {
+        let t = config.transports.iter().position(|&k| k == c.transport);
+        let (m, threads) = match c.mode {
+            Mode::Rtt => (0, 0),
+            Mode::Throughput { threads, .. } => (1, threads),
+        };
+        let d = usize::from(c.direction == Direction::ToController);
+        (t, m, d, c.payload, threads)
+    };
+    results.sort_by_key(order);
+    Ok(results)
+}
+
+fn mean_ns(samples: &[u64]) -> f64 {
+    if samples.is_empty() {
+        return 1.0;
+    }
+    (samples.iter().sum::<u64>() as f64 / samples.len() as f64).max(1.0)
+}
+
+fn calls_for(time: Duration, per_call_ns: f64, min: usize, max: usize) -> usize {
+    ((time.as_nanos() as f64 / per_call_ns) as usize).clamp(min, max.max(min))
+}
+
+fn run_interleaved(
+    peers: &mut [Peer],
+    config: &SuiteConfig,
+    results: &mut Vec<CaseResult>,
+    on_case: &mut dyn FnMut(&CaseResult),
+) -> Result<(), BenchError> {
+    let mut record = |case: CaseResult| {
+        on_case(&case);
+        results.push(case);
+    };
+    let mut sizes = vec![0];
+    sizes.extend(&config.payloads);
+    for &direction in &config.directions {
+        for &payload in &sizes {
+            for peer in peers.iter_mut() {
+                let kind = peer.kind();
+                // Floors run controller → child only (they are
+                // symmetric); payload 0 is the floors' bare ping-pong.
+                if kind.is_floor() && direction != Direction::ToExecutor
+                    || payload == 0 && !kind.is_floor()
+                {
+                    continue;
+                }
+                record(rtt_case(peer, direction, payload, config)?);
+            }
+        }
+    }
+    for &direction in &config.directions {
+        for &threads in &config.thread_counts {
+            for peer in peers.iter_mut().filter(|p| !p.kind().is_floor()) {
+                record(throughput_case(peer, direction, threads, config)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calibrates on a few calls, warms up for a tenth of the case time,
+/// then times enough calls to fill it.
+fn rtt_case(
+    peer: &mut Peer,
+    direction: Direction,
+    payload: usize,
+    config: &SuiteConfig,
+) -> Result<CaseResult, BenchError> {
+    let probe = peer.rtt(direction, payload, 5)?;
+    let warm = calls_for(config.case_time / 10, mean_ns(&probe), 5, 20_000);
+    let warm = peer.rtt(direction, payload, warm)?;
+    let n = calls_for(config.case_time, mean_ns(&warm), 20, config.max_calls);
+    let samples = peer.rtt(direction, payload, n)?;
+    let busy = Duration::from_nanos(samples.iter().sum());
+    Ok(CaseResult {
+        transport: peer.kind(),
+        direction,
+        payload,
+        mode: Mode::Rtt,
+        summary: Summary::new(samples, busy),
+    })
+}
+
+fn throughput_case(
+    peer: &mut Peer,
+    direction: Direction,
+    threads: usize,
+    config: &SuiteConfig,
+) -> Result<CaseResult, BenchError> {
+    let (payload, window) = (config.throughput_payload, config.window);
+    let min = threads * window * 4;
+    let (probe, took) = peer.throughput(direction, payload, threads, window, min)?;
+    let per_call = took.as_nanos() as f64 / probe.len().max(1) as f64;
+    let n = calls_for(config.case_time, per_call.max(1.0), min, config.max_calls);
+    let (samples, elapsed) = peer.throughput(direction, payload, threads, window, n)?;
+    Ok(CaseResult {
+        transport: peer.kind(),
+        direction,
+        payload,
+        mode: Mode::Throughput { threads, window },
+        summary: Summary::new(samples, elapsed),
+    })
+}
+
+fn json_number(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.4}"),
+        _ => "null".into(),
+    }
+}
+
+/// The results as a JSON array, one object per case: `transport`,
+/// `direction`, `payload`, `mode`, `threads`, `in_flight`, `calls`,
+/// `p50_ns`, `p99_ns`, `p999_ns`, `ops_per_s`, `ratio_to_floor`,
+/// `speedup_vs_pipe` (the last two `null` when there is nothing to
+/// compare with).
+pub fn to_json(results: &[CaseResult]) -> String {
+    let mut out = String::from("[\n");
+    for (i, c) in results.iter().enumerate() {
+        let r = ratios(results, c);
+        let (threads, in_flight) = match c.mode {
+            Mode::Rtt => (1, 1),
+            Mode::Throughput { threads, window } => (threads, window),
+        };
+        let _ = writeln!(
+            out,
+            "  {{\"transport\": \"{}\", \"direction\": \"{}\", \"payload\": {}, \"mode\": \"{}\", \
+             \"threads\": {threads}, \"in_flight\": {in_flight}, \"calls\": {}, \
+             \"p50_ns\": {}, \"p99_ns\": {}, \"p999_ns\": {}, \"ops_per_s\": {:.1}, \
+             \"ratio_to_floor\": {}, \"speedup_vs_pipe\": {}}}{}",
+            c.transport.name(),
+            c.direction.name(),
+            c.payload,
+            c.mode.name(),
+            c.summary.calls,
+            c.summary.p50_ns,
+            c.summary.p99_ns,
+            c.summary.p999_ns,
+            c.summary.ops_per_s,
+            json_number(r.to_floor),
+            json_number(r.vs_pipe),
+            if i + 1 == results.len() { "" } else { "," },
+        );
+    }
+    out.push(']');
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(t: TransportKind, payload: usize, p50: u64, ops: f64, mode: Mode) -> CaseResult {
+        CaseResult {
+            transport: t,
+            direction: Direction::ToExecutor,
+            payload,
+            mode,
+            summary: Summary {
+                calls: 10,
+                p50_ns: p50,
+                p99_ns: p50 * 2,
+                p999_ns: p50 * 3,
+                ops_per_s: ops,
+            },
+        }
+    }
+
+    #[test]
+    fn case_count_matches_the_cases_run() {
+        // Floors: 2 × (bare + 5 sizes), one direction; the other 5: 5
+        // sizes and 2 thread counts, both directions.
+        assert_eq!(SuiteConfig::full().case_count(), 12 + 5 * 14);
+        let small = SuiteConfig {
+            transports: vec![TransportKind::FloorSpin, TransportKind::Pipe],
+            payloads: vec![8, 4096],
+            directions: vec![Direction::ToController],
+            ..SuiteConfig::quick()
+        };
+        assert_eq!(small.case_count(), 2 + 2);
+    }
+
+    #[test]
+    fn ratios_pick_the_matching_floor_and_pipe() {
+        let tp = Mode::Throughput {
+            threads: 1,
+            window: 64,
+        };
+        let all = vec![
+            case(TransportKind::FloorSpin, 64, 100, 1e7, Mode::Rtt),
+            case(TransportKind::FloorFutex, 64, 1000, 1e6, Mode::Rtt),
+            case(TransportKind::ShmSpin, 64, 150, 6e6, Mode::Rtt),
+            case(TransportKind::ShmBlock, 64, 1200, 8e5, Mode::Rtt),
+            case(TransportKind::Pipe, 64, 15000, 6e4, Mode::Rtt),
+            case(TransportKind::ShmSpin, 64, 0, 3e6, tp),
+            case(TransportKind::Pipe, 64, 0, 1e5, tp),
+        ];
+        let r = ratios(&all, &all[2]);
+        assert_eq!(r.to_floor, Some(1.5));
+        assert_eq!(r.vs_pipe, Some(100.0));
+        assert_eq!(ratios(&all, &all[3]).to_floor, Some(1.2));
+        let t = ratios(&all, &all[5]);
+        assert_eq!(t.to_floor, None);
+        assert_eq!(t.vs_pipe, Some(30.0));
+        let json = to_json(&all);
+        assert!(json.starts_with("[\n  {\"transport\": \"floor-spin\""));
+        assert_eq!(json.matches("\"p50_ns\"").count(), all.len());
+        assert!(json.contains("\"mode\": \"throughput\""));
+        assert!(json.trim_end().ends_with(']'));
+    }
+}
