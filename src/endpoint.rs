@@ -455,7 +455,8 @@ mod llvm_bootstrap {
         Wrapper(&'static str),
     }
 
-    pub(super) const SYMBOLS: [(&str, Kind); 17] = [
+    /// LLVM 14's set, and what LLVM 19 added or renamed.
+    pub(super) const SYMBOLS: [(&str, Kind); 26] = [
         ("__llvm_orc_SimpleRemoteEPC_dispatch_ctx", Kind::Data),
         ("__llvm_orc_SimpleRemoteEPC_dispatch_fn", Kind::Data),
         (
@@ -514,6 +515,42 @@ mod llvm_bootstrap {
         (
             "__llvm_orc_SimpleExecutorDylibManager_lookup_wrapper",
             Kind::Wrapper("the dylib manager"),
+        ),
+        (
+            "__llvm_orc_bootstrap_run_as_void_function_wrapper",
+            Kind::Wrapper("run_as_void_function"),
+        ),
+        (
+            "__llvm_orc_bootstrap_run_as_int_function_wrapper",
+            Kind::Wrapper("run_as_int_function"),
+        ),
+        (
+            "llvm_orc_registerEHFrameSectionWrapper",
+            Kind::Wrapper("EH-frame registration"),
+        ),
+        (
+            "llvm_orc_deregisterEHFrameSectionWrapper",
+            Kind::Wrapper("EH-frame registration"),
+        ),
+        (
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Instance",
+            Kind::Data,
+        ),
+        (
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Reserve",
+            Kind::Wrapper("the shared-memory mapper"),
+        ),
+        (
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Initialize",
+            Kind::Wrapper("the shared-memory mapper"),
+        ),
+        (
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Deinitialize",
+            Kind::Wrapper("the shared-memory mapper"),
+        ),
+        (
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Release",
+            Kind::Wrapper("the shared-memory mapper"),
         ),
     ];
 

@@ -497,16 +497,15 @@ impl SetupInfo {
     /// for an executor speaking `dialect`. An orcwire executor publishes
     /// exactly its registered functions. An LLVM executor publishes
     /// addresses of anything (functions and data objects such as
-    /// `..._Instance` or `..._dispatch_ctx`); only names ending in
-    /// `_wrapper`, LLVM's convention for wrapper functions, count as
-    /// functions. Calling anything else would make LLVM's executor jump to
-    /// a non-function and crash.
+    /// `..._Instance` or `..._dispatch_ctx`); only its wrapper functions
+    /// count ([`is_llvm_wrapper`]). Calling anything else would make
+    /// LLVM's executor jump to a non-function and crash.
     pub fn functions(&self, dialect: Dialect) -> impl Iterator<Item = (&str, u64)> {
         self.bootstrap_symbols
             .iter()
             .filter(move |(k, _)| match dialect {
                 Dialect::Orcwire => !k.starts_with(HANDLER_PREFIX),
-                Dialect::Llvm14 | Dialect::Llvm15 => k.ends_with("_wrapper"),
+                Dialect::Llvm14 | Dialect::Llvm15 => is_llvm_wrapper(k),
             })
             .map(|(k, a)| (k.as_str(), *a))
     }
@@ -517,6 +516,21 @@ impl SetupInfo {
             .iter()
             .filter_map(|(k, a)| k.strip_prefix(HANDLER_PREFIX).map(|n| (n, *a)))
     }
+}
+
+/// Whether an LLVM executor's bootstrap symbol `name` is a wrapper
+/// function (as opposed to a data object such as an `..._Instance`):
+/// LLVM names them `..._wrapper` (LLVM 14 and later) or `...Wrapper`
+/// (LLVM 19's EH-frame registration), except the four functions of
+/// LLVM 19's `ExecutorSharedMemoryMapperService`, listed here.
+pub fn is_llvm_wrapper(name: &str) -> bool {
+    const UNSUFFIXED: [&str; 4] = [
+        "__llvm_orc_ExecutorSharedMemoryMapperService_Reserve",
+        "__llvm_orc_ExecutorSharedMemoryMapperService_Initialize",
+        "__llvm_orc_ExecutorSharedMemoryMapperService_Deinitialize",
+        "__llvm_orc_ExecutorSharedMemoryMapperService_Release",
+    ];
+    name.ends_with("_wrapper") || name.ends_with("Wrapper") || UNSUFFIXED.contains(&name)
 }
 
 /// SPS-encodes an LLVM `Error` (`SPSError`): `false`, or `true` and the
@@ -729,10 +743,47 @@ mod tests {
         // Encoding for LLVM 14 drops the map.
         let (back, _) = SetupInfo::decode(&llvm.encode_for(Dialect::Llvm14)).unwrap();
         assert!(back.bootstrap_map.is_empty());
+        // Hostile LLVM 14 Setups: a count beyond the payload, a name
+        // length beyond it, a name that is not UTF-8.
+        for symbols in [
+            |w: &mut SpsWriter| {
+                w.u64(1 << 40);
+            },
+            |w: &mut SpsWriter| {
+                w.u64(1).u64(u64::MAX - 3);
+            },
+            |w: &mut SpsWriter| {
+                w.u64(1).bytes(&[b'f', 0xff]).u64(7);
+            },
+        ] {
+            let mut w = SpsWriter::new();
+            w.str("x86_64-unknown-linux-gnu").u64(4096);
+            symbols(&mut w);
+            assert!(SetupInfo::decode(&w.into_inner()).is_err());
+        }
         // Every truncation of an LLVM 14 Setup is an error too.
         let bytes = llvm.encode_for(Dialect::Llvm14);
         for cut in 0..bytes.len() {
             assert!(SetupInfo::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn llvm_wrappers_are_told_from_data_objects() {
+        for wrapper in [
+            "__llvm_orc_SimpleExecutorMemoryManager_reserve_wrapper",
+            "llvm_orc_registerEHFrameSectionWrapper",
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Reserve",
+        ] {
+            assert!(is_llvm_wrapper(wrapper), "{wrapper}");
+        }
+        for data in [
+            "__llvm_orc_SimpleExecutorMemoryManager_Instance",
+            "__llvm_orc_SimpleRemoteEPC_dispatch_ctx",
+            "__llvm_orc_SimpleRemoteEPC_dispatch_fn",
+            "__llvm_orc_ExecutorSharedMemoryMapperService_Instance",
+        ] {
+            assert!(!is_llvm_wrapper(data), "{data}");
         }
     }
 

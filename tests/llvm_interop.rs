@@ -1,13 +1,14 @@
 //! orcwire against LLVM's own programs (issue #11), over two pipes as LLVM
-//! runs them:
-//! * an orcwire controller and an unmodified `llvm-jitlink-executor`
-//!   (LLVM 14, Debian's `llvm-14` package);
-//! * an unmodified LLVM 14 `SimpleRemoteEPC` controller
-//!   (`interop/llvm/controller14.cpp`, built here with `g++` against
-//!   `libLLVM-14`) and an orcwire executor.
+//! runs them, for each LLVM in [`LLVMS`]: 14 (Debian 12's default; its
+//! `Setup` has no bootstrap map) and 19 (Debian 12's newest; with the
+//! map), so both `Setup` layouts are tested against real programs:
+//! * an orcwire controller and an unmodified `llvm-jitlink-executor`;
+//! * an unmodified LLVM `SimpleRemoteEPC` controller
+//!   (`interop/llvm/controller.cpp`, built here with `g++` against that
+//!   LLVM's `libLLVM`) and an orcwire executor.
 //!
-//! These tests need LLVM 14 and g++. Under CI (`CI` set) a missing one is
-//! a failure, never a skip: `.ci/run` installs them.
+//! These tests need both LLVMs and g++. Under CI (`CI` set) a missing one
+//! is a failure, never a skip: `.ci/run` installs them.
 
 mod common;
 
@@ -29,23 +30,21 @@ const RESERVE: &str = "__llvm_orc_SimpleExecutorMemoryManager_reserve_wrapper";
 const DEALLOCATE: &str = "__llvm_orc_SimpleExecutorMemoryManager_deallocate_wrapper";
 const WRITE_U64S: &str = "__llvm_orc_bootstrap_mem_write_uint64s_wrapper";
 
-/// Where LLVM 14's executor is, or `None` outside CI when it is missing.
-fn executor_program() -> Option<PathBuf> {
-    let found = [
-        "/usr/lib/llvm-14/bin/llvm-jitlink-executor",
-        "/usr/bin/llvm-jitlink-executor-14",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "llvm-jitlink-executor (LLVM 14) is missing under CI: `apt-get install llvm-14`"
-        );
-        eprintln!("llvm-jitlink-executor (LLVM 14) not installed: skipping outside CI");
+/// The LLVMs tested, with the dialect each speaks.
+const LLVMS: [(u32, Dialect); 2] = [(14, Dialect::Llvm14), (19, Dialect::Llvm15)];
+
+/// LLVM `major`'s executor, or `None` outside CI when it is missing.
+fn executor_program(major: u32) -> Option<PathBuf> {
+    let path = PathBuf::from(format!("/usr/lib/llvm-{major}/bin/llvm-jitlink-executor"));
+    if path.exists() {
+        return Some(path);
     }
-    found
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "llvm-jitlink-executor (LLVM {major}) is missing under CI: `apt-get install llvm-{major}`"
+    );
+    eprintln!("llvm-jitlink-executor (LLVM {major}) not installed: skipping it outside CI");
+    None
 }
 
 /// The executor's process and an orcwire controller connected to it.
@@ -154,14 +153,20 @@ fn deallocate(ep: &Endpoint, addr: u64) -> Option<String> {
 }
 
 #[test]
-fn an_orcwire_controller_drives_llvm_14s_executor() {
-    let Some(program) = executor_program() else {
-        return;
-    };
+fn an_orcwire_controller_drives_llvms_executor() {
+    for (major, dialect) in LLVMS {
+        if let Some(program) = executor_program(major) {
+            drive_llvm_executor(major, dialect, &program);
+        }
+    }
+}
+
+fn drive_llvm_executor(major: u32, dialect: Dialect, program: &PathBuf) {
     for round in 0..5 {
-        let mut ex = start(&program);
+        let round = format!("LLVM {major}, round {round}");
+        let mut ex = start(program);
         let c = &ex.controller;
-        assert_eq!(c.dialect(), Dialect::Llvm14, "round {round}");
+        assert_eq!(c.dialect(), dialect, "{round}");
         // Wrapper functions have tags; data objects only addresses.
         for name in [RESERVE, DEALLOCATE, WRITE_U64S] {
             assert!(c.function_tag(name).is_some(), "{name}");
@@ -174,7 +179,7 @@ fn an_orcwire_controller_drives_llvm_14s_executor() {
         let addr = reserve(c, 64 << 10).expect("reserve 64 KiB");
         assert_ne!(addr, 0);
         write_u64s(c, &[(addr, 0x1122_3344_5566_7788), (addr + 8, u64::MAX)]);
-        assert_eq!(deallocate(c, addr), None, "round {round}");
+        assert_eq!(deallocate(c, addr), None, "{round}");
         // An error result reaches the caller; the session goes on.
         let refused = reserve(c, 1 << 62).expect_err("reserving 4 EiB must fail");
         assert!(!refused.is_empty());
@@ -182,27 +187,30 @@ fn an_orcwire_controller_drives_llvm_14s_executor() {
         // out-of-band error, which LLVM carries as an empty result.
         let tag = c.function_tag(RESERVE).unwrap();
         let garbled = c.call_sync_timeout(tag, b"xx", LIMIT).unwrap();
-        assert!(garbled.is_empty(), "round {round}");
+        assert!(garbled.is_empty(), "{round}");
         let again = reserve(c, 4096).expect("the session survives errors");
         assert_eq!(deallocate(c, again), None);
         // A clean disconnect: LLVM's executor takes our Hangup and exits 0.
         let c = c.clone();
         common::run_bounded(LIMIT, move || c.disconnect());
         let status = common::wait_child(&mut ex.child, LIMIT);
-        assert!(
-            status.success(),
-            "round {round}: executor ended with {status}"
-        );
+        assert!(status.success(), "{round}: executor ended with {status}");
     }
 }
 
 #[test]
 fn a_killed_llvm_executor_fails_pending_calls_within_100ms_as_its_death() {
-    let Some(program) = executor_program() else {
-        return;
-    };
+    for (major, _) in LLVMS {
+        if let Some(program) = executor_program(major) {
+            kill_llvm_executor(major, &program);
+        }
+    }
+}
+
+fn kill_llvm_executor(major: u32, program: &PathBuf) {
     for round in 0..5 {
-        let mut ex = start(&program);
+        let round = format!("LLVM {major}, round {round}");
+        let mut ex = start(program);
         let c = ex.controller.clone();
         let instance = c.bootstrap_symbol(INSTANCE).unwrap();
         let tag = c.function_tag(RESERVE).unwrap();
@@ -221,7 +229,7 @@ fn a_killed_llvm_executor_fails_pending_calls_within_100ms_as_its_death() {
                     assert_eq!(
                         e,
                         orcwire::CallError::PeerDied,
-                        "round {round}: {:?}",
+                        "{round}: {:?}",
                         c.disconnect_reason()
                     );
                     failed += 1;
@@ -229,7 +237,7 @@ fn a_killed_llvm_executor_fails_pending_calls_within_100ms_as_its_death() {
             }
         }
         let took = killed.elapsed();
-        assert!(took < Duration::from_millis(100), "round {round}: {took:?}");
+        assert!(took < Duration::from_millis(100), "{round}: {took:?}");
         let deadline = Instant::now() + LIMIT;
         while !c.is_disconnected() {
             assert!(Instant::now() < deadline);
@@ -238,45 +246,50 @@ fn a_killed_llvm_executor_fails_pending_calls_within_100ms_as_its_death() {
         assert_eq!(
             c.disconnect_reason(),
             Some(orcwire::DisconnectReason::PeerDied),
-            "round {round} ({failed} calls failed)"
+            "{round} ({failed} calls failed)"
         );
     }
 }
 
-/// Builds `interop/llvm/controller14.cpp` once per test run (about 4 s).
-fn controller_program() -> Option<PathBuf> {
-    executor_program()?;
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let out = BUILT.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("controller14");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/llvm/controller14.cpp");
-        let config = |flag: &str| {
-            let o = Command::new("llvm-config-14")
-                .arg(flag)
-                .output()
-                .expect("llvm-config-14");
-            assert!(o.status.success(), "llvm-config-14 {flag}");
-            String::from_utf8(o.stdout).unwrap()
-        };
-        let mut cmd = Command::new("g++");
-        cmd.args(["-std=c++17", "-O1", "-o"]).arg(&out).arg(src);
-        // llvm-config asks for C++14; LLVM 14's headers are fine with 17.
-        cmd.args(
-            config("--cxxflags")
-                .split_whitespace()
-                .filter(|f| !f.starts_with("-std=")),
-        );
-        cmd.args(config("--ldflags").split_whitespace())
-            .arg("-lLLVM-14");
-        let o = cmd.output().expect("g++ (apt-get install g++)");
-        assert!(
-            o.status.success(),
-            "building controller14: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
-    });
-    Some(out.clone())
+/// Builds `interop/llvm/controller.cpp` against LLVM `major` once per
+/// test run (about 4 s).
+fn controller_program(major: u32) -> Option<PathBuf> {
+    executor_program(major)?;
+    static BUILT: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, out)) = built.iter().find(|(m, _)| *m == major) {
+        return Some(out.clone());
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("controller{major}"));
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/llvm/controller.cpp");
+    let llvm_config = format!("llvm-config-{major}");
+    let config = |flag: &str| {
+        let o = Command::new(&llvm_config)
+            .arg(flag)
+            .output()
+            .unwrap_or_else(|e| panic!("{llvm_config}: {e} (apt-get install llvm-{major}-dev)"));
+        assert!(o.status.success(), "{llvm_config} {flag}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let mut cmd = Command::new("g++");
+    cmd.args(["-std=c++17", "-O1", "-o"]).arg(&out).arg(src);
+    // llvm-config may ask for an older standard; LLVM's headers are fine
+    // with 17.
+    cmd.args(
+        config("--cxxflags")
+            .split_whitespace()
+            .filter(|f| !f.starts_with("-std=")),
+    );
+    cmd.args(config("--ldflags").split_whitespace())
+        .arg(format!("-lLLVM-{major}"));
+    let o = cmd.output().expect("g++ (apt-get install g++)");
+    assert!(
+        o.status.success(),
+        "building the LLVM {major} controller: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    built.push((major, out.clone()));
+    Some(out)
 }
 
 fn i32_pair(args: &[u8]) -> Option<(i32, i32)> {
@@ -286,10 +299,10 @@ fn i32_pair(args: &[u8]) -> Option<(i32, i32)> {
     Some((a, b))
 }
 
-/// An orcwire executor speaking LLVM 14's dialect on `transport`.
-fn orcwire_executor(transport: std::sync::Arc<StreamTransport>) -> Endpoint {
+/// An orcwire executor speaking `dialect` on `transport`.
+fn orcwire_executor(transport: std::sync::Arc<StreamTransport>, dialect: Dialect) -> Endpoint {
     ExecutorBuilder::new()
-        .dialect(Dialect::Llvm14)
+        .dialect(dialect)
         .sync_function("add_i32", |args: &[u8]| match i32_pair(args) {
             Some((a, b)) => WrapperFunctionBuffer::from_slice(&a.wrapping_add(b).to_le_bytes()),
             None => WrapperFunctionBuffer::out_of_band_error("add_i32 takes two i32"),
@@ -322,34 +335,40 @@ fn orcwire_executor(transport: std::sync::Arc<StreamTransport>) -> Endpoint {
 }
 
 #[test]
-fn llvm_14s_own_controller_calls_an_orcwire_executor() {
-    let Some(program) = controller_program() else {
-        return;
-    };
+fn llvms_own_controller_calls_an_orcwire_executor() {
+    for (major, dialect) in LLVMS {
+        if let Some(program) = controller_program(major) {
+            serve_llvm_controller(major, dialect, &program);
+        }
+    }
+}
+
+fn serve_llvm_controller(major: u32, dialect: Dialect, program: &PathBuf) {
     for round in 0..20 {
+        let round = format!("LLVM {major}, round {round}");
         let (to_ctl_r, to_ctl_w) = pipe();
         let (from_ctl_r, from_ctl_w) = pipe();
         let (r, w) = (to_ctl_r.as_raw_fd(), from_ctl_w.as_raw_fd());
-        let mut cmd = Command::new(&program);
+        let mut cmd = Command::new(program);
         cmd.args(["3", "4"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         at_fds_3_and_4(&mut cmd, r, w);
-        let child = cmd.spawn().expect("spawn controller14");
+        let child = cmd.spawn().expect("spawn the LLVM controller");
         drop((to_ctl_r, from_ctl_w));
         let transport =
             StreamTransport::from_fds(from_ctl_r, to_ctl_w, StreamConfig::default()).unwrap();
         transport.watch_process(child.id()).unwrap();
-        let executor = orcwire_executor(transport);
+        let executor = orcwire_executor(transport, dialect);
         // The controller disconnects when it is done; so do we.
         let deadline = Instant::now() + LIMIT;
         while !executor.is_disconnected() {
-            assert!(Instant::now() < deadline, "round {round}: no disconnect");
+            assert!(Instant::now() < deadline, "{round}: no disconnect");
             std::thread::sleep(Duration::from_millis(1));
         }
         let out = common::run_bounded(LIMIT, move || child.wait_with_output().unwrap());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "round {round}:\n{text}");
+        assert!(out.status.success(), "{round}:\n{text}");
         for line in [
             "ok create",
             "ok symbols",
@@ -361,12 +380,12 @@ fn llvm_14s_own_controller_calls_an_orcwire_executor() {
             "ok add after an error = 2",
             "ok disconnect",
         ] {
-            assert!(text.contains(line), "round {round}: no {line:?} in\n{text}");
+            assert!(text.contains(line), "{round}: no {line:?} in\n{text}");
         }
         assert_eq!(
             executor.disconnect_reason(),
             Some(orcwire::DisconnectReason::PeerHungUp),
-            "round {round}"
+            "{round}"
         );
     }
 }

@@ -1,15 +1,17 @@
-// An unmodified LLVM 14 SimpleRemoteEPC controller, for orcwire's interop
+// An unmodified LLVM SimpleRemoteEPC controller (built against LLVM 14,
+// and against LLVM 19 where installed), for orcwire's interop
 // tests (tests/llvm_interop.rs): it connects to the executor on the two
 // file descriptors given, calls the executor's wrapper functions with
 // several SPS signatures, checks each result, and disconnects. It prints
 // one line per step; the test reads them. Exit status 0 when every step
 // behaved as expected.
 //
-// Usage: controller14 IN_FD OUT_FD
+// Usage: controller IN_FD OUT_FD
 
 #include "llvm/ExecutionEngine/Orc/Shared/SimplePackedSerialization.h"
 #include "llvm/ExecutionEngine/Orc/SimpleRemoteEPC.h"
 #include "llvm/ExecutionEngine/Orc/TaskDispatch.h"
+#include "llvm/Config/llvm-config.h"
 #include "llvm/Support/Error.h"
 #include "llvm/Support/raw_ostream.h"
 
@@ -31,14 +33,19 @@ static void expect(bool ok, const std::string &what) {
 
 int main(int argc, char **argv) {
   if (argc != 3) {
-    errs() << "usage: controller14 IN_FD OUT_FD\n";
+    errs() << "usage: controller IN_FD OUT_FD\n";
     return 2;
   }
   int InFD = std::atoi(argv[1]);
   int OutFD = std::atoi(argv[2]);
 
+#if LLVM_VERSION_MAJOR >= 19
+  auto Dispatcher = std::make_unique<DynamicThreadPoolTaskDispatcher>(std::nullopt);
+#else
+  auto Dispatcher = std::make_unique<DynamicThreadPoolTaskDispatcher>();
+#endif
   auto EPC = SimpleRemoteEPC::Create<FDSimpleRemoteEPCTransport>(
-      std::make_unique<DynamicThreadPoolTaskDispatcher>(),
+      std::move(Dispatcher),
       SimpleRemoteEPC::Setup(), InFD, OutFD);
   if (!EPC) {
     outs() << "FAILED create: " << toString(EPC.takeError()) << "\n";
