@@ -5,10 +5,17 @@
 //! shim (which every atomic, lock, condvar, cell and thread in both crates
 //! comes through) to loom's types, so loom checks **the code that ships**.
 //! The ring's header and data, which production lays over the shared
-//! mapping, live on the heap under loom (`orcwire_shm::layout` keeps one
-//! loom object per address of a `HeapMapping`), and the ring's bytes are
-//! loom `UnsafeCell`s, so a payload read that is not ordered after its
-//! write is reported as a data race.
+//! mapping, live on the heap under loom (`layout/loom_shared.rs` in
+//! `orcwire-shm` keeps one loom object per address of a `HeapMapping`),
+//! and the ring's bytes are loom `UnsafeCell`s
+//! (`ring/memory/loom_cells.rs`), so a payload read that is not ordered
+//! after its write is reported as a data race. Each such backing is
+//! chosen at one place in `orcwire-shm`; the code above it is the code
+//! that ships.
+//!
+//! The models reach `orcwire-shm`'s internals (`ring`, `layout`, `wait`)
+//! because `--cfg orcwire_loom` makes those modules public; without it
+//! they are private to the crate.
 //!
 //! Run them all (what `.ci/loom` does, and `.ci/run` calls it):
 //!
@@ -56,17 +63,18 @@
 //! * **`SeqCst` subtleties.** Loom treats `SeqCst` loads and stores as
 //!   `AcqRel`, so it can report a false alarm but never proves a property
 //!   that needs the single total order of `SeqCst` accesses. The one place
-//!   that needs it, the sleeper/publisher handshake in `wait.rs`, uses
-//!   `SeqCst` *fences* (announce; fence; re-check — publish; fence; look
-//!   for a sleeper), which loom does model; the argument is in
-//!   `orcwire_shm::wait`'s docs, and `futex.rs` checks it. The other way
-//!   round, loom makes every `Mutex` lock and unlock a `SeqCst` point, so
-//!   a missing `Release` on a store that is followed by an unrelated lock
-//!   on both sides (the transport's state word: `send` and `recv` each take
-//!   their end's lock) is invisible to it. Those orderings are argued at
-//!   each `SYNC POINT` comment instead, where both halves are labelled;
-//!   the lock-free paths (ring indices, wake word) are the ones the models
-//!   check for ordering, and a `Relaxed` tail is caught (`ring.rs`).
+//!   that needs it, the sleeper/publisher handshake in `orcwire-shm`'s
+//!   `wait/`, uses `SeqCst` *fences* (announce; fence; re-check —
+//!   publish; fence; look for a sleeper), which loom does model; the
+//!   argument is in `orcwire_shm::wait`'s module docs, and `futex.rs`
+//!   checks it. The other way round, loom makes every `Mutex` lock and
+//!   unlock a `SeqCst` point, so a missing `Release` on a store that is
+//!   followed by an unrelated lock on both sides (the transport's state
+//!   word: `send` and `recv` each take their end's lock) is invisible to
+//!   it. Those orderings are argued at each `SYNC POINT` comment instead,
+//!   where both halves are labelled; the lock-free paths (ring indices,
+//!   wake word) are the ones the models check for ordering, and a
+//!   `Relaxed` tail is caught (`ring.rs`).
 //! * **Weak memory beyond loom's bound** and **time** (timeouts, spin
 //!   budgets) are not modelled: a spin is a yield, a timed wait a full
 //!   wait. Timeouts are tested with real clocks in the unit tests.

@@ -5,8 +5,8 @@
 //! then `FUTEX_WAIT`s on the value it read; the publisher publishes,
 //! fences, and bumps the word and `FUTEX_WAKE`s only if it sees the
 //! announcement. `FUTEX_WAIT`/`FUTEX_WAKE` are a loom `Mutex` + `Condvar`
-//! per word address (`orcwire_shm::wait`'s mock, reset for every
-//! execution). Proves: no lost wake-up (it would be a loom deadlock), with
+//! per word address (`wait/loom_futex.rs` in `orcwire-shm`, reset for
+//! every execution). Proves: no lost wake-up (it would be a loom deadlock), with
 //! the low-CPU preset that goes straight to sleep.
 #![cfg(orcwire_loom)]
 

@@ -13,6 +13,9 @@
 //! (`MSG_CMSG_CLOEXEC`, so no child spawned meanwhile inherits it), wants
 //! exactly one fd, and closes every fd it got when the message is not
 //! exactly that.
+//!
+//! Relies on: Unix-domain `SCM_RIGHTS` and Linux's `MSG_CMSG_CLOEXEC`
+//! (through `nix`).
 
 use std::io::IoSlice;
 use std::mem::size_of;

@@ -76,7 +76,8 @@ struct Shared {
 /// use std::os::fd::AsFd;
 /// use std::sync::mpsc;
 /// use std::time::Duration;
-/// use orcwire_shm::{socket_pair, LivenessWatcher};
+/// use orcwire_shm::liveness::LivenessWatcher;
+/// use orcwire_shm::socket_pair;
 ///
 /// let (ours, theirs) = socket_pair()?;
 /// let (tx, rx) = mpsc::channel();

@@ -4,6 +4,9 @@
 //! The memfd segment and the named segment implement it for real mappings;
 //! [`HeapMapping`] implements it on the heap so rings, layouts and whole
 //! transports can be tested inside one process (and under Miri).
+//!
+//! Relies on: the global allocator (for [`HeapMapping`]); everything that
+//! reads the shared bytes relies on the [`SharedMapping`] contract.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;

@@ -23,26 +23,17 @@
 //! unreadable (a clean error), and the memory both sides map is a memfd
 //! whose size is sealed.
 //!
-//! # What the flow needs
-//! Both processes run as the same user, and the controller is *dumpable*
-//! (the default; not after `prctl(PR_SET_DUMPABLE, 0)` or a set-uid exec):
-//! opening another process's `/proc/<pid>/fd/<n>` takes the same
-//! permission as reading its memory (`PTRACE_MODE_READ`). Yama's
-//! `ptrace_scope` does not restrict this mode. A `/proc` mounted with
-//! `hidepid` or another pid namespace breaks it: use the listener or the
-//! spawn flow there.
-//!
 //! # Why not the `shared_memory` crate
 //! Its `open` maps the object before the caller can check anything
 //! (owner, mode, size) and never exposes the fd, and it links an old `nix`
 //! (0.23). This module calls `shm_open` itself.
 //!
-//! # Crash clean-up
-//! Between [`NamedRendezvous::create`] and the first `unlink` the name
-//! exists in `/dev/shm`; a crash (or `SIGKILL`) of both sides in that
-//! window leaves a one-page `/dev/shm/orcwire-<pid>-…` behind until the
-//! next reboot. [`remove_stale_segments`] removes the ones whose creating
-//! process is gone; call it at controller start-up (it is cheap).
+//! What the flow needs from the system, and crash clean-up, are on
+//! [`NamedRendezvous`] (its users need them).
+//!
+//! Relies on: POSIX shared memory in `/dev/shm` (`shm_open`), the
+//! controller's `/proc/<pid>/fd` to reach its memfd, and [`Segment`] for
+//! the memory itself.
 
 use std::fs::File;
 use std::io;
@@ -138,6 +129,22 @@ pub enum NamedRendezvousError {
 /// The controller's end of a rendezvous name, or the record the executor
 /// read through it.
 ///
+/// # What the flow needs
+/// Both processes run as the same user, and the controller is *dumpable*
+/// (the default; not after `prctl(PR_SET_DUMPABLE, 0)` or a set-uid exec):
+/// opening another process's `/proc/<pid>/fd/<n>` takes the same
+/// permission as reading its memory (`PTRACE_MODE_READ`). Yama's
+/// `ptrace_scope` does not restrict this mode. A `/proc` mounted with
+/// `hidepid` or another pid namespace breaks it: use the listener or the
+/// spawn flow there.
+///
+/// # Crash clean-up
+/// Between [`NamedRendezvous::create`] and the first `unlink` the name
+/// exists in `/dev/shm`; a crash (or `SIGKILL`) of both sides in that
+/// window leaves a one-page `/dev/shm/orcwire-<pid>-…` behind until the
+/// next reboot. [`remove_stale_segments`] removes the ones whose creating
+/// process is gone; call it at controller start-up (it is cheap).
+///
 /// # Examples
 /// ```
 /// use orcwire_shm::{NamedRendezvous, Segment};
@@ -197,7 +204,7 @@ impl NamedRendezvous {
     /// executor has attached.
     ///
     /// The name stays in `/dev/shm` until [`unlink`](Self::unlink) or
-    /// drop; see the module docs for crashes.
+    /// drop; see [crash clean-up](Self#crash-clean-up).
     ///
     /// # Errors
     /// [`NamedRendezvousError::Random`] when no random bytes are
@@ -352,7 +359,7 @@ impl NamedRendezvous {
     ///
     /// # Errors
     /// [`NamedRendezvousError::SegmentUnreachable`] when the path cannot be
-    /// opened (see the module docs for what the flow needs).
+    /// opened (see [what the flow needs](Self#what-the-flow-needs)).
     pub fn open_segment(&self) -> Result<OwnedFd, NamedRendezvousError> {
         let path = format!("/proc/{}/fd/{}", self.pid, self.fd);
         std::fs::OpenOptions::new()

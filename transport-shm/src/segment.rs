@@ -20,7 +20,8 @@
 //!   raises `SIGBUS` — a peer could crash us at will. With the seals in
 //!   place the size is fixed for the life of the file, for everybody.
 //!
-//! Linux only (memfd and file seals).
+//! Relies on: Linux's memfd and file seals (through `nix`), `memmap2` for
+//! the shared mapping, and the [`SharedMapping`] contract it implements.
 
 use std::ffi::CStr;
 use std::io;
@@ -182,8 +183,8 @@ impl Segment {
     /// pages), zero-filled, and maps it.
     ///
     /// The fd is close-on-exec; use [`inheritable_dup`] or
-    /// [`dup2_for_exec`] to hand it to a child, or [`crate::fdpass`] to
-    /// send it over a socket.
+    /// [`dup2_for_exec`] to hand it to a child, or
+    /// [`send_fd`](crate::send_fd) to send it over a socket.
     ///
     /// # Errors
     /// [`SegmentError::ZeroLength`] / [`SegmentError::TooLarge`] for a bad

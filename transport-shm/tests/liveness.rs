@@ -14,7 +14,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use orcwire_shm::{pidfd_open, socket_pair, LivenessWatcher};
+use orcwire_shm::liveness::LivenessWatcher;
+use orcwire_shm::{pidfd_open, socket_pair};
 use orcwire_sync::{Arc, Mutex, MutexGuard};
 
 use common::{open_fd_count, spawn_with_fd, Reaped};

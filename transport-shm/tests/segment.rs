@@ -135,7 +135,7 @@ fn two_mappings_of_one_fd_share_memory() {
     let b = Segment::from_fd(a.fd().try_clone_to_owned().unwrap(), a.len()).unwrap();
     assert_ne!(a.base(), b.base(), "two distinct mappings");
     assert_eq!(a.len(), b.len());
-    assert_eq!(b.base() as usize % orcwire_shm::mapping::MAPPING_ALIGN, 0);
+    assert_eq!(b.base() as usize % orcwire_shm::MAPPING_ALIGN, 0);
     for off in (0..a.len()).step_by(page_size() / 2) {
         assert_eq!(read_u64(&b, off), 0, "a new segment is zeroed");
         write_u64(&a, off, off as u64 ^ PARENT_MARK);

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orcwire::{Message, Opcode, Received, Transport, TransportError};
-use orcwire_shm::layout::{RingCapacity, RingControl};
-use orcwire_shm::wait::WaitStrategy;
-use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
+use orcwire_shm::layout::RingControl;
+use orcwire_shm::{
+    required_size, HeapMapping, RingCapacity, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
+};
 use orcwire_sync::{thread, AtomicU64, Ordering};
 
 const TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,61 +1,18 @@
-//! Waiting for the peer: spin for a budget, then sleep on a futex word in
-//! the segment.
+//! [`WakeWord`]: one side's futex word and waiting announcements, and the
+//! wait/notify protocol over them (see the [module docs](super) for why no
+//! wake-up is lost).
 //!
-//! Each side has one futex word ([`SideBlock::futex`]) that it sleeps on,
-//! and a set of [`waiting`] bits announcing *why* it sleeps (its consumer
-//! waits for data, its producer for space). The protocol, in the spirit of
-//! folly's `EventCount` and Shadow's `vasi-sync`:
-//!
-//! ```text
-//! waiter                                   notifier (after publishing)
-//! 1. waiting |= bit                         a. publish (Release store of an index)
-//! 2. fence(SeqCst)          -- Dekker --    b. fence(SeqCst)
-//! 3. v = futex.load(Acquire)                c. if waiting & bit:
-//! 4. re-check the condition                       futex += 1 (Release)
-//! 5. FUTEX_WAIT(futex, v)                          FUTEX_WAKE(all)
-//! ```
-//!
-//! No lost wake-up: the two `SeqCst` fences are totally ordered. If the
-//! waiter's fence comes first, the notifier's load (c) sees the announced
-//! bit, bumps the word and wakes: either the waiter is already queued in
-//! the kernel and is woken, or its `FUTEX_WAIT` finds the word changed from
-//! `v` and returns at once. If the notifier's fence comes first, the
-//! waiter's re-check (4) sees what the notifier published (a) and does not
-//! sleep. If (3) reads a bumped value, that bump was a `Release` made after
-//! (a), so (4) sees the publication too.
-//!
-//! So the word changes on every publish a sleeper could miss (those that
-//! see its announcement), not on every publish: a publish that happens
-//! before the announcement is caught by the re-check instead, and the fast
-//! path of a busy connection costs one fence and one relaxed load, no
-//! read-modify-write on a shared line.
-//!
-//! Local events (interrupt, close, peer death) use [`WakeWord::wake_all`]:
-//! set a flag, then bump and wake unconditionally.
-//!
-//! The futex is shared (no `FUTEX_PRIVATE_FLAG`): the word lives in memory
-//! mapped by two processes. Under `--cfg orcwire_loom` `FUTEX_WAIT` and
-//! `FUTEX_WAKE` are modelled by a loom `Mutex` and one `Condvar` per word
-//! address (as `vasi-sync` does); the protocol code above them is the same.
-//! Loom does not model time: a timed wait there waits like an untimed one,
-//! and spin budgets should be given in iterations.
-//!
-//! What the loom model (`loom-tests/tests/futex.rs`) cannot check: the
-//! real syscall (its contract is futex(2): the value check and the enqueue
-//! are atomic under the bucket lock, which the mock copies), and `SeqCst`
-//! *accesses* (loom treats them as `AcqRel`; this protocol uses `SeqCst`
-//! fences only, which loom models). The real futex runs in the
-//! cross-process tests and the `--wait block` demo test, where a lost
-//! wake-up would be a hang caught by their timeouts.
-//!
-//! Relies on: the `sync` shim, `layout::SharedRef` for the words, `libc` for the
-//! futex system call (Linux only).
+//! Relies on: `super::futex` (the system call, or loom's mock), the
+//! [`SideBlock`] words reached through `SharedRef`, and the `sync` shim's
+//! fences and atomics.
 
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use super::futex;
+use super::strategy::{SpinBudget, WaitStrategy};
 use crate::layout::{waiting, SharedRef, SideBlock};
 use crate::sync::{fence, spin_loop, Ordering};
 
@@ -63,82 +20,6 @@ use crate::sync::{fence, spin_loop, Ordering};
 /// costs more than a poll, and a wait that ends this early (a whole round
 /// trip on an idle core) should pay for none.
 const UNTIMED_POLLS: u32 = 64;
-
-/// How long a blocked call spins before it sleeps in the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpinBudget {
-    /// Sleep at once.
-    None,
-    /// Poll this many times first.
-    Iterations(u32),
-    /// Poll for this long first (wall clock).
-    Time(Duration),
-}
-
-/// How a blocked send or receive waits: a spin budget, then `FUTEX_WAIT`.
-///
-/// An idle endpoint always ends up asleep in the kernel and uses no CPU;
-/// the budget only trades CPU for latency while traffic flows.
-///
-/// ```
-/// use orcwire_shm::wait::{SpinBudget, WaitStrategy};
-/// use std::time::Duration;
-///
-/// assert_eq!(WaitStrategy::low_cpu().budget(), SpinBudget::None);
-/// let custom = WaitStrategy::spin_for(Duration::from_micros(20));
-/// assert_eq!(custom.budget(), SpinBudget::Time(Duration::from_micros(20)));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WaitStrategy {
-    budget: SpinBudget,
-}
-
-impl WaitStrategy {
-    /// Spins for 50 µs before sleeping: the peer's reply usually arrives
-    /// while this side still spins, so a round trip never enters the
-    /// kernel. Costs a core while traffic flows.
-    pub const fn lowest_latency() -> Self {
-        Self::spin_for(Duration::from_micros(50))
-    }
-
-    /// Spins for 5 µs, then sleeps: catches back-to-back messages without
-    /// burning a core between bursts. The default.
-    pub const fn balanced() -> Self {
-        Self::spin_for(Duration::from_micros(5))
-    }
-
-    /// Sleeps at once: least CPU, a futex wake per message when idle.
-    pub const fn low_cpu() -> Self {
-        Self {
-            budget: SpinBudget::None,
-        }
-    }
-
-    /// Spins for `time`, then sleeps.
-    pub const fn spin_for(time: Duration) -> Self {
-        Self {
-            budget: SpinBudget::Time(time),
-        }
-    }
-
-    /// Polls `n` times, then sleeps (deterministic: use this under loom).
-    pub const fn spin_iterations(n: u32) -> Self {
-        Self {
-            budget: SpinBudget::Iterations(n),
-        }
-    }
-
-    /// The spin budget.
-    pub const fn budget(&self) -> SpinBudget {
-        self.budget
-    }
-}
-
-impl Default for WaitStrategy {
-    fn default() -> Self {
-        Self::balanced()
-    }
-}
 
 /// What a wait ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -164,6 +45,7 @@ impl WakeWord {
 
     /// A word of its own on the heap, for in-process tests and loom
     /// models of the protocol.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn standalone() -> Self {
         use std::sync::Arc;
 
@@ -255,7 +137,7 @@ impl WakeWord {
         deadline: Option<Instant>,
         poll: &mut impl FnMut() -> Result<Poll<T>, E>,
     ) -> Result<Option<WaitOutcome<T>>, E> {
-        match strategy.budget {
+        match strategy.budget() {
             SpinBudget::None => Ok(None),
             SpinBudget::Iterations(n) => {
                 for _ in 0..n {
@@ -331,6 +213,7 @@ impl WakeWord {
     }
 
     /// The announced [`waiting`] bits (a snapshot, for diagnostics/tests).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn waiting_bits(&self) -> u32 {
         self.block.waiting.load(Ordering::Relaxed)
     }
@@ -340,111 +223,10 @@ fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-/// Resets the loom futex mock (its wait queues). Each loom execution starts
-/// with a fresh one anyway; see [`crate::layout::reset_loom_mocks`].
-#[cfg(orcwire_loom)]
-pub fn reset_futex_mock() {
-    futex::reset();
-}
-
-/// The futex system calls (shared, not `FUTEX_PRIVATE`), also used by the
-/// benchmark's raw floor.
-#[cfg(not(orcwire_loom))]
-pub(crate) mod futex {
-    use std::time::Duration;
-
-    use crate::sync::AtomicU32;
-
-    /// Sleeps while `*word == expected`, at most `timeout`. Returns on a
-    /// wake, a changed value, a signal or the timeout; the caller re-checks.
-    pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-        let ts = timeout.map(|t| libc::timespec {
-            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: t.subsec_nanos() as libc::c_long,
-        });
-        let ts_ptr = ts
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: the word is a live, aligned u32 (kept alive by the caller's
-        // borrow); the timespec, when given, outlives the call. Not
-        // FUTEX_PRIVATE_FLAG: the word may be shared between processes.
-        // Every result (woken, EAGAIN, EINTR, ETIMEDOUT) means "re-check".
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAIT,
-                expected,
-                ts_ptr,
-                std::ptr::null::<u32>(),
-                0u32,
-            );
-        }
-    }
-
-    /// Wakes every thread (of any process) sleeping on `word`.
-    pub(crate) fn wake_all(word: &AtomicU32) {
-        // SAFETY: the word is a live, aligned u32; FUTEX_WAKE only reads its
-        // address. A failure can only mean a bad address, which it is not.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAKE,
-                i32::MAX,
-                std::ptr::null::<libc::timespec>(),
-                std::ptr::null::<u32>(),
-                0u32,
-            );
-        }
-    }
-}
-
-#[cfg(orcwire_loom)]
-mod futex {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::sync::{AtomicU32, Condvar, Mutex, Ordering};
-
-    type Queues = HashMap<usize, Arc<Condvar>>;
-
-    // The kernel's futex hash table: one wait queue per word address,
-    // guarded by one lock (the bucket lock).
-    loom::lazy_static! {
-        static ref QUEUES: Mutex<Queues> = Mutex::new(HashMap::new());
-    }
-
-    /// Loom model of `FUTEX_WAIT`: the value check and the enqueue happen
-    /// under the table lock, as in the kernel. No timeouts (loom has no
-    /// time): the caller re-checks its deadline after every wake.
-    pub(super) fn wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
-        let addr = word as *const AtomicU32 as usize;
-        let mut queues = QUEUES.lock();
-        if word.load(Ordering::Acquire) != expected {
-            return;
-        }
-        let queue = Arc::clone(queues.entry(addr).or_default());
-        drop(queue.wait(queues));
-    }
-
-    /// Loom model of `FUTEX_WAKE` for every waiter.
-    pub(super) fn wake_all(word: &AtomicU32) {
-        let addr = word as *const AtomicU32 as usize;
-        let queues = QUEUES.lock();
-        if let Some(queue) = queues.get(&addr) {
-            queue.notify_all();
-        }
-    }
-
-    pub(super) fn reset() {
-        QUEUES.lock().clear();
-    }
-}
-
 #[cfg(all(test, not(orcwire_loom)))]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::sync::{thread, Arc, AtomicBool};
     use std::sync::mpsc;

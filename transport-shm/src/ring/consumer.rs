@@ -1,0 +1,415 @@
+//! The consuming end of a ring: [`RingConsumer`] reads published frames,
+//! checks every header against the protocol, copies payloads out into
+//! private buffers, reassembles fragmented messages, and frees space with
+//! one `Release` store of `head`.
+//!
+//! The reassembly buffer grows with the bytes actually received (fallible
+//! allocation, never past the announced total, which is checked against
+//! `max_message_size` first), so a hostile length never becomes a huge
+//! allocation.
+//!
+//! Relies on: `memory/` for the ring's bytes and control block, `frame.rs`
+//! for the header format, `indices.rs` for positions; the producer's
+//! `tail` is re-read only when the cached copy says the ring is empty, and
+//! checked every time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use orcwire::{Message, Opcode, WrapperFunctionBuffer};
+
+use super::frame::{frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, KNOWN_FLAGS, LAST, PADDING};
+use super::indices::Indices;
+use super::memory::{DataRegion, RingBytes, RingMemory};
+use super::{corrupt, RingError};
+use crate::layout::{LayoutError, RingRegion};
+use crate::mapping::SharedMapping;
+use crate::sync::Ordering;
+
+/// A message whose first fragments have arrived.
+struct Partial {
+    opcode: Opcode,
+    seq: u64,
+    tag: u64,
+    /// Announced length; at most `max_message_size`.
+    total: u64,
+    /// The bytes so far; `data.len() < total`, capacity at most `total`.
+    data: Vec<u8>,
+}
+
+/// The consuming end of a ring.
+pub struct RingConsumer {
+    mem: RingMemory,
+    idx: Indices,
+    /// Where the next frame starts. In `0 .. 2 * capacity`, 16-aligned,
+    /// never past `cached_tail`.
+    head: u64,
+    /// The head last stored to shared memory.
+    published_head: u64,
+    /// The producer's tail as last read and checked; at most `capacity`
+    /// ahead of `head`.
+    cached_tail: u64,
+    max_message_size: u64,
+    partial: Option<Partial>,
+    /// The first error; every later call returns it again.
+    failed: Option<RingError>,
+    /// `head` was published since the last `take_freed_space`.
+    freed: bool,
+}
+
+impl fmt::Debug for RingConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingConsumer")
+            .field("capacity", &self.mem.capacity)
+            .field("head", &self.head)
+            .field("cached_tail", &self.cached_tail)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingConsumer {
+    /// The consuming end of the ring in `region` of `mapping`, continuing
+    /// from the head found there (0 for a fresh ring).
+    ///
+    /// # Errors
+    /// [`LayoutError`] when the region does not fit the mapping or the
+    /// head found is not a valid position.
+    pub fn new(
+        mapping: Arc<dyn SharedMapping>,
+        region: RingRegion,
+        max_message_size: u64,
+    ) -> Result<Self, LayoutError> {
+        let mem = RingMemory::new(&mapping, &region)?;
+        let idx = Indices {
+            capacity: region.capacity as u64,
+        };
+        let head = mem.control.head.load(Ordering::Relaxed);
+        if !idx.is_valid(head) {
+            return Err(LayoutError::Invalid(format!(
+                "ring head {head} is not a position"
+            )));
+        }
+        Ok(Self {
+            mem,
+            idx,
+            head,
+            published_head: head,
+            // Looks empty, so the first read loads the real tail.
+            cached_tail: head,
+            max_message_size,
+            partial: None,
+            failed: None,
+            freed: false,
+        })
+    }
+
+    /// Data bytes of the ring.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn capacity(&self) -> usize {
+        self.mem.capacity
+    }
+
+    /// Takes the next whole message, if one has fully arrived. Consumes up
+    /// to one ring's worth of frames per call (so a peer that never stops
+    /// writing cannot keep the caller here), then publishes the new head.
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] when the producer broke the protocol, or
+    /// [`RingError::OutOfMemory`] when a message's buffer cannot be
+    /// allocated. The ring is then unusable: every later call returns the
+    /// same error.
+    pub fn try_recv(&mut self) -> Result<Option<Message>, RingError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.read_frames();
+        self.publish_head();
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+            self.partial = None;
+        }
+        result
+    }
+
+    /// Whether published frames are waiting (re-reads the tail). For a
+    /// waiting consumer's re-check.
+    pub fn has_frames(&self) -> bool {
+        // SYNC POINT: frames published. Pairs with `publish`'s `Release`
+        // store; `try_recv` reads (and checks) the tail again.
+        self.cached_tail != self.head || self.mem.control.tail.load(Ordering::Acquire) != self.head
+    }
+
+    /// Whether a message is partly received.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn is_mid_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Whether space was freed (the head published) since the last call;
+    /// then wake a producer waiting for space.
+    pub fn take_freed_space(&mut self) -> bool {
+        std::mem::take(&mut self.freed)
+    }
+
+    fn publish_head(&mut self) {
+        if self.head != self.published_head {
+            // SYNC POINT: frames consumed. Pairs with the producer's
+            // `Acquire` load of `head` in `refresh_head`.
+            self.mem.control.head.store(self.head, Ordering::Release);
+            self.published_head = self.head;
+            self.freed = true;
+        }
+    }
+
+    /// Re-reads the producer's tail, once, and checks it: a position at
+    /// most one capacity ahead of our head.
+    fn refresh_tail(&mut self) -> Result<(), RingError> {
+        // SYNC POINT: frames published. Pairs with `publish`'s `Release`
+        // store of `tail`.
+        let tail = self.mem.control.tail.load(Ordering::Acquire);
+        if !self.idx.is_valid(tail) {
+            return Err(corrupt(format!(
+                "producer tail {tail} is not a 16-byte aligned position below {}",
+                2 * self.idx.capacity
+            )));
+        }
+        if self.idx.distance(self.head, tail) > self.idx.capacity {
+            return Err(corrupt(format!(
+                "producer tail {tail} is more than a ring ahead of head {}",
+                self.head
+            )));
+        }
+        self.cached_tail = tail;
+        Ok(())
+    }
+
+    fn read_frames(&mut self) -> Result<Option<Message>, RingError> {
+        let cap = self.idx.capacity;
+        let mut consumed = 0u64;
+        while consumed < cap {
+            if self.head == self.cached_tail {
+                self.refresh_tail()?;
+                if self.head == self.cached_tail {
+                    return Ok(None);
+                }
+            }
+            let avail = self.idx.distance(self.head, self.cached_tail);
+            let offset = self.idx.offset(self.head);
+            let contiguous = cap - offset as u64;
+            if contiguous < HEADER {
+                if avail < contiguous {
+                    return Err(corrupt(format!(
+                        "published bytes end inside the gap at the end of the ring (position {})",
+                        self.head
+                    )));
+                }
+                self.head = self.idx.advance(self.head, contiguous);
+                consumed += contiguous;
+                continue;
+            }
+            if avail < HEADER {
+                return Err(corrupt(format!(
+                    "published bytes end inside a frame header (position {}, {avail} bytes)",
+                    self.head
+                )));
+            }
+            // SAFETY: 16-aligned, `offset + 32 <= capacity` and published
+            // (`avail >= 32`).
+            let h = FrameHeader::from_words(unsafe { self.mem.data.read_header(offset) });
+            let size = frame_size(u64::from(h.len));
+            if size > contiguous {
+                return Err(corrupt(format!(
+                    "frame of {size} bytes at offset {offset} runs past the end of the ring"
+                )));
+            }
+            if size > avail {
+                return Err(corrupt(format!(
+                    "frame of {size} bytes at offset {offset} runs past the {avail} published bytes"
+                )));
+            }
+            if h.reserved != 0 || h.flags & !KNOWN_FLAGS != 0 {
+                return Err(corrupt(format!(
+                    "frame at offset {offset} has unknown flags {:#x} / reserved bits {:#x}",
+                    h.flags, h.reserved
+                )));
+            }
+            if h.flags & PADDING != 0 {
+                let clean = FrameHeader {
+                    len: h.len,
+                    flags: PADDING,
+                    ..FrameHeader::default()
+                };
+                if h != clean || size != contiguous {
+                    return Err(corrupt(format!(
+                        "malformed padding frame at offset {offset}: {h:?}"
+                    )));
+                }
+                self.head = self.idx.advance(self.head, size);
+                consumed += size;
+                continue;
+            }
+            // Copy out before the head moves past the frame.
+            let done = self.take_frame(&h, offset)?;
+            self.head = self.idx.advance(self.head, size);
+            consumed += size;
+            if done.is_some() {
+                return Ok(done);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks a message frame against the message in progress and copies
+    /// its payload out. `Some` when this frame completes a message.
+    fn take_frame(&mut self, h: &FrameHeader, offset: usize) -> Result<Option<Message>, RingError> {
+        let opcode = Opcode::from_wire(u64::from(h.opcode)).map_err(|e| corrupt(e.to_string()))?;
+        let len = h.len as usize;
+        let payload_at = offset + FRAME_HEADER_SIZE;
+        let (first, last) = (h.flags & FIRST != 0, h.flags & LAST != 0);
+        if first {
+            if let Some(p) = &self.partial {
+                return Err(corrupt(format!(
+                    "message seq {} began before message seq {} ended",
+                    h.seq, p.seq
+                )));
+            }
+            if h.total > self.max_message_size {
+                return Err(corrupt(format!(
+                    "the peer announced a message of {} bytes, above the limit of {}",
+                    h.total, self.max_message_size
+                )));
+            }
+            if last {
+                if h.total != u64::from(h.len) {
+                    return Err(corrupt(format!(
+                        "single-frame message of {len} bytes claims a total of {}",
+                        h.total
+                    )));
+                }
+                let mut buf = WrapperFunctionBuffer::try_zeroed(len)
+                    .map_err(|e| RingError::OutOfMemory { len: e.len })?;
+                let dst = buf.as_mut_slice();
+                // SAFETY: the payload lies inside the checked, published
+                // frame; `dst` is a private buffer of `len` bytes.
+                unsafe { self.mem.data.read(payload_at, dst.as_mut_ptr(), len) };
+                return Ok(Some(Message::new(opcode, h.seq, h.tag, buf)));
+            }
+            if len == 0 || u64::from(h.len) >= h.total {
+                return Err(corrupt(format!(
+                    "first fragment of {len} bytes for a message of {} bytes",
+                    h.total
+                )));
+            }
+            let Ok(total) = usize::try_from(h.total) else {
+                return Err(RingError::OutOfMemory { len: usize::MAX });
+            };
+            let mut data = Vec::new();
+            grow(&mut data, len, total)?;
+            // SAFETY: payload inside the checked, published frame; `grow`
+            // reserved `len` bytes of spare capacity.
+            unsafe { copy_into(&self.mem.data, &mut data, payload_at, len) };
+            self.partial = Some(Partial {
+                opcode,
+                seq: h.seq,
+                tag: h.tag,
+                total: h.total,
+                data,
+            });
+            return Ok(None);
+        }
+        let Some(p) = self.partial.as_mut() else {
+            return Err(corrupt(format!(
+                "a continuation fragment (seq {}) arrived with no message in progress",
+                h.seq
+            )));
+        };
+        if (opcode, h.seq, h.tag, h.total) != (p.opcode, p.seq, p.tag, p.total) {
+            return Err(corrupt(format!(
+                "fragment ({opcode:?}, seq {}, tag {}, total {}) does not continue ({:?}, seq {}, tag {}, total {})",
+                h.seq, h.tag, h.total, p.opcode, p.seq, p.tag, p.total
+            )));
+        }
+        let after = p.data.len() as u64 + u64::from(h.len);
+        let consistent = if last {
+            after == p.total
+        } else {
+            len > 0 && after < p.total
+        };
+        if !consistent {
+            return Err(corrupt(format!(
+                "fragment of {len} bytes after {} takes message seq {} to {after} of {} bytes{}",
+                p.data.len(),
+                p.seq,
+                p.total,
+                if last { " at its end" } else { "" }
+            )));
+        }
+        // `after <= total`, which fits a usize (checked at the first fragment).
+        grow(&mut p.data, len, p.total as usize)?;
+        // SAFETY: payload inside the checked, published frame; `grow`
+        // reserved `len` bytes of spare capacity.
+        unsafe { copy_into(&self.mem.data, &mut p.data, payload_at, len) };
+        if !last {
+            return Ok(None);
+        }
+        Ok(self.partial.take().map(|p| {
+            Message::new(
+                p.opcode,
+                p.seq,
+                p.tag,
+                WrapperFunctionBuffer::from_vec(p.data),
+            )
+        }))
+    }
+}
+
+/// Appends `len` ring bytes at `offset` to `data`.
+///
+/// # Safety
+/// The bytes lie inside a checked, published frame and `data` has at least
+/// `len` bytes of spare capacity.
+unsafe fn copy_into(region: &DataRegion, data: &mut Vec<u8>, offset: usize, len: usize) {
+    debug_assert!(data.capacity() - data.len() >= len);
+    // SAFETY: by the caller's contract the destination has room for `len`
+    // bytes and the source is in bounds; `set_len` covers exactly the bytes
+    // just copied.
+    unsafe {
+        region.read(offset, data.as_mut_ptr().add(data.len()), len);
+        data.set_len(data.len() + len);
+    }
+}
+
+/// Makes room for `additional` more bytes in a reassembly buffer, growing
+/// geometrically but never past `total` (the announced, checked length), so
+/// memory follows the bytes actually received and never exceeds the limit.
+fn grow(data: &mut Vec<u8>, additional: usize, total: usize) -> Result<(), RingError> {
+    let needed = data.len() + additional;
+    debug_assert!(needed <= total);
+    if needed <= data.capacity() {
+        return Ok(());
+    }
+    let target = data.capacity().saturating_mul(2).max(needed).min(total);
+    data.try_reserve_exact(target - data.len())
+        .map_err(|_| RingError::OutOfMemory { len: target })
+}
+
+#[cfg(all(test, not(orcwire_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_never_exceeds_total() {
+        let mut v = Vec::new();
+        let total = 1000;
+        let mut got = 0;
+        while got < total {
+            let n = 96.min(total - got);
+            grow(&mut v, n, total).unwrap();
+            assert!(v.capacity() <= total);
+            v.resize(v.len() + n, 0);
+            got += n;
+        }
+        assert!(v.capacity() >= total);
+    }
+}

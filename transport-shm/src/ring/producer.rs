@@ -1,0 +1,365 @@
+//! The producing end of a ring: [`RingProducer`] writes frames into free
+//! space (a message whole, or fragment by fragment as
+//! [`OutgoingMessage`] tracks), and publishes them with one `Release`
+//! store of `tail`.
+//!
+//! Relies on: `memory/` for the ring's bytes and control block, `frame.rs`
+//! for the header format, `indices.rs` for positions; the consumer's
+//! `head` is re-read only when the cached copy says the ring is full, and
+//! checked every time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use orcwire::Opcode;
+
+use super::frame::{frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, LAST, PADDING};
+use super::indices::Indices;
+use super::memory::{RingBytes, RingMemory};
+use super::{corrupt, RingError, WriteStatus};
+use crate::layout::{LayoutError, RingRegion};
+use crate::mapping::SharedMapping;
+use crate::sync::Ordering;
+
+/// A message being written, possibly over several calls.
+#[derive(Debug)]
+pub struct OutgoingMessage<'a> {
+    opcode: Opcode,
+    seq: u64,
+    tag: u64,
+    payload: &'a [u8],
+    /// Payload bytes already written, in `0 ..= payload.len()`.
+    written: usize,
+    started: bool,
+    finished: bool,
+}
+
+impl<'a> OutgoingMessage<'a> {
+    /// A message not yet written.
+    pub fn new(opcode: Opcode, seq: u64, tag: u64, payload: &'a [u8]) -> Self {
+        Self {
+            opcode,
+            seq,
+            tag,
+            payload,
+            written: 0,
+            started: false,
+            finished: false,
+        }
+    }
+
+    /// Whether every frame is written.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn is_complete(&self) -> bool {
+        self.finished
+    }
+
+    /// Whether its first frame is written (it can no longer be withdrawn).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Payload bytes written so far.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn written(&self) -> usize {
+        self.written
+    }
+}
+
+/// The producing end of a ring.
+pub struct RingProducer {
+    mem: RingMemory,
+    idx: Indices,
+    /// Where the next frame goes. In `0 .. 2 * capacity`, 16-aligned, at
+    /// most `capacity` ahead of `cached_head`.
+    tail: u64,
+    /// The tail last stored to shared memory; `tail` is at most `capacity`
+    /// ahead of it (the difference is written but unpublished).
+    published_tail: u64,
+    /// The consumer's head as last read and checked; never ahead of the
+    /// real one (it can only lag, which makes the ring look fuller).
+    cached_head: u64,
+    max_message_size: u64,
+    /// Largest payload of one frame: a quarter of the ring minus a header.
+    max_frame_payload: usize,
+    /// A message has its first frame written but not its last.
+    mid_message: bool,
+}
+
+impl fmt::Debug for RingProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingProducer")
+            .field("capacity", &self.mem.capacity)
+            .field("tail", &self.tail)
+            .field("published_tail", &self.published_tail)
+            .field("cached_head", &self.cached_head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingProducer {
+    /// The producing end of the ring in `region` of `mapping`, continuing
+    /// from the tail found there (0 for a fresh ring).
+    ///
+    /// # Errors
+    /// [`LayoutError`] when the region does not fit the mapping or the
+    /// tail found is not a valid position.
+    pub fn new(
+        mapping: Arc<dyn SharedMapping>,
+        region: RingRegion,
+        max_message_size: u64,
+    ) -> Result<Self, LayoutError> {
+        let mem = RingMemory::new(&mapping, &region)?;
+        let idx = Indices {
+            capacity: region.capacity as u64,
+        };
+        let tail = mem.control.tail.load(Ordering::Relaxed);
+        if !idx.is_valid(tail) {
+            return Err(LayoutError::Invalid(format!(
+                "ring tail {tail} is not a position"
+            )));
+        }
+        Ok(Self {
+            max_frame_payload: region.capacity / 4 - FRAME_HEADER_SIZE,
+            mem,
+            idx,
+            tail,
+            published_tail: tail,
+            // Looks full, so the first write reads the real head.
+            cached_head: idx.advance(tail, idx.capacity),
+            max_message_size,
+            mid_message: false,
+        })
+    }
+
+    /// Data bytes of the ring.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn capacity(&self) -> usize {
+        self.mem.capacity
+    }
+
+    /// Largest payload one frame carries; longer messages are fragmented.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn max_frame_payload(&self) -> usize {
+        self.max_frame_payload
+    }
+
+    /// The largest message this end sends.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+
+    /// Writes as many frames of `msg` as fit now, without publishing them.
+    /// Call again (after [`publish`](Self::publish) and waiting for space)
+    /// until it returns [`WriteStatus::Complete`].
+    ///
+    /// # Errors
+    /// [`RingError::TooLarge`] for a message over the limit (nothing
+    /// written), [`RingError::Unfinished`] when another message is half
+    /// written, [`RingError::Corrupt`] when the consumer's head is invalid.
+    pub fn try_write(&mut self, msg: &mut OutgoingMessage<'_>) -> Result<WriteStatus, RingError> {
+        if msg.finished {
+            return Ok(WriteStatus::Complete);
+        }
+        let total = msg.payload.len() as u64;
+        if total > self.max_message_size {
+            return Err(RingError::TooLarge {
+                size: total,
+                limit: self.max_message_size,
+            });
+        }
+        if !msg.started && self.mid_message {
+            return Err(RingError::Unfinished);
+        }
+        loop {
+            let (step, contiguous, frame, len) = self.next_step(msg);
+            if !self.has_room(step)? {
+                return Ok(WriteStatus::WouldBlock);
+            }
+            let offset = self.idx.offset(self.tail);
+            if contiguous < HEADER {
+                // Too short for a header: both ends skip it.
+                self.tail = self.idx.advance(self.tail, contiguous);
+                continue;
+            }
+            if contiguous < frame {
+                let padding = FrameHeader {
+                    len: (contiguous - HEADER) as u32,
+                    flags: PADDING,
+                    ..FrameHeader::default()
+                };
+                // SAFETY: `offset + 32 <= capacity` (contiguous >= HEADER),
+                // 16-aligned, and `has_room` made these bytes free.
+                unsafe { self.mem.data.write_header(offset, padding.to_words()) };
+                self.tail = self.idx.advance(self.tail, contiguous);
+                continue;
+            }
+            let last = msg.written + len == msg.payload.len();
+            let header = FrameHeader {
+                len: len as u32,
+                flags: if msg.started { 0 } else { FIRST } | if last { LAST } else { 0 },
+                opcode: msg.opcode.to_wire() as u8,
+                reserved: 0,
+                seq: msg.seq,
+                tag: msg.tag,
+                total,
+            };
+            let payload = &msg.payload[msg.written..msg.written + len];
+            // SAFETY: the frame fits before the end of the ring (contiguous
+            // >= frame) and in the free space (`has_room`); 16-aligned.
+            unsafe {
+                self.mem.data.write_header(offset, header.to_words());
+                self.mem.data.write(offset + FRAME_HEADER_SIZE, payload);
+            }
+            self.tail = self.idx.advance(self.tail, frame);
+            msg.written += len;
+            msg.started = true;
+            self.mid_message = !last;
+            if last {
+                msg.finished = true;
+                return Ok(WriteStatus::Complete);
+            }
+        }
+    }
+
+    /// The next indivisible step for `msg`: `(bytes it needs, bytes to the
+    /// end of the ring, size of the next message frame, its payload)`.
+    fn next_step(&self, msg: &OutgoingMessage<'_>) -> (u64, u64, u64, usize) {
+        let len = (msg.payload.len() - msg.written).min(self.max_frame_payload);
+        let frame = frame_size(len as u64);
+        let contiguous = self.idx.capacity - self.idx.offset(self.tail) as u64;
+        let step = if contiguous < frame {
+            contiguous
+        } else {
+            frame
+        };
+        (step, contiguous, frame, len)
+    }
+
+    /// Whether the next step of `msg` would fit now (re-reads the head).
+    /// For a waiting producer's re-check.
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] when the consumer's head is invalid.
+    pub fn can_write(&mut self, msg: &OutgoingMessage<'_>) -> Result<bool, RingError> {
+        if msg.finished {
+            return Ok(true);
+        }
+        let (step, ..) = self.next_step(msg);
+        self.refresh_head()?;
+        Ok(self.free() >= step)
+    }
+
+    /// Writes a whole message, or nothing, without publishing it: several
+    /// may be written and then published at once.
+    ///
+    /// # Errors
+    /// As for [`try_write`](Self::try_write).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn try_push(
+        &mut self,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+    ) -> Result<WriteStatus, RingError> {
+        if self.mid_message {
+            return Err(RingError::Unfinished);
+        }
+        let start = self.tail;
+        let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
+        let status = self.try_write(&mut msg)?;
+        if status == WriteStatus::WouldBlock {
+            // Nothing was published, so the frames can be taken back.
+            self.tail = start;
+            self.mid_message = false;
+        }
+        Ok(status)
+    }
+
+    /// [`try_push`](Self::try_push), then [`publish`](Self::publish).
+    ///
+    /// ```
+    /// use orcwire::Opcode;
+    /// use orcwire_shm::ring::{heap_ring, WriteStatus};
+    ///
+    /// let (mut tx, mut rx) = heap_ring(4096, 1 << 20).unwrap();
+    /// assert_eq!(tx.try_send(Opcode::CallWrapper, 1, 7, b"hi").unwrap(), WriteStatus::Complete);
+    /// let m = rx.try_recv().unwrap().unwrap();
+    /// assert_eq!((m.seq, m.tag, m.payload.as_slice()), (1, 7, &b"hi"[..]));
+    /// assert!(rx.try_recv().unwrap().is_none());
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`try_write`](Self::try_write).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn try_send(
+        &mut self,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+    ) -> Result<WriteStatus, RingError> {
+        let status = self.try_push(opcode, seq, tag, payload)?;
+        self.publish();
+        Ok(status)
+    }
+
+    /// Makes every written frame visible to the consumer, with one store.
+    /// Returns whether there was anything new (then wake the consumer).
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        if self.tail == self.published_tail {
+            return false;
+        }
+        // SYNC POINT: frames published. Pairs with the consumer's `Acquire`
+        // load of `tail` (`refresh_tail`, `has_frames`): every frame byte
+        // written above is visible to a consumer that sees this tail.
+        let order = if crate::sync::is_broken("ring") {
+            // Loom must-fail variant: the tail published without `Release`.
+            Ordering::Relaxed
+        } else {
+            Ordering::Release
+        };
+        self.mem.control.tail.store(self.tail, order);
+        self.published_tail = self.tail;
+        true
+    }
+
+    fn free(&self) -> u64 {
+        self.idx.capacity - self.idx.distance(self.cached_head, self.tail)
+    }
+
+    fn has_room(&mut self, need: u64) -> Result<bool, RingError> {
+        if self.free() >= need {
+            return Ok(true);
+        }
+        self.refresh_head()?;
+        Ok(self.free() >= need)
+    }
+
+    /// Re-reads the consumer's head, once, and checks it: a position, not
+    /// behind the cached one and not past the published tail.
+    fn refresh_head(&mut self) -> Result<(), RingError> {
+        // SYNC POINT: frames consumed. Pairs with the consumer's `Release`
+        // store of `head` in `publish_head`: its copies out of the frames
+        // before `head` are done before we overwrite them.
+        let head = self.mem.control.head.load(Ordering::Acquire);
+        if !self.idx.is_valid(head) {
+            return Err(corrupt(format!(
+                "consumer head {head} is not a 16-byte aligned position below {}",
+                2 * self.idx.capacity
+            )));
+        }
+        let limit = self.idx.distance(self.cached_head, self.published_tail);
+        if self.idx.distance(head, self.published_tail) > limit {
+            return Err(corrupt(format!(
+                "consumer head {head} moved backwards or past the published tail {}",
+                self.published_tail
+            )));
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+}

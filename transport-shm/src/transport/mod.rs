@@ -1,0 +1,396 @@
+//! [`ShmTransport`]: `orcwire::Transport` over a shared-memory segment.
+//!
+//! One segment, two rings: each side produces on its outbound ring and
+//! consumes its inbound ring. The controller [`create`](ShmTransport::create)s
+//! the segment (writes the layout); the executor
+//! [`attach`](ShmTransport::attach)es to it (validates the layout). The
+//! type's docs say what callers may rely on (threads, how a connection
+//! ends); this module's docs say how it is built.
+//!
+//! # Waking
+//! Each side sleeps on its own futex word ([`crate::wait`]). After
+//! publishing frames a sender notifies the peer's word for
+//! [`waiting::DATA`](crate::layout::waiting::DATA); after consuming frames
+//! a receiver notifies the peer's word for
+//! [`waiting::SPACE`](crate::layout::waiting::SPACE). `interrupt_recv`,
+//! `close` and `mark_peer_dead` set a local flag first and then bump and
+//! wake our own word, so every blocked call here re-checks and returns.
+//!
+//! Loom (`loom-tests/tests/handshake.rs`) checks the hang-up handshake
+//! over the state word with two threads as the two processes. It cannot
+//! check process death (covered by the `kill -9` tests in
+//! `tests/shm_process.rs`), nor a missing `Release` on the state word:
+//! loom makes every `Mutex` operation a `SeqCst` point, and `send`/`recv`
+//! each take their end's lock, so such a bug would be invisible to it; the
+//! `SYNC POINT` comments carry that argument instead.
+//!
+//! # Files
+//! * `mod.rs`: the type, joining a segment, accessors.
+//! * `config.rs`: [`ShmConfig`] and [`required_size`].
+//! * `ending.rs`: local flags, the first terminal error, the state word
+//!   (disconnecting bits, epoch), peer death.
+//! * `send_recv.rs`: the `Transport` implementation.
+//!
+//! Relies on: [`crate::layout`] (init/validate, header words),
+//! [`crate::ring`], [`crate::wait`], and the `sync` shim.
+
+mod config;
+mod ending;
+mod send_recv;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+use orcwire::transport::{Transport, TransportError};
+
+pub use config::{required_size, ShmConfig};
+
+use crate::layout::{
+    self, state, Attached, HeaderWords, LayoutError, SegmentLayout, SharedRef, Side,
+};
+use crate::liveness::{LivenessError, LivenessWatcher};
+use crate::mapping::SharedMapping;
+use crate::ring::{RingConsumer, RingProducer};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::wait::{WaitStrategy, WakeWord};
+
+/// Local flag: [`Transport::close`] was called (or a fault closed us).
+const CLOSED: u32 = 1 << 0;
+/// Local flag: the liveness watcher reported the peer dead.
+const PEER_DEAD: u32 = 1 << 1;
+/// Local flag: the peer broke the protocol.
+const FAILED: u32 = 1 << 2;
+
+/// A [`Transport`] over a shared-memory segment.
+///
+/// # Threads
+/// * `send` may be called by any number of threads: a `Mutex` around the
+///   producer end serialises them, so a message (all its fragments) goes
+///   out whole. A sender that finds the ring full waits *holding* that
+///   mutex (the others queue behind it, in the order the lock grants).
+/// * `recv` has one caller at a time (the endpoint guarantees it); its
+///   consumer end sits behind an uncontended `Mutex` for `Sync`.
+///
+/// # Ending
+/// * [`close`](Transport::close) sets our `*_DISCONNECTING` bit in the
+///   state word after our last frame: the peer drains what we sent, then
+///   its `recv` returns `PeerHungUp` and its `send` fails the same way.
+/// * [`mark_peer_dead`](ShmTransport::mark_peer_dead), called by the
+///   liveness watcher, sets a local flag: nothing the dead peer's memory
+///   says is consulted again, and every call returns `PeerDied`.
+/// * A protocol violation by the peer (a corrupt index or frame) closes
+///   the transport and is reported as `Protocol` by every later call.
+///
+/// ```
+/// use std::sync::Arc;
+/// use orcwire::{Opcode, Received, Transport};
+/// use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
+///
+/// let config = ShmConfig::default();
+/// let mapping: Arc<dyn SharedMapping> = Arc::new(HeapMapping::new(required_size(&config)).unwrap());
+/// let controller = ShmTransport::create(Arc::clone(&mapping), config).unwrap();
+/// let executor = ShmTransport::attach(mapping, config).unwrap();
+///
+/// controller.send(Opcode::CallWrapper, 1, 42, b"args").unwrap();
+/// match executor.recv(None).unwrap() {
+///     Received::Message(m) => assert_eq!((m.seq, m.tag, m.payload.as_slice()), (1, 42, &b"args"[..])),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+pub struct ShmTransport {
+    mapping: Arc<dyn SharedMapping>,
+    side: Side,
+    attached: Attached,
+    wait: WaitStrategy,
+    state: SharedRef<CachePadded<AtomicU64>>,
+    /// Our futex word: our receiver and our blocked sender sleep here.
+    own: WakeWord,
+    /// The peer's futex word: we wake it.
+    peer: WakeWord,
+    producer: Mutex<RingProducer>,
+    consumer: Mutex<RingConsumer>,
+    /// [`CLOSED`], [`PEER_DEAD`], [`FAILED`]; only ever set.
+    local: AtomicU32,
+    /// Sticky until a `recv` consumes it.
+    interrupted: AtomicBool,
+    /// The sender holding `producer` waits for the peer to make room:
+    /// another sender that finds the producer taken is then waiting on the
+    /// peer too, and says so (`on_wait`). Written only by that holder.
+    room_wait: AtomicBool,
+    /// The error of the first of [`CLOSED`], [`PEER_DEAD`], [`FAILED`];
+    /// set (under the lock) before the flag.
+    first_error: Mutex<Option<TransportError>>,
+    /// The liveness watcher installed by [`watch_peer`](Self::watch_peer);
+    /// dropped (stopped) with the transport.
+    watcher: Mutex<Option<LivenessWatcher>>,
+}
+
+impl fmt::Debug for ShmTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmTransport")
+            .field("side", &self.side)
+            .field("layout", &self.attached.layout)
+            .field("epoch", &self.attached.epoch)
+            .field("local", &self.local.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShmTransport {
+    /// The controller's end: initialises a fresh segment in `mapping`
+    /// (which no executor uses yet) and joins it.
+    ///
+    /// # Errors
+    /// [`LayoutError::MappingTooSmall`] when the mapping is shorter than
+    /// [`required_size`]`(&config)`.
+    pub fn create(mapping: Arc<dyn SharedMapping>, config: ShmConfig) -> Result<Self, LayoutError> {
+        let layout = SegmentLayout::compute(config.ring_capacity.get(), config.max_message_size)?;
+        let attached = layout::init(&mapping, &layout)?;
+        Self::join(mapping, Side::Controller, attached, config.wait)
+    }
+
+    /// The executor's end: validates the segment the controller
+    /// initialised in `mapping` and joins it. Sizes come from the segment;
+    /// `config` supplies the wait strategy and this side's message limit.
+    ///
+    /// # Errors
+    /// A [`LayoutError`] when the segment is missing, from another version,
+    /// inconsistent, allows larger messages than `config`, or already has
+    /// an executor.
+    pub fn attach(mapping: Arc<dyn SharedMapping>, config: ShmConfig) -> Result<Self, LayoutError> {
+        let attached = layout::validate(&mapping, config.max_message_size)?;
+        // SAFETY: `validate` checked the mapping holds a whole header.
+        let words = unsafe { HeaderWords::new(&mapping) };
+        // SYNC POINT: segment initialised (again): the epoch read here must
+        // be the one `validate` saw after its `Acquire` of the magic.
+        let before = words
+            .state
+            .fetch_or(state::EXECUTOR_ATTACHED, Ordering::AcqRel);
+        if before & state::EXECUTOR_ATTACHED != 0 {
+            return Err(LayoutError::AlreadyAttached);
+        }
+        if state::epoch(before) != attached.epoch {
+            return Err(LayoutError::Invalid(
+                "the controller re-initialised the segment while this side attached; attach again"
+                    .into(),
+            ));
+        }
+        Self::join(mapping, Side::Executor, attached, config.wait)
+    }
+
+    fn join(
+        mapping: Arc<dyn SharedMapping>,
+        side: Side,
+        attached: Attached,
+        wait: WaitStrategy,
+    ) -> Result<Self, LayoutError> {
+        let layout = attached.layout;
+        let limit = layout.max_message_size;
+        let producer = RingProducer::new(Arc::clone(&mapping), layout.ring_from(side), limit)?;
+        let consumer =
+            RingConsumer::new(Arc::clone(&mapping), layout.ring_from(side.peer()), limit)?;
+        // SAFETY: `init`/`validate` checked the mapping holds a whole header.
+        let HeaderWords {
+            magic: _,
+            state,
+            sides: [controller, executor],
+        } = unsafe { HeaderWords::new(&mapping) };
+        let (own, peer) = match side {
+            Side::Controller => (controller, executor),
+            Side::Executor => (executor, controller),
+        };
+        own.pid.store(std::process::id(), Ordering::Relaxed);
+        Ok(Self {
+            mapping: Arc::clone(&mapping),
+            side,
+            attached,
+            wait,
+            state,
+            own: WakeWord::new(own),
+            peer: WakeWord::new(peer),
+            producer: Mutex::new(producer),
+            consumer: Mutex::new(consumer),
+            local: AtomicU32::new(0),
+            interrupted: AtomicBool::new(false),
+            room_wait: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+            watcher: Mutex::new(None),
+        })
+    }
+
+    /// Watches the peer process: when `sock` (our end of the liveness
+    /// socket) hangs up or `pidfd` turns readable, the transport is
+    /// [marked dead](Self::mark_peer_dead), which wakes every waiter. The
+    /// watcher lives as long as the transport.
+    ///
+    /// Every connection made by [`ExecutorCommand`](crate::ExecutorCommand),
+    /// [`ShmListener`](crate::ShmListener) or [`NamedOffer`](crate::NamedOffer)
+    /// is watched so already.
+    ///
+    /// # Errors
+    /// [`LivenessError`] when the watcher thread cannot be started.
+    pub fn watch_peer(
+        self: &Arc<Self>,
+        sock: std::os::fd::OwnedFd,
+        pidfd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), LivenessError> {
+        // Weak: the transport owns the watcher, so a strong reference in
+        // its callback would keep both alive forever.
+        let weak = Arc::downgrade(self);
+        let watcher = LivenessWatcher::spawn(
+            sock,
+            pidfd,
+            Box::new(move || {
+                if let Some(t) = weak.upgrade() {
+                    t.mark_peer_dead();
+                }
+            }),
+        )?;
+        if let Some(old) = self.watcher.lock().replace(watcher) {
+            old.stop();
+        }
+        Ok(())
+    }
+
+    /// The shared bytes under this transport. The peer can write them at
+    /// any time; for diagnostics and fault-injection tests.
+    pub fn mapping(&self) -> &Arc<dyn SharedMapping> {
+        &self.mapping
+    }
+
+    /// The connection epoch this end joined.
+    pub fn epoch(&self) -> u32 {
+        self.attached.epoch
+    }
+
+    /// The pid the peer wrote into the segment, if any. A hint (the peer
+    /// can write anything there), e.g. for a pidfd-based liveness check.
+    pub fn peer_pid(&self) -> Option<u32> {
+        let pid = self.peer.block().pid.load(Ordering::Relaxed);
+        (pid != 0).then_some(pid)
+    }
+}
+
+/// For orcwire's own tests and loom models.
+#[cfg(any(test, feature = "internals", orcwire_loom))]
+impl ShmTransport {
+    internal! {
+        /// Which end this is.
+        fn side(&self) -> Side {
+            self.side
+        }
+    }
+
+    internal! {
+        /// The layout, as read when this end joined.
+        fn layout(&self) -> &SegmentLayout {
+            &self.attached.layout
+        }
+    }
+}
+
+impl Drop for ShmTransport {
+    /// Dropping an end closes it, so the peer sees the connection end as
+    /// it would see end-of-file on a stream.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(all(test, not(orcwire_loom)))]
+mod tests {
+    use orcwire::transport::Received;
+    use orcwire::Opcode;
+
+    use super::*;
+    use crate::mapping::HeapMapping;
+
+    fn pair(config: ShmConfig) -> (ShmTransport, ShmTransport) {
+        let mapping: Arc<dyn SharedMapping> =
+            Arc::new(HeapMapping::new(required_size(&config)).unwrap());
+        let c = ShmTransport::create(Arc::clone(&mapping), config).unwrap();
+        let e = ShmTransport::attach(mapping, config).unwrap();
+        (c, e)
+    }
+
+    #[test]
+    fn second_executor_is_refused() {
+        let config = ShmConfig::default();
+        let mapping: Arc<dyn SharedMapping> =
+            Arc::new(HeapMapping::new(required_size(&config)).unwrap());
+        let _c = ShmTransport::create(Arc::clone(&mapping), config).unwrap();
+        let _e = ShmTransport::attach(Arc::clone(&mapping), config).unwrap();
+        assert_eq!(
+            ShmTransport::attach(mapping, config).err(),
+            Some(LayoutError::AlreadyAttached)
+        );
+    }
+
+    #[test]
+    fn short_mapping_is_refused() {
+        let config = ShmConfig::default();
+        let mapping: Arc<dyn SharedMapping> =
+            Arc::new(HeapMapping::new(required_size(&config) - 4096).unwrap());
+        assert!(matches!(
+            ShmTransport::create(mapping, config),
+            Err(LayoutError::MappingTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn pids_and_sides() {
+        let (c, e) = pair(ShmConfig::default());
+        assert_eq!(c.side(), Side::Controller);
+        assert_eq!(e.side(), Side::Executor);
+        assert_eq!(c.peer_pid(), Some(std::process::id()));
+        assert_eq!(e.peer_pid(), Some(std::process::id()));
+        assert_eq!(c.epoch(), e.epoch());
+        assert_eq!(c.name(), "shm");
+    }
+
+    #[test]
+    fn close_is_seen_by_the_peer_after_draining() {
+        let (c, e) = pair(ShmConfig::default());
+        c.send(Opcode::Hangup, 0, 0, b"").unwrap();
+        c.close();
+        assert!(e.peer_disconnecting());
+        match e.recv(None).unwrap() {
+            Received::Message(m) => assert_eq!(m.opcode, Opcode::Hangup),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.recv(None).unwrap_err(), TransportError::PeerHungUp);
+        assert_eq!(
+            e.send(Opcode::Hangup, 0, 0, b"").unwrap_err(),
+            TransportError::PeerHungUp
+        );
+        assert_eq!(
+            c.send(Opcode::Hangup, 0, 0, b"").unwrap_err(),
+            TransportError::Closed
+        );
+        e.close();
+        assert_eq!(
+            c.connection_state() & crate::layout::state::FLAGS,
+            crate::layout::state::FLAGS,
+            "both disconnecting bits and the attach bit, nothing else"
+        );
+    }
+
+    #[test]
+    fn too_large_is_the_callers_error_not_fatal() {
+        let config = ShmConfig {
+            max_message_size: 100,
+            ..ShmConfig::default()
+        };
+        let (c, e) = pair(config);
+        assert_eq!(
+            c.send(Opcode::Result, 0, 0, &[0; 101]).unwrap_err(),
+            TransportError::TooLarge {
+                size: 101,
+                limit: 100
+            }
+        );
+        c.send(Opcode::Result, 1, 0, &[0; 100]).unwrap();
+        assert!(matches!(e.recv(None).unwrap(), Received::Message(m) if m.seq == 1));
+    }
+}

@@ -1,0 +1,184 @@
+//! The [`Transport`] implementation of [`ShmTransport`]: sending (frames
+//! written and published, waiting for room on a full ring) and receiving
+//! (frames consumed, draining what the peer sent before it hung up).
+//!
+//! Relies on: `ending.rs` for every check of whether the connection may
+//! go on, the ring ends behind their mutexes, and the wake words.
+
+use std::convert::Infallible;
+use std::task::Poll;
+use std::time::Instant;
+
+use orcwire::transport::{Received, Transport, TransportError};
+use orcwire::{Message, Opcode};
+
+use super::{ShmTransport, CLOSED, PEER_DEAD};
+use crate::layout::{state, waiting};
+use crate::ring::{OutgoingMessage, RingConsumer, WriteStatus};
+use crate::sync::Ordering;
+use crate::wait::WaitOutcome;
+
+impl ShmTransport {
+    /// One `try_recv`, waking a peer waiting for space if it freed some.
+    fn try_take(&self, consumer: &mut RingConsumer) -> Result<Option<Message>, TransportError> {
+        let result = consumer.try_recv();
+        if consumer.take_freed_space() {
+            self.peer.notify(waiting::SPACE);
+        }
+        result.map_err(|e| self.ring_failed(e))
+    }
+}
+
+impl Transport for ShmTransport {
+    fn send_until(
+        &self,
+        opcode: Opcode,
+        seq: u64,
+        tag: u64,
+        payload: &[u8],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
+    ) -> Result<(), TransportError> {
+        let limit = self.attached.layout.max_message_size;
+        if payload.len() as u64 > limit {
+            return Err(TransportError::TooLarge {
+                size: payload.len() as u64,
+                limit,
+            });
+        }
+        // Another sender may hold the producer while it waits for room:
+        // wait for it only until the deadline.
+        // A sender that finds the producer taken waits on the peer only if
+        // the holder does (it waits for room); one merely writing a frame
+        // lets go soon.
+        let behind_holder = || {
+            // SYNC POINT: room wait. Pairs with the holder's Release stores.
+            if self.room_wait.load(Ordering::Acquire) {
+                on_wait();
+            }
+        };
+        let Some(mut producer) = crate::sync::lock_until(&self.producer, deadline, &behind_holder)
+        else {
+            return Err(TransportError::TimedOut);
+        };
+        let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
+        loop {
+            self.check_send()?;
+            let status = producer
+                .try_write(&mut msg)
+                .map_err(|e| self.ring_failed(e))?;
+            if producer.publish() {
+                self.peer.notify(waiting::DATA);
+            }
+            if status == WriteStatus::Complete {
+                return Ok(());
+            }
+            // The deadline holds only until the first frame is out: a
+            // message half written must be finished.
+            let deadline = if msg.is_started() { None } else { deadline };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(TransportError::TimedOut);
+            }
+            // SYNC POINT: room wait (Release half, see `behind_holder`).
+            self.room_wait.store(true, Ordering::Release);
+            on_wait();
+            // Ring full: sleep on our word until the peer frees space (it
+            // bumps our word when it sees our SPACE announcement) or a
+            // local event wakes us.
+            let producer = &mut *producer;
+            let msg = &msg;
+            let outcome = self
+                .own
+                .wait_until(&self.wait, waiting::SPACE, deadline, || {
+                    self.check_send()?;
+                    // A corrupt head is reported by `try_write` next round.
+                    Ok(match producer.can_write(msg) {
+                        Ok(false) => Poll::Pending,
+                        Ok(true) | Err(_) => Poll::Ready(()),
+                    })
+                });
+            self.room_wait.store(false, Ordering::Release);
+            if outcome? == WaitOutcome::TimedOut {
+                return Err(TransportError::TimedOut);
+            }
+        }
+    }
+
+    fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError> {
+        let mut consumer = self.consumer.lock();
+        loop {
+            if self.is_terminated() {
+                return Err(self.terminal_error());
+            }
+            // SYNC POINT: local flags. Pairs with `interrupt_recv`. A load
+            // first: no read-modify-write per receive.
+            if self.interrupted.load(Ordering::Relaxed)
+                && self.interrupted.swap(false, Ordering::Acquire)
+            {
+                return Ok(Received::Interrupted);
+            }
+            if let Some(m) = self.try_take(&mut consumer)? {
+                return Ok(Received::Message(m));
+            }
+            if self.peer_state()? {
+                if crate::sync::is_broken("handshake") {
+                    // Loom must-fail variant: hang up without draining what
+                    // the peer published before its bit.
+                    return Err(TransportError::PeerHungUp);
+                }
+                // Everything the peer published before its bit is visible.
+                if let Some(m) = self.try_take(&mut consumer)? {
+                    return Ok(Received::Message(m));
+                }
+                if consumer.has_frames() {
+                    continue;
+                }
+                return Err(TransportError::PeerHungUp);
+            }
+            let consumer = &*consumer;
+            let outcome = self
+                .own
+                .wait_until(&self.wait, waiting::DATA, deadline, || {
+                    // SYNC POINT: local flags (interrupt) and SYNC POINT:
+                    // disconnect (the state word); `has_frames` is the
+                    // frames published point. The loop acts on what it saw.
+                    let word = self.state.load(Ordering::Acquire);
+                    let ready = self.is_terminated()
+                        || self.interrupted.load(Ordering::Acquire)
+                        || consumer.has_frames()
+                        || word & self.side.peer().disconnecting_bit() != 0
+                        || state::epoch(word) != self.attached.epoch;
+                    Ok::<_, Infallible>(if ready {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    })
+                });
+            match outcome {
+                Ok(WaitOutcome::Ready(())) => {}
+                Ok(WaitOutcome::TimedOut) => return Ok(Received::TimedOut),
+                Err(never) => match never {},
+            }
+        }
+    }
+
+    fn interrupt_recv(&self) {
+        // SYNC POINT: local flags. Pairs with the `Acquire` swap in `recv`.
+        self.interrupted.store(true, Ordering::Release);
+        self.own.wake_all();
+    }
+
+    fn close(&self) {
+        self.record(CLOSED, TransportError::Closed);
+        self.shut();
+    }
+
+    fn peer_died(&self) -> bool {
+        // SYNC POINT: local flags. Pairs with `record`.
+        self.local.load(Ordering::Acquire) & PEER_DEAD != 0
+    }
+
+    fn name(&self) -> &'static str {
+        "shm"
+    }
+}
