@@ -13,6 +13,10 @@ impl Inner {
         deadline: Option<Instant>,
         registered: &mut bool,
     ) -> Result<(), CallError> {
+        // This thread's waker is made on its first wait, not on the first
+        // time it happens to park: a thread's calls then allocate nothing
+        // after its first one, however the scheduler interleaves them.
+        THREAD_WAKER.with(|_| {});
         self.callers.fetch_add(1, Ordering::SeqCst);
         let mut active = true;
         let r = self.caller_loop(seq, deadline, &mut active, registered);
