@@ -36,7 +36,7 @@ use orcwire::{
     CallError, ControllerBuilder, DisconnectReason, Endpoint, EndpointConfig, ExecutorBuilder,
     Opcode, Received, StreamConfig, StreamTransport, Transport, WrapperFunctionBuffer,
 };
-use orcwire_shm::launch::{attach_named, NamedOffer};
+use orcwire_shm::{attach_named, NamedOffer};
 use orcwire_shm::{
     required_size, HeapMapping, RingCapacity, Segment, SharedMapping, ShmConfig, ShmTransport,
     WaitStrategy,

@@ -1,5 +1,5 @@
 //! Two real processes over shared memory. This test binary spawns itself
-//! as the executor through `orcwire_shm::launch::ExecutorCommand` (or as a
+//! as the executor through `orcwire_shm::ExecutorCommand` (or as a
 //! controller listening on a socket path, for the controller-death test).
 //!
 //! The tests here run one at a time (a process-wide lock), so that each can
@@ -18,7 +18,7 @@ use orcwire::{
     CallError, ControllerBuilder, DisconnectReason, Endpoint, ExecutorBuilder,
     WrapperFunctionBuffer,
 };
-use orcwire_shm::launch::{
+use orcwire_shm::{
     attach_inherited, attach_named, attach_path, ExecutorCommand, NamedOffer, SpawnedExecutor,
 };
 use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
@@ -249,7 +249,7 @@ fn executor_role(transport: Arc<orcwire_shm::ShmTransport>) {
 
 fn listener_controller_role() {
     let path = std::env::var("ORCWIRE_TEST_SOCKET").unwrap();
-    let listener = orcwire_shm::launch::ShmListener::bind(&path, config()).unwrap();
+    let listener = orcwire_shm::ShmListener::bind(&path, config()).unwrap();
     let transport = listener.accept(Some(LIMIT)).unwrap();
     let _ep = ControllerBuilder::new()
         .sync_handler("ctl_xor", |a: &[u8]| {

@@ -109,7 +109,7 @@ macro_rules! internal {
 mod fdpass;
 #[cfg(not(orcwire_loom))]
 pub mod inspect;
-// Public so that `orcwire_shm::launch::X` paths keep resolving; every
+// Public so that `orcwire_shm::X` paths keep resolving; every
 // item is re-exported, and documented, at the root.
 #[doc(hidden)]
 pub mod launch;

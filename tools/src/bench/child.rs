@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use orcwire::stream::{StreamConfig, StreamTransport};
 use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffer};
 
-use orcwire_shm::launch::attach_inherited;
+use orcwire_shm::attach_inherited;
 
 use super::{floor, peer, pin, BenchError, TransportKind};
 

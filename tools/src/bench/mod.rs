@@ -29,7 +29,7 @@
 //! Every case checks its results (echo contents, stamped with the call
 //! number) before and while it is timed; a wrong result is an error.
 //!
-//! Relies on: `orcwire_shm::launch` (the shared-memory child),
+//! Relies on: `orcwire_shm::ExecutorCommand` (the shared-memory child),
 //! `orcwire::stream` (pipe and socket children), `orcwire_shm::Segment`
 //! (the floor's memfd), `nix` for `sched_setaffinity`, `libc` for the
 //! floor's futex.

@@ -16,8 +16,8 @@ use orcwire::{StreamConfig, StreamTransport};
 use std::sync::Arc;
 use std::thread;
 
-use orcwire_shm::launch::{ExecutorCommand, ExecutorProcess};
 use orcwire_shm::{dup2_for_exec, ShmConfig, WaitStrategy};
+use orcwire_shm::{ExecutorCommand, ExecutorProcess};
 
 use super::child::{child_env, wait_child, ChildSpec};
 use super::floor::FloorPeer;

@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, WrapperFunctionBuffer};
-use orcwire_shm::launch::ExecutorCommand;
+use orcwire_shm::ExecutorCommand;
 use orcwire_tools::bench::{pattern, percentile};
 
 use crate::common::{sum_reply, DemoArgs};

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, WrapperFunctionBuffer};
-use orcwire_shm::launch::{attach_inherited, attach_path, DEFAULT_ATTACH_TIMEOUT};
+use orcwire_shm::{attach_inherited, attach_path, DEFAULT_ATTACH_TIMEOUT};
 use orcwire_tools::bench::percentile;
 
 use crate::common::{sum_reply, ExecutorArgs};
