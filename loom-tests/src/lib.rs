@@ -27,7 +27,7 @@
 //! ```
 //!
 //! The table of models, what each proves and how many executions loom
-//! explores is in the README's *Model checking* section (written once,
+//! explores is in `docs/LOOM.md` (written once,
 //! there).
 //!
 //! # A model must be able to fail
