@@ -164,3 +164,42 @@ fn silent_peer_is_a_setup_timeout() {
     assert!(matches!(err, ConnectError::SetupTimeout(_)), "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+/// Everything the raw peer receives until the controller closes its end.
+fn read_all(raw: &mut UnixStream) -> Vec<u8> {
+    use std::io::Read;
+    raw.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut got = Vec::new();
+    raw.read_to_end(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn a_hangup_is_acknowledged_with_an_sps_error_payload() {
+    let (ep, mut raw) = controller();
+    // The peer asks to end the session; LLVM puts an SPS `Error` in it.
+    raw.write_all(&good_frame(1, 0, 0, &[0])).unwrap();
+    assert_eq!(wait_disconnected(&ep), DisconnectReason::PeerHungUp);
+    drop(ep);
+    // Our answer: one Hangup frame whose payload is a success `Error`.
+    assert_eq!(read_all(&mut raw), good_frame(1, 0, 0, &[0]));
+}
+
+#[test]
+fn a_malformed_hangup_is_a_protocol_error() {
+    check(good_frame(1, 0, 0, &[7, 7]), false, is_protocol);
+}
+
+#[test]
+fn nothing_is_sent_after_the_peers_end_of_stream() {
+    let (ep, mut raw) = controller();
+    // LLVM 14's way of ending a session: close without a Hangup.
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(wait_disconnected(&ep), DisconnectReason::PeerHungUp);
+    drop(ep);
+    assert_eq!(
+        read_all(&mut raw),
+        Vec::<u8>::new(),
+        "no Hangup into a closed stream"
+    );
+}
