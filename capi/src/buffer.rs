@@ -68,23 +68,19 @@ impl orc_rt_WrapperFunctionBuffer {
         let c = buffer.into_c();
         // Copy the live arm only: the pointer arm keeps its provenance,
         // the inline arm its bytes.
-        if c.size == 0 || c.size > INLINE {
-            Self {
-                // SAFETY: `into_c` writes the pointer arm for these sizes
-                // (NULL, an error message, or heap bytes).
-                Data: orc_rt_WrapperFunctionBufferDataUnion {
-                    ValuePtr: unsafe { c.data.value_ptr },
-                },
-                Size: c.size,
-            }
+        let data = if c.size == 0 || c.size > INLINE {
+            // SAFETY: `into_c` writes the pointer arm for these sizes
+            // (NULL, an error message, or heap bytes).
+            let ptr = unsafe { c.data.value_ptr };
+            orc_rt_WrapperFunctionBufferDataUnion { ValuePtr: ptr }
         } else {
-            Self {
-                // SAFETY: `into_c` writes the inline arm for 1..=8 bytes.
-                Data: orc_rt_WrapperFunctionBufferDataUnion {
-                    Value: unsafe { c.data.value },
-                },
-                Size: c.size,
-            }
+            // SAFETY: `into_c` writes the inline arm for 1..=8 bytes.
+            let value = unsafe { c.data.value };
+            orc_rt_WrapperFunctionBufferDataUnion { Value: value }
+        };
+        Self {
+            Data: data,
+            Size: c.size,
         }
     }
 

@@ -289,7 +289,7 @@ pub unsafe extern "C" fn orcwire_shm_listener_free(listener: *mut orcwire_shm_li
         // SAFETY: from `Box::into_raw` in `orcwire_shm_listen`, handed
         // back once by contract.
         let l = unsafe { Box::from_raw(listener) };
-        let _ = crate::status::guard_value((), move || drop(l));
+        crate::status::guard_value((), move || drop(l));
     }
 }
 
