@@ -351,6 +351,11 @@ orcwire_status orcwire_endpoint_disconnect(const orcwire_endpoint *endpoint);
 /** 1 once fully disconnected (by either side or the peer's death), 0
  *  before, -1 for NULL. Any thread. */
 int orcwire_endpoint_is_disconnected(const orcwire_endpoint *endpoint);
+/** Waits up to timeout_ns (negative: no limit) until the endpoint is
+ *  disconnected by either side or the peer's death (how an executor
+ *  serves until its controller is done). ORCWIRE_STATUS_TIMED_OUT if it
+ *  is still connected. Any thread. */
+orcwire_status orcwire_endpoint_wait_disconnected(const orcwire_endpoint *endpoint, int64_t timeout_ns);
 /** Disconnects, waits for every completion callback and every running
  *  handler (except the calling thread's own), and frees the endpoint.
  *  Afterwards no handler or callback of it runs, so their contexts may

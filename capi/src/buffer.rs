@@ -177,9 +177,8 @@ pub unsafe extern "C" fn orcwire_buffer_allocate(
         if out.is_null() {
             return Err(Failure::null("out"));
         }
-        let b = WrapperFunctionBuffer::try_zeroed(len).map_err(|e| {
-            Failure::new(crate::orcwire_status::ORCWIRE_STATUS_IO, e.to_string())
-        })?;
+        let b = WrapperFunctionBuffer::try_zeroed(len)
+            .map_err(|e| Failure::new(crate::orcwire_status::ORCWIRE_STATUS_IO, e.to_string()))?;
         // SAFETY: `out` checked non-null, writable by contract.
         unsafe { put(out, orc_rt_WrapperFunctionBuffer::from_rust(b)) };
         Ok(())

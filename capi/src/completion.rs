@@ -2,7 +2,7 @@
 //! (started on the first asynchronous call) that drives each call's
 //! [`PendingCall`] as a future and runs the C callback when it is ready.
 //!
-//! Each call is a [`Task`] whose waker puts it back on the thread's ready
+//! Each call is a `Task` whose waker puts it back on the thread's ready
 //! queue, so a completion costs one wake-up, not a scan of every pending
 //! call. The thread stops once asked to and every call it was given has
 //! completed; disconnecting the endpoint completes every pending call, so

@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use orcwire::{
     ControllerBuilder, Endpoint, ExecutorBuilder, HandlerTag, Responder, WrapperFunctionBuffer,
@@ -128,6 +129,8 @@ pub struct orcwire_endpoint {
     role: orcwire_role,
     running: Arc<Running>,
     completions: Mutex<Option<Completions>>,
+    /// Set by the endpoint's `on_disconnect` callback.
+    ended: Arc<(Mutex<bool>, Condvar)>,
 }
 
 /// Starts a builder for `role` (an `orcwire_role` value).
@@ -272,12 +275,20 @@ pub unsafe extern "C" fn orcwire_builder_connect(
                 cb.connect(transport)
             }
         };
-        let endpoint = connected.map_err(|e| Failure::new(ORCWIRE_STATUS_CONNECT, e.to_string()))?;
+        let endpoint =
+            connected.map_err(|e| Failure::new(ORCWIRE_STATUS_CONNECT, e.to_string()))?;
+        let ended = Arc::new((Mutex::new(false), Condvar::new()));
+        let e = Arc::clone(&ended);
+        endpoint.on_disconnect(move |_| {
+            *lock(&e.0) = true;
+            e.1.notify_all();
+        });
         let ep = orcwire_endpoint {
             endpoint,
             role: b.role,
             running,
             completions: Mutex::new(None),
+            ended,
         };
         // SAFETY: checked non-null, writable by contract.
         unsafe { put(out, Box::into_raw(Box::new(ep))) };
@@ -328,8 +339,12 @@ unsafe fn tag_of(
         return Err(Failure::new(
             ORCWIRE_STATUS_INVALID_STATE,
             match want {
-                orcwire_role::ORCWIRE_ROLE_CONTROLLER => "orcwire_function_tag is for a controller; an executor uses orcwire_handler_tag",
-                orcwire_role::ORCWIRE_ROLE_EXECUTOR => "orcwire_handler_tag is for an executor; a controller uses orcwire_function_tag",
+                orcwire_role::ORCWIRE_ROLE_CONTROLLER => {
+                    "orcwire_function_tag is for a controller; an executor uses orcwire_handler_tag"
+                }
+                orcwire_role::ORCWIRE_ROLE_EXECUTOR => {
+                    "orcwire_handler_tag is for an executor; a controller uses orcwire_function_tag"
+                }
             },
         ));
     }
@@ -518,7 +533,9 @@ pub unsafe extern "C" fn orcwire_responder_drop(r: *mut orcwire_responder) -> or
 /// # Safety
 /// `ep` is NULL or live.
 #[no_mangle]
-pub unsafe extern "C" fn orcwire_endpoint_disconnect(ep: *const orcwire_endpoint) -> orcwire_status {
+pub unsafe extern "C" fn orcwire_endpoint_disconnect(
+    ep: *const orcwire_endpoint,
+) -> orcwire_status {
     guard(|| {
         // SAFETY: by the caller's contract.
         unsafe { endpoint(ep) }?.endpoint.disconnect();
@@ -539,6 +556,50 @@ pub unsafe extern "C" fn orcwire_endpoint_is_disconnected(ep: *const orcwire_end
             Some(e) => c_int::from(e.endpoint.is_disconnected()),
             None => -1,
         }
+    })
+}
+
+/// Waits up to `timeout_ns` (negative: no limit) until the endpoint is
+/// disconnected (by either side or the peer's death): what an executor
+/// does to serve until its controller is done.
+/// `ORCWIRE_STATUS_TIMED_OUT` if it is still connected.
+///
+/// # Safety
+/// `ep` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn orcwire_endpoint_wait_disconnected(
+    ep: *const orcwire_endpoint,
+    timeout_ns: i64,
+) -> orcwire_status {
+    guard(|| {
+        // SAFETY: by the caller's contract.
+        let ep = unsafe { endpoint(ep) }?;
+        let deadline = timeout_from_ns(timeout_ns).and_then(|t| Instant::now().checked_add(t));
+        let (flag, cv) = &*ep.ended;
+        let mut ended = lock(flag);
+        while !*ended {
+            match deadline {
+                None => {
+                    ended = cv
+                        .wait(ended)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Failure::new(
+                            ORCWIRE_STATUS_TIMED_OUT,
+                            "the endpoint is still connected; wait again or disconnect it",
+                        ));
+                    }
+                    ended = cv
+                        .wait_timeout(ended, d - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        Ok(())
     })
 }
 

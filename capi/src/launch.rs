@@ -130,7 +130,9 @@ pub unsafe extern "C" fn orcwire_shm_spawn(
                 break;
             }
             // SAFETY: NUL-terminated by contract.
-            args.push(OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes()));
+            args.push(OsStr::from_bytes(
+                unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes(),
+            ));
         }
         let Some((program, rest)) = args.split_first() else {
             return Err(Failure::new(
@@ -213,8 +215,7 @@ pub unsafe extern "C" fn orcwire_shm_attach_path(
         let path = unsafe { c_str(path, "path") }?;
         // SAFETY: by the caller's contract.
         let config = unsafe { shm_config(config) }?;
-        let transport: Arc<dyn Transport> =
-            attach_path(path, config, attach_timeout(timeout_ns))?;
+        let transport: Arc<dyn Transport> = attach_path(path, config, attach_timeout(timeout_ns))?;
         // SAFETY: checked non-null, writable by contract.
         unsafe { put(out, orcwire_transport::boxed(transport)) };
         Ok(())
@@ -248,7 +249,12 @@ pub unsafe extern "C" fn orcwire_shm_listen(
         let config = unsafe { shm_config(config) }?;
         let listener = ShmListener::bind(path, config)?;
         // SAFETY: checked non-null, writable by contract.
-        unsafe { put(out, Box::into_raw(Box::new(orcwire_shm_listener { listener }))) };
+        unsafe {
+            put(
+                out,
+                Box::into_raw(Box::new(orcwire_shm_listener { listener })),
+            )
+        };
         Ok(())
     })
 }

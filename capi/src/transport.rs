@@ -17,8 +17,8 @@ use std::time::Instant;
 use orcwire::{Opcode, Received, Transport};
 
 use crate::buffer::orc_rt_WrapperFunctionBuffer;
-use crate::status::{c_bytes, guard, put, timeout_from_ns, Failure};
 use crate::status::orcwire_status::{self, *};
+use crate::status::{c_bytes, guard, put, timeout_from_ns, Failure};
 
 /// A connection at the message level. Opaque to C.
 pub struct orcwire_transport {

@@ -134,6 +134,7 @@ int main(void) {
   CHECK_STATUS(orcwire_responder_drop(NULL), ORCWIRE_STATUS_NULL_ARGUMENT);
   CHECK_STATUS(orcwire_endpoint_disconnect(NULL), ORCWIRE_STATUS_NULL_ARGUMENT);
   CHECK(orcwire_endpoint_is_disconnected(NULL) == -1);
+  CHECK_STATUS(orcwire_endpoint_wait_disconnected(NULL, 0), ORCWIRE_STATUS_NULL_ARGUMENT);
   CHECK_STATUS(orcwire_endpoint_free(NULL), ORCWIRE_STATUS_NULL_ARGUMENT);
   puts("buffer: ok");
   return 0;

@@ -172,11 +172,9 @@ static int serve_endpoint(int kill_scenario) {
     }
   }
   /* Serve until the controller disconnects (or kills us). */
-  long long deadline = now_ns() + 30 * SEC;
-  while (orcwire_endpoint_is_disconnected(ep) == 0) {
-    CHECK(now_ns() < deadline);
-    sleep_ns(MS);
-  }
+  CHECK_STATUS(orcwire_endpoint_wait_disconnected(ep, 0), ORCWIRE_STATUS_TIMED_OUT);
+  CHECK_OK(orcwire_endpoint_wait_disconnected(ep, 30 * SEC));
+  CHECK(orcwire_endpoint_is_disconnected(ep) == 1);
   CHECK_OK(orcwire_endpoint_free(ep));
   for (int i = 0; i < atomic_load(&g_later_count); i++) CHECK(pthread_join(g_later[i], NULL) == 0);
   if (g_held != NULL) CHECK_OK(orcwire_responder_drop(g_held)); /* after free: dropped quietly */
