@@ -281,3 +281,69 @@ pub unsafe fn put<T>(out: *mut T, value: T) {
     // out parameters hold no owned value on entry.
     unsafe { out.write(value) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: `orcwire_last_error` never returns NULL and the string
+        // stays valid until the next failing call on this thread.
+        unsafe { std::ffi::CStr::from_ptr(orcwire_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_not_an_unwind() {
+        let s = guard(|| panic!("deliberate"));
+        assert_eq!(s, ORCWIRE_STATUS_PANIC);
+        let msg = last_error();
+        assert!(msg.contains("deliberate") && msg.contains("bug"), "{msg}");
+        assert_eq!(guard_value(7, || panic!("again")), 7);
+    }
+
+    #[test]
+    fn errors_set_the_thread_local_message_and_success_keeps_it() {
+        let s = guard(|| Err(Failure::new(ORCWIRE_STATUS_TIMED_OUT, "too slow\0hidden")));
+        assert_eq!(s, ORCWIRE_STATUS_TIMED_OUT);
+        assert_eq!(last_error(), "too slow");
+        assert_eq!(guard(|| Ok(())), ORCWIRE_STATUS_OK);
+        assert_eq!(last_error(), "too slow");
+        // Another thread has its own message.
+        std::thread::spawn(|| assert_eq!(last_error(), ""))
+            .join()
+            .expect("thread");
+    }
+
+    #[test]
+    fn every_status_has_its_name() {
+        for (value, name) in [
+            (ORCWIRE_STATUS_OK, "ORCWIRE_STATUS_OK"),
+            (ORCWIRE_STATUS_IN_USE, "ORCWIRE_STATUS_IN_USE"),
+            (ORCWIRE_STATUS_PANIC, "ORCWIRE_STATUS_PANIC"),
+        ] {
+            // SAFETY: names are static NUL-terminated strings.
+            let got = unsafe { std::ffi::CStr::from_ptr(orcwire_status_name(value as u32)) };
+            assert_eq!(got.to_str(), Ok(name));
+        }
+    }
+
+    #[test]
+    fn transport_and_call_errors_map_to_their_codes() {
+        assert_eq!(
+            Failure::from(TransportError::PeerDied).status,
+            ORCWIRE_STATUS_PEER_DIED
+        );
+        assert_eq!(
+            Failure::from(CallError::Disconnected).status,
+            ORCWIRE_STATUS_DISCONNECTED
+        );
+        assert_eq!(
+            Failure::from(CallError::Send(TransportError::TooLarge { size: 2, limit: 1 })).status,
+            ORCWIRE_STATUS_TOO_LARGE
+        );
+        assert_eq!(timeout_from_ns(-1), None);
+        assert_eq!(timeout_from_ns(5), Some(std::time::Duration::from_nanos(5)));
+    }
+}
