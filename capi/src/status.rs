@@ -340,7 +340,11 @@ mod tests {
             ORCWIRE_STATUS_DISCONNECTED
         );
         assert_eq!(
-            Failure::from(CallError::Send(TransportError::TooLarge { size: 2, limit: 1 })).status,
+            Failure::from(CallError::Send(TransportError::TooLarge {
+                size: 2,
+                limit: 1
+            }))
+            .status,
             ORCWIRE_STATUS_TOO_LARGE
         );
         assert_eq!(timeout_from_ns(-1), None);
