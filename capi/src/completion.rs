@@ -117,17 +117,9 @@ impl Completions {
         })
     }
 
-    /// Hands `call` to the thread; `done(ctx, ...)` runs there once.
-    pub fn submit(&self, call: PendingCall, done: DoneFn, ctx: CtxPtr) {
-        let task = Arc::new(Task {
-            queue: Arc::clone(&self.queue),
-            call: Mutex::new(Some((call, done, ctx))),
-        });
-        let mut st = lock(&self.queue.state);
-        st.outstanding += 1;
-        st.ready.push_back(task);
-        drop(st);
-        self.queue.changed.notify_one();
+    /// A handle that hands calls to the thread.
+    pub fn submitter(&self) -> Submitter {
+        Submitter(Arc::clone(&self.queue))
     }
 
     /// Stops the thread once every submitted call has completed, and
@@ -140,6 +132,24 @@ impl Completions {
                 let _ = t.join();
             }
         }
+    }
+}
+
+/// Hands calls to one endpoint's completion thread.
+pub struct Submitter(Arc<Queue>);
+
+impl Submitter {
+    /// Hands `call` to the thread; `done(ctx, ...)` runs there once.
+    pub fn submit(&self, call: PendingCall, done: DoneFn, ctx: CtxPtr) {
+        let task = Arc::new(Task {
+            queue: Arc::clone(&self.0),
+            call: Mutex::new(Some((call, done, ctx))),
+        });
+        let mut st = lock(&self.0.state);
+        st.outstanding += 1;
+        st.ready.push_back(task);
+        drop(st);
+        self.0.changed.notify_one();
     }
 }
 

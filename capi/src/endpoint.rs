@@ -465,14 +465,22 @@ pub unsafe extern "C" fn orcwire_call_async(
         let done = done.ok_or_else(|| Failure::null("done"))?;
         // SAFETY: by the caller's contract.
         let args = unsafe { c_bytes(args, len, "args") }?;
-        let mut completions = lock(&ep.completions);
-        if completions.is_none() {
-            *completions = Some(Completions::start()?);
-        }
+        // The lock only guards starting the thread: the call itself may
+        // wait for room in the ring and must not hold up other callers.
+        let submitter = {
+            let mut completions = lock(&ep.completions);
+            match completions.as_ref() {
+                Some(c) => c.submitter(),
+                None => {
+                    let c = Completions::start()?;
+                    let s = c.submitter();
+                    *completions = Some(c);
+                    s
+                }
+            }
+        };
         let call = ep.endpoint.call(HandlerTag::new(tag), args)?;
-        if let Some(c) = completions.as_ref() {
-            c.submit(call, done, CtxPtr::new(ctx));
-        }
+        submitter.submit(call, done, CtxPtr::new(ctx));
         Ok(())
     })
 }
