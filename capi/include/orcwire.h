@@ -246,7 +246,8 @@ orcwire_status orcwire_transport_send(orcwire_transport *transport, uint32_t opc
 /** Waits up to timeout_ns for the next message and stores it in *out (the
  *  caller then owns out->payload). ORCWIRE_STATUS_TIMED_OUT,
  *  ORCWIRE_STATUS_INTERRUPTED, or the reason no message will ever come
- *  (PEER_HUNG_UP, PEER_DIED, CLOSED, PROTOCOL). One thread at a time. */
+ *  (PEER_HUNG_UP, PEER_DIED, CLOSED, PROTOCOL). One thread at a time: a
+ *  recv while another thread is in one returns INVALID_STATE. */
 orcwire_status orcwire_transport_recv(orcwire_transport *transport, int64_t timeout_ns, orcwire_message *out);
 /** Makes the current or next recv return ORCWIRE_STATUS_INTERRUPTED.
  *  Any thread, any time. */

@@ -4,7 +4,8 @@
 //! death.
 //!
 //! Threads (the [`Transport`] contract): `send` from any number of
-//! threads at once; `recv` from one thread at a time; `interrupt_recv`,
+//! threads at once; `recv` from one thread at a time (a second concurrent
+//! `recv` is refused with `ORCWIRE_STATUS_INVALID_STATE`, not run); `interrupt_recv`,
 //! `close` and `peer_died` from any thread at any time. `free` only after
 //! `close` (or after the transport was given to an endpoint) and once no
 //! other call on the handle is running.
@@ -27,6 +28,9 @@ pub struct orcwire_transport {
     closed: AtomicBool,
     /// An endpoint owns the message traffic now.
     in_use: AtomicBool,
+    /// A thread is inside `orcwire_transport_recv`: a second one is
+    /// refused, since the transport reads as a single consumer.
+    receiving: AtomicBool,
 }
 
 impl orcwire_transport {
@@ -36,6 +40,7 @@ impl orcwire_transport {
             transport,
             closed: AtomicBool::new(false),
             in_use: AtomicBool::new(false),
+            receiving: AtomicBool::new(false),
         }))
     }
 
@@ -158,6 +163,22 @@ pub unsafe extern "C" fn orcwire_transport_recv(
             return Err(Failure::null("out"));
         }
         t.check_raw()?;
+        // SYNC POINT: taking and releasing the receiver role (Acquire on
+        // take, Release on release), so receives never overlap.
+        if t.receiving.swap(true, Ordering::Acquire) {
+            return Err(Failure::new(
+                ORCWIRE_STATUS_INVALID_STATE,
+                "another thread is already in orcwire_transport_recv on this transport; receive from one thread at a time",
+            ));
+        }
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                // SYNC POINT: releasing the receiver role (see above).
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _release = Release(&t.receiving);
         let deadline = timeout_from_ns(timeout_ns).and_then(|d| Instant::now().checked_add(d));
         match t.transport.recv(deadline)? {
             Received::Message(m) => {

@@ -1,6 +1,7 @@
 /* The C controller: spawns the C executor (argv[1]) over shared memory
  * and runs the scenario argv[2] against it:
- *   messages  the message level: timeouts, interrupt, echo of 0 B..1 MiB,
+ *   messages  the message level: timeouts, interrupt, a second receiver
+ *             refused, echo of 0 B..1 MiB,
  *             sends from 4 threads at once, bad arguments, close while
  *             another thread waits in recv, a second close, free rules
  *   endpoint  the endpoint level both ways: sync and async calls, answers
@@ -72,6 +73,13 @@ static void *interrupt_soon(void *arg) {
   return NULL;
 }
 
+static void *recv_until_interrupted(void *arg) {
+  (void)arg;
+  orcwire_message m;
+  CHECK_STATUS(orcwire_transport_recv(g_t, -1, &m), ORCWIRE_STATUS_INTERRUPTED);
+  return NULL;
+}
+
 static void *close_soon(void *arg) {
   (void)arg;
   sleep_ns(20 * MS);
@@ -93,6 +101,15 @@ static int messages(const char *exe) {
   pthread_t th;
   CHECK(pthread_create(&th, NULL, interrupt_soon, NULL) == 0);
   CHECK_STATUS(orcwire_transport_recv(g_t, -1, &m), ORCWIRE_STATUS_INTERRUPTED);
+  CHECK(pthread_join(th, NULL) == 0);
+  /* A second receiver at once is refused, not run. */
+  CHECK(pthread_create(&th, NULL, recv_until_interrupted, NULL) == 0);
+  long long until = now_ns() + 5 * SEC;
+  orcwire_status second;
+  while ((second = orcwire_transport_recv(g_t, 0, &m)) == ORCWIRE_STATUS_TIMED_OUT) CHECK(now_ns() < until);
+  CHECK_STATUS(second, ORCWIRE_STATUS_INVALID_STATE);
+  CHECK(strstr(orcwire_last_error(), "one thread at a time") != NULL);
+  CHECK_OK(orcwire_transport_interrupt_recv(g_t));
   CHECK(pthread_join(th, NULL) == 0);
 
   size_t sizes[] = {0, 1, 8, 9, 100, 4096, 100000, 1 << 20};
