@@ -345,9 +345,11 @@ orcwire_status orcwire_responder_drop(orcwire_responder *responder);
 
 /** Disconnects. Returns once no call can be made or accepted on this
  *  side, no handler of this endpoint starts any more, the peer was told,
- *  and every pending call has completed (with DISCONNECTED if no result
- *  came). Any number of threads at once, also inside a handler or a
- *  completion callback; every caller gets ORCWIRE_STATUS_OK. */
+ *  every pending call has completed (with DISCONNECTED if no result
+ *  came), and every orcwire_call_async callback has run (not waited for
+ *  when called from a callback). Any number of threads at once, also
+ *  inside a handler or a completion callback; every caller gets
+ *  ORCWIRE_STATUS_OK. */
 orcwire_status orcwire_endpoint_disconnect(const orcwire_endpoint *endpoint);
 /** 1 once fully disconnected (by either side or the peer's death), 0
  *  before, -1 for NULL. Any thread. */

@@ -117,9 +117,12 @@ impl Completions {
         })
     }
 
-    /// A handle that hands calls to the thread.
+    /// A handle that hands calls to the thread and waits for it.
     pub fn submitter(&self) -> Submitter {
-        Submitter(Arc::clone(&self.queue))
+        Submitter {
+            queue: Arc::clone(&self.queue),
+            thread_id: self.thread_id,
+        }
     }
 
     /// Stops the thread once every submitted call has completed, and
@@ -135,21 +138,42 @@ impl Completions {
     }
 }
 
-/// Hands calls to one endpoint's completion thread.
-pub struct Submitter(Arc<Queue>);
+/// Hands calls to one endpoint's completion thread, and waits for it.
+pub struct Submitter {
+    queue: Arc<Queue>,
+    thread_id: ThreadId,
+}
 
 impl Submitter {
     /// Hands `call` to the thread; `done(ctx, ...)` runs there once.
     pub fn submit(&self, call: PendingCall, done: DoneFn, ctx: CtxPtr) {
         let task = Arc::new(Task {
-            queue: Arc::clone(&self.0),
+            queue: Arc::clone(&self.queue),
             call: Mutex::new(Some((call, done, ctx))),
         });
-        let mut st = lock(&self.0.state);
+        let mut st = lock(&self.queue.state);
         st.outstanding += 1;
         st.ready.push_back(task);
         drop(st);
-        self.0.changed.notify_one();
+        self.queue.changed.notify_one();
+    }
+
+    /// Waits until every submitted call's callback has run; returns at
+    /// once on the completion thread itself (a callback cannot wait for
+    /// itself or for the callbacks queued behind it). Only bounded when
+    /// every pending call completes, as after a disconnect.
+    pub fn wait_idle(&self) {
+        if std::thread::current().id() == self.thread_id {
+            return;
+        }
+        let mut st = lock(&self.queue.state);
+        while st.outstanding > 0 {
+            st = self
+                .queue
+                .changed
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 }
 

@@ -534,9 +534,11 @@ pub unsafe extern "C" fn orcwire_responder_drop(r: *mut orcwire_responder) -> or
 
 /// Disconnects: returns once no call can be made or accepted on this side
 /// any more, no handler of this endpoint starts any more, the peer was
-/// told, and every pending call has completed (with an error if no result
-/// came). Any thread, any number at once, and from inside a handler or a
-/// completion callback; a second call returns at once.
+/// told, every pending call has completed (with an error if no result
+/// came), and the callback of every asynchronous call has run (except
+/// when called from a callback, which cannot wait for the callbacks
+/// queued behind it). Any thread, any number at once, and from inside a
+/// handler or a completion callback; a second call returns at once.
 ///
 /// # Safety
 /// `ep` is NULL or live.
@@ -546,7 +548,14 @@ pub unsafe extern "C" fn orcwire_endpoint_disconnect(
 ) -> orcwire_status {
     guard(|| {
         // SAFETY: by the caller's contract.
-        unsafe { endpoint(ep) }?.endpoint.disconnect();
+        let ep = unsafe { endpoint(ep) }?;
+        ep.endpoint.disconnect();
+        // Every pending call has completed now; let their callbacks run
+        // too. Not under the lock: a callback may call this endpoint.
+        let waiter = lock(&ep.completions).as_ref().map(Completions::submitter);
+        if let Some(w) = waiter {
+            w.wait_idle();
+        }
         Ok(())
     })
 }

@@ -121,6 +121,10 @@ fn compile(compiler: &str, flags: &[&str], file: &str) -> PathBuf {
 fn compile_uncached(compiler: &str, flags: &[&str], file: &str) -> PathBuf {
     let src = crate_dir().join("tests/c").join(file);
     let exe = out_dir().join(file.replace('.', "_"));
+    // Linked under a private name and renamed into place, so another test
+    // run sharing the target directory never execs a half-written file
+    // nor has its running program overwritten ("text file busy").
+    let tmp = exe.with_extension(format!("tmp{}", std::process::id()));
     let mut cmd = Command::new(compiler);
     cmd.args(flags)
         .arg("-I")
@@ -128,7 +132,7 @@ fn compile_uncached(compiler: &str, flags: &[&str], file: &str) -> PathBuf {
         .arg(&src)
         .arg(staticlib())
         .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe);
+        .arg(&tmp);
     let out = run_bounded(cmd, Duration::from_secs(120));
     assert!(
         out.status.success(),
@@ -136,6 +140,7 @@ fn compile_uncached(compiler: &str, flags: &[&str], file: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::rename(&tmp, &exe).expect("rename the program into place");
     exe
 }
 
