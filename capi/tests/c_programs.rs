@@ -145,7 +145,7 @@ fn compile_uncached(compiler: &str, flags: &[&str], file: &str) -> PathBuf {
 }
 
 const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"];
-const CXX_FLAGS: &[&str] = &["-std=c++17", "-Wall", "-Wextra", "-Werror"];
+const CXX_FLAGS: &[&str] = &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"];
 
 fn compile_c(file: &str) -> PathBuf {
     compile("cc", C_FLAGS, file)

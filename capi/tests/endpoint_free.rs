@@ -2,7 +2,8 @@
 //! Rust (both endpoints in this process, over a Unix socket pair): it
 //! returns only after a running handler has returned, it does not wait
 //! for the caller's own handler frame, and a responder answered after the
-//! endpoint was freed is harmless.
+//! endpoint was freed is harmless; and `orcwire_endpoint_disconnect`
+//! returns only after the callbacks of the calls it failed have run.
 
 use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -242,6 +243,102 @@ fn free_from_inside_its_own_handler_does_not_wait_for_itself() {
     // SAFETY: `c` is live; transports were given to endpoints.
     unsafe {
         assert_eq!(orcwire_endpoint_free(c), ORCWIRE_STATUS_OK);
+        assert_eq!(orcwire_transport_free(ct), ORCWIRE_STATUS_OK);
+        assert_eq!(orcwire_transport_free(et), ORCWIRE_STATUS_OK);
+    }
+}
+
+static SLOW_DONE_FINISHED: AtomicBool = AtomicBool::new(false);
+
+unsafe extern "C" fn slow_done(
+    _ctx: *mut c_void,
+    status: orcwire_status,
+    _r: orc_rt_WrapperFunctionBuffer,
+) {
+    assert_ne!(status, ORCWIRE_STATUS_OK);
+    std::thread::sleep(Duration::from_millis(100));
+    SLOW_DONE_FINISHED.store(true, Ordering::SeqCst);
+}
+
+unsafe extern "C" fn never_answer(
+    ctx: *mut c_void,
+    mut args: orc_rt_WrapperFunctionBuffer,
+    r: *mut orcwire_responder,
+) {
+    // SAFETY: the handler owns its arguments; the test's context is an
+    // `AtomicPtr` that outlives the endpoint.
+    unsafe {
+        orcwire_capi::buffer::orcwire_buffer_dispose(&mut args);
+        (*ctx.cast::<AtomicPtr<orcwire_responder>>()).store(r, Ordering::SeqCst);
+    }
+}
+
+/// Regression: under load a pending async call had failed, but its
+/// callback had not run yet, when `orcwire_endpoint_disconnect` returned.
+#[test]
+fn disconnect_returns_after_the_callbacks_of_failed_calls_have_run() {
+    let (ct, et) = pair();
+    let held: &'static AtomicPtr<orcwire_responder> =
+        Box::leak(Box::new(AtomicPtr::new(std::ptr::null_mut())));
+    let ctx = held as *const AtomicPtr<orcwire_responder> as usize;
+    let exec_t = std::thread::spawn({
+        let et = et as usize;
+        move || {
+            connect(
+                orcwire_role::ORCWIRE_ROLE_EXECUTOR,
+                et as *mut orcwire_transport,
+                "never",
+                Some(never_answer),
+                ctx as *mut c_void,
+            ) as usize
+        }
+    });
+    let c = connect(
+        orcwire_role::ORCWIRE_ROLE_CONTROLLER,
+        ct,
+        "",
+        None,
+        std::ptr::null_mut(),
+    );
+    let e = exec_t.join().expect("executor connect") as *mut orcwire_endpoint;
+    let name = CString::new("never").expect("name");
+    let mut tag = 0u64;
+    // SAFETY: live handles, valid pointers.
+    unsafe {
+        assert_eq!(
+            orcwire_function_tag(c, name.as_ptr(), &mut tag),
+            ORCWIRE_STATUS_OK
+        );
+        assert_eq!(
+            orcwire_call_async(
+                c,
+                tag,
+                std::ptr::null(),
+                0,
+                Some(slow_done),
+                std::ptr::null_mut()
+            ),
+            ORCWIRE_STATUS_OK
+        );
+    }
+    wait_for("the call to reach the executor", || {
+        !held.load(Ordering::SeqCst).is_null()
+    });
+    // SAFETY: `c` is live.
+    assert_eq!(unsafe { orcwire_endpoint_disconnect(c) }, ORCWIRE_STATUS_OK);
+    assert!(
+        SLOW_DONE_FINISHED.load(Ordering::SeqCst),
+        "orcwire_endpoint_disconnect returned before the failed call's callback ran"
+    );
+    // SAFETY: live handles used by no other thread; the held responder
+    // is consumed once; transports were given to endpoints.
+    unsafe {
+        assert_eq!(orcwire_endpoint_free(c), ORCWIRE_STATUS_OK);
+        assert_eq!(orcwire_endpoint_free(e), ORCWIRE_STATUS_OK);
+        assert_eq!(
+            orcwire_responder_drop(held.load(Ordering::SeqCst)),
+            ORCWIRE_STATUS_OK
+        );
         assert_eq!(orcwire_transport_free(ct), ORCWIRE_STATUS_OK);
         assert_eq!(orcwire_transport_free(et), ORCWIRE_STATUS_OK);
     }
