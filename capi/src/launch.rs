@@ -1,7 +1,7 @@
 //! Getting a shared-memory transport: the controller spawns an executor
 //! (segment inherited) or listens on a path; the executor attaches to the
 //! inherited segment or connects to the path. Wraps
-//! `orcwire_shm::launch`; also the `orcwire_process` handle for a spawned
+//! `orcwire_shm`'s launch API; also the `orcwire_process` handle for a spawned
 //! executor.
 
 use std::ffi::{c_char, c_int, OsStr};
@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orcwire::Transport;
-use orcwire_shm::launch::{
+use orcwire_shm::{
     attach_inherited, attach_path, is_launched_executor, ExecutorCommand, ExecutorProcess,
-    ShmListener,
+    RingCapacity, ShmConfig, ShmListener, WaitStrategy, DEFAULT_ATTACH_TIMEOUT,
 };
-use orcwire_shm::{RingCapacity, ShmConfig, WaitStrategy};
 
 use crate::status::orcwire_status::{self, *};
 use crate::status::{c_str, guard, put, timeout_from_ns, Failure};
@@ -93,7 +92,7 @@ pub struct orcwire_process {
 
 /// Timeout for a handshake, from C nanoseconds (negative: 10 s default).
 fn attach_timeout(ns: i64) -> Duration {
-    timeout_from_ns(ns).unwrap_or(orcwire_shm::launch::DEFAULT_ATTACH_TIMEOUT)
+    timeout_from_ns(ns).unwrap_or(DEFAULT_ATTACH_TIMEOUT)
 }
 
 /// Controller: spawns `argv[0]` with arguments `argv[1..]` (a

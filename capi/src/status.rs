@@ -13,7 +13,7 @@ use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use orcwire::{CallError, TransportError};
-use orcwire_shm::launch::LaunchError;
+use orcwire_shm::LaunchError;
 
 /// What an entry point did. `ORCWIRE_STATUS_OK` is 0; every other value
 /// comes with a message from `orcwire_last_error()`.
