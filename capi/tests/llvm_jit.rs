@@ -5,8 +5,10 @@
 //! `jit_executor` (LLVM's `SimpleRemoteEPCServer` with its bootstrap
 //! services) over orcwire shared memory, compiles an IR module there,
 //! writes data into the executor's memory, runs `main` three times and
-//! ends the session. Both programs are built here with g++ against
-//! LLVM 14 and the static library.
+//! ends the session; and `transport_test` holds `OrcwireShmTransport` to
+//! LLVM's transport contract (disconnect from several threads, exactly
+//! one `handleDisconnect`, a killed executor). The programs are built here
+//! with g++ against LLVM 14 and the static library.
 //!
 //! Under CI (`CI` set) a missing LLVM 14 or g++ is a failure, never a
 //! skip: `.ci/run` installs them.
@@ -21,9 +23,22 @@ use support::{crate_dir, run_bounded, staticlib};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Builds `interop/llvm/<name>.cpp` once per run, or `None` outside CI
-/// when LLVM 14 is not installed.
+/// Builds `interop/llvm/<name>.cpp` once per run (tests share the
+/// result), or `None` outside CI when LLVM 14 is not installed.
 fn build(name: &str) -> Option<PathBuf> {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, exe)) = built.iter().find(|(n, _)| n == name) {
+        return Some(exe.clone());
+    }
+    let exe = build_uncached(name)?;
+    built.push((name.to_owned(), exe.clone()));
+    Some(exe)
+}
+
+fn build_uncached(name: &str) -> Option<PathBuf> {
     if Command::new("llvm-config-14")
         .arg("--version")
         .output()
@@ -105,5 +120,30 @@ fn lljit_runs_ir_in_an_executor_over_orcwire_shared_memory() {
             assert!(text.contains(line), "round {round}: no {line:?} in\n{text}");
         }
         assert!(!text.contains("FAILED"), "round {round}:\n{text}");
+    }
+}
+
+#[test]
+fn the_llvm_transport_keeps_llvms_disconnect_contract() {
+    let (Some(test), Some(executor)) = (build("transport_test"), build("jit_executor")) else {
+        return;
+    };
+    let mut cmd = Command::new(&test);
+    cmd.arg(&executor);
+    let out = run_bounded(cmd, LIMIT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "ok the executor's Setup arrives",
+        "ok disconnect from 4 threads ends within a second",
+        "ok handleDisconnect called exactly once (1)",
+        "ok a killed executor ends the session with an error within a second",
+        "ok handleDisconnect called exactly once after the kill",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
     }
 }
