@@ -9,14 +9,14 @@
 //! Every program runs under a timeout and is reaped; `/dev/shm` is checked
 //! for left-overs at the end of each run.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{crate_dir, out_dir, run_bounded, staticlib};
+use support::{crate_dir, run_bounded, staticlib};
 
 /// Compiles `tests/c/<file>` with `compiler` and `flags`, linked against
 /// the static library, and returns the program's path. Once per file and
@@ -58,6 +58,13 @@ fn compile_uncached(compiler: &str, flags: &[&str], file: &str) -> PathBuf {
     );
     std::fs::rename(&tmp, &exe).expect("rename the program into place");
     exe
+}
+
+/// Where this run puts its compiled programs.
+fn out_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capi-c");
+    std::fs::create_dir_all(&d).expect("create the output directory");
+    d
 }
 
 const C_FLAGS: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"];

@@ -122,7 +122,10 @@ static Expected<std::unique_ptr<SimpleRemoteEPC>> connectOrcwire(const char *Exe
                                                                  bool InPlace = false) {
   const char *Argv[] = {Executor, nullptr};
   orcwire_transport *T = nullptr;
-  orcwire_status S = orcwire_shm_spawn(Argv, nullptr, -1, &T, Process);
+  // The benchmark spins longest before sleeping (lowest latency); the JIT
+  // run takes the defaults.
+  orcwire_shm_config Config = {InPlace ? ORCWIRE_WAIT_LOWEST_LATENCY : ORCWIRE_WAIT_DEFAULT, 0, 0, 0};
+  orcwire_status S = orcwire_shm_spawn(Argv, &Config, -1, &T, Process);
   if (S != ORCWIRE_STATUS_OK)
     return orcwire::statusError("orcwire_shm_spawn", S);
   return SimpleRemoteEPC::Create<orcwire::OrcwireShmTransport>(

@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests that build and run native
-//! programs: the static library, bounded runs, an output directory.
-#![allow(dead_code)] // each test file uses a subset
+//! What the tests that build native programs share: the static library
+//! (built once per run) and running a program under a time limit.
+#![allow(dead_code)] // each test binary uses a part
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -13,7 +13,7 @@ pub fn crate_dir() -> &'static Path {
 }
 
 /// The profile directory this test was built into (`target/debug`).
-pub fn profile_dir() -> PathBuf {
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
     // target/<profile>/deps/<test>
     exe.parent()
@@ -86,11 +86,4 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
         stdout: so.join().expect("stdout reader"),
         stderr: se.join().expect("stderr reader"),
     }
-}
-
-/// Where this run puts its compiled programs.
-pub fn out_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capi-c");
-    std::fs::create_dir_all(&d).expect("create the output directory");
-    d
 }
