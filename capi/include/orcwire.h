@@ -19,8 +19,13 @@
  *    untouched unless stated otherwise.
  *  - Timeouts are in nanoseconds, relative; a negative value means no
  *    limit, 0 means "only what is ready now".
- *  - "Any thread" means any thread, concurrently with other calls on the
- *    same handle, except where stated.
+ *  - Threads: every function may be called from any thread. "Any
+ *    thread" on a handle's function also means concurrently with other
+ *    calls on the same handle; where a function says "one thread at a
+ *    time", concurrent calls on the same handle need the caller's own
+ *    locking (or are refused, where stated). Buffers and builders are
+ *    plain objects: synchronise access to one yourself, as for any C
+ *    struct.
  *  - Context pointers (void *ctx) are never dereferenced by orcwire; the
  *    caller promises they may be used from the orcwire threads that run
  *    handlers and callbacks.
