@@ -384,3 +384,37 @@ fn bench_llvm_measures_both_pairings() {
         );
     }
 }
+
+#[test]
+fn bench_shows_progress_on_a_terminal() {
+    // `script` (util-linux, always on Debian) gives the bench a terminal.
+    let cmd = format!(
+        "{} bench --case-ms 20 --payloads 8 --only floor-spin,pipe",
+        env!("CARGO_BIN_EXE_orcwire")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut out = Vec::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench under script did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "\n");
+    // The bar counts how many of the run's 8 cases are done.
+    assert!(text.contains("0/8 cases"), "no progress bar in:\n{text}");
+    assert!(text.contains("1/8 cases"), "the bar never moved:\n{text}");
+}
