@@ -2,27 +2,12 @@
 //! subcommand, bad usage is refused, `bench` writes its JSON report and its
 //! chart.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn run(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orcwire"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("orcwire {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
+use std::process::Command;
+use std::time::Duration;
+
+use common::{run, run_command};
 
 #[test]
 fn demo_calls_both_ways_and_exits_zero() {
@@ -388,32 +373,18 @@ fn bench_llvm_measures_both_pairings() {
 #[test]
 fn bench_shows_progress_on_a_terminal() {
     // `script` (util-linux, always on Debian) gives the bench a terminal.
-    let cmd = format!(
-        "{} bench --case-ms 20 --payloads 8 --only floor-spin,pipe",
-        env!("CARGO_BIN_EXE_orcwire")
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &cmd, "/dev/null"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("script (util-linux)");
-    let mut out = Vec::new();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
-        out
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench under script did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let text = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "\n");
+    let mut cmd = Command::new("script");
+    cmd.args([
+        "-qfec",
+        &format!(
+            "{} bench --case-ms 20 --payloads 8 --only floor-spin,pipe",
+            env!("CARGO_BIN_EXE_orcwire")
+        ),
+        "/dev/null",
+    ]);
+    let out = run_command(cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{text}");
     // The bar counts how many of the run's 8 cases are done.
     assert!(text.contains("0/8 cases"), "no progress bar in:\n{text}");
     assert!(text.contains("1/8 cases"), "the bar never moved:\n{text}");

@@ -2,36 +2,18 @@
 //! and its refusals: a process without segments, no such process, another
 //! user's process.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::run;
 use orcwire_shm::layout::LAYOUT_VERSION;
 
 const EXE: &str = env!("CARGO_BIN_EXE_orcwire");
-
-/// Runs `orcwire` with `args` to completion, within `limit`.
-fn run(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(EXE)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("orcwire {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// A child that is killed and reaped if the test fails before it exits.
 struct Reaped(Option<Child>);
