@@ -64,6 +64,73 @@ struct Slow {
     responder: AtomicPtr<orcwire_responder>,
 }
 
+/// Connects an executor offering `name` (run by `handler` with `ctx`) on
+/// `et`, from another thread, and a controller on `ct`:
+/// `(controller, executor)`.
+fn connect_pair(
+    ct: *mut orcwire_transport,
+    et: *mut orcwire_transport,
+    name: &'static str,
+    handler: unsafe extern "C" fn(
+        *mut c_void,
+        orc_rt_WrapperFunctionBuffer,
+        *mut orcwire_responder,
+    ),
+    ctx: usize,
+) -> (*mut orcwire_endpoint, *mut orcwire_endpoint) {
+    let exec_t = std::thread::spawn({
+        let et = et as usize;
+        move || {
+            connect(
+                orcwire_role::ORCWIRE_ROLE_EXECUTOR,
+                et as *mut orcwire_transport,
+                name,
+                Some(handler),
+                ctx as *mut c_void,
+            ) as usize
+        }
+    });
+    let c = connect(
+        orcwire_role::ORCWIRE_ROLE_CONTROLLER,
+        ct,
+        "",
+        None,
+        std::ptr::null_mut(),
+    );
+    let e = exec_t.join().expect("executor connect") as *mut orcwire_endpoint;
+    (c, e)
+}
+
+/// Calls the executor's `name` from controller `c`, with no arguments,
+/// completing with `done` (no context).
+fn call_async(
+    c: *mut orcwire_endpoint,
+    name: &str,
+    done: unsafe extern "C" fn(*mut c_void, orcwire_status, orc_rt_WrapperFunctionBuffer),
+) {
+    let name = CString::new(name).expect("name");
+    let mut tag = 0u64;
+    // SAFETY: `c` is a live endpoint; the pointers are valid for the call;
+    // `done` needs no context.
+    unsafe {
+        assert_eq!(
+            orcwire_function_tag(c, name.as_ptr(), &mut tag),
+            ORCWIRE_STATUS_OK
+        );
+        assert_eq!(
+            orcwire_call_async(
+                c,
+                tag,
+                std::ptr::null(),
+                0,
+                Some(done),
+                std::ptr::null_mut()
+            ),
+            ORCWIRE_STATUS_OK
+        );
+    }
+}
+
 unsafe extern "C" fn slow(
     ctx: *mut c_void,
     mut args: orc_rt_WrapperFunctionBuffer,
@@ -100,46 +167,8 @@ fn free_waits_for_a_running_handler_and_late_responders_are_harmless() {
         responder: AtomicPtr::new(std::ptr::null_mut()),
     }));
     let ctx = state as *const Slow as usize;
-    let exec_t = std::thread::spawn({
-        let et = et as usize;
-        move || {
-            connect(
-                orcwire_role::ORCWIRE_ROLE_EXECUTOR,
-                et as *mut orcwire_transport,
-                "slow",
-                Some(slow),
-                ctx as *mut c_void,
-            ) as usize
-        }
-    });
-    let c = connect(
-        orcwire_role::ORCWIRE_ROLE_CONTROLLER,
-        ct,
-        "",
-        None,
-        std::ptr::null_mut(),
-    );
-    let e = exec_t.join().expect("executor connect") as *mut orcwire_endpoint;
-    let name = CString::new("slow").expect("name");
-    let mut tag = 0u64;
-    // SAFETY: live handles, valid pointers; `done` needs no context.
-    unsafe {
-        assert_eq!(
-            orcwire_function_tag(c, name.as_ptr(), &mut tag),
-            ORCWIRE_STATUS_OK
-        );
-        assert_eq!(
-            orcwire_call_async(
-                c,
-                tag,
-                std::ptr::null(),
-                0,
-                Some(done),
-                std::ptr::null_mut()
-            ),
-            ORCWIRE_STATUS_OK
-        );
-    }
+    let (c, e) = connect_pair(ct, et, "slow", slow, ctx);
+    call_async(c, "slow", done);
     wait_for("the handler to start", || {
         state.started.load(Ordering::SeqCst)
     });
@@ -281,46 +310,8 @@ fn disconnect_returns_after_the_callbacks_of_failed_calls_have_run() {
     let held: &'static AtomicPtr<orcwire_responder> =
         Box::leak(Box::new(AtomicPtr::new(std::ptr::null_mut())));
     let ctx = held as *const AtomicPtr<orcwire_responder> as usize;
-    let exec_t = std::thread::spawn({
-        let et = et as usize;
-        move || {
-            connect(
-                orcwire_role::ORCWIRE_ROLE_EXECUTOR,
-                et as *mut orcwire_transport,
-                "never",
-                Some(never_answer),
-                ctx as *mut c_void,
-            ) as usize
-        }
-    });
-    let c = connect(
-        orcwire_role::ORCWIRE_ROLE_CONTROLLER,
-        ct,
-        "",
-        None,
-        std::ptr::null_mut(),
-    );
-    let e = exec_t.join().expect("executor connect") as *mut orcwire_endpoint;
-    let name = CString::new("never").expect("name");
-    let mut tag = 0u64;
-    // SAFETY: live handles, valid pointers.
-    unsafe {
-        assert_eq!(
-            orcwire_function_tag(c, name.as_ptr(), &mut tag),
-            ORCWIRE_STATUS_OK
-        );
-        assert_eq!(
-            orcwire_call_async(
-                c,
-                tag,
-                std::ptr::null(),
-                0,
-                Some(slow_done),
-                std::ptr::null_mut()
-            ),
-            ORCWIRE_STATUS_OK
-        );
-    }
+    let (c, e) = connect_pair(ct, et, "never", never_answer, ctx);
+    call_async(c, "never", slow_done);
     wait_for("the call to reach the executor", || {
         !held.load(Ordering::SeqCst).is_null()
     });
