@@ -87,7 +87,9 @@ pub mod transport;
 use orcwire_sync as sync;
 
 pub use access::{attach_executor, AttachError};
-pub use buffer::{AllocError, WrapperFunctionBuffer};
+pub use buffer::{
+    AllocError, CWrapperFunctionBuffer, CWrapperFunctionBufferData, WrapperFunctionBuffer,
+};
 pub use dispatch::{
     is_dispatcher_thread, DispatchError, InlineTaskDispatcher, Task, TaskDispatcher,
     ThreadPoolTaskDispatcher,
