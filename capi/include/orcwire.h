@@ -270,6 +270,15 @@ int orcwire_transport_peer_died(const orcwire_transport *transport);
  *  is returned. */
 orcwire_status orcwire_transport_free(orcwire_transport *transport);
 
+/** A connection over a byte stream (pipes, a Unix socket, TCP) in LLVM's
+ *  FDSimpleRemoteEPCTransport framing, so the peer may be one of LLVM's
+ *  own programs. Takes ownership of read_fd and write_fd in every case
+ *  (they are closed on failure); they may be the same descriptor (a
+ *  socket). max_message_size 0 means 1 GiB. The caller owns *out. Any
+ *  thread. */
+orcwire_status orcwire_stream_from_fds(int read_fd, int write_fd, uint64_t max_message_size,
+                                       orcwire_transport **out);
+
 /* ------------------------------------------------------------------ */
 /* The endpoint level (orc-rt's ControllerAccess)                      */
 /* ------------------------------------------------------------------ */
@@ -308,6 +317,20 @@ orcwire_status orcwire_builder_add_function(orcwire_builder *builder, const char
 /** Executor only: declares a controller handler this executor will call;
  *  ORCWIRE_STATUS_INVALID_STATE on a controller builder. */
 orcwire_status orcwire_builder_declare_controller_handler(orcwire_builder *builder, const char *name);
+
+/** What an executor speaks to its controller. A controller learns the
+ *  executor's from its Setup message. */
+typedef enum orcwire_dialect {
+  ORCWIRE_DIALECT_ORCWIRE = 0, /* two orcwire endpoints (the default) */
+  ORCWIRE_DIALECT_LLVM14 = 1,  /* LLVM 14's SimpleRemoteEPC as the controller */
+  ORCWIRE_DIALECT_LLVM15 = 2   /* LLVM 15 or later as the controller */
+} orcwire_dialect;
+/** Executor builders only (ORCWIRE_STATUS_INVALID_STATE otherwise): speak
+ *  `dialect` (an orcwire_dialect). With an LLVM dialect no controller
+ *  handler may be declared (connect fails), error results reach LLVM as
+ *  empty results, and LLVM's bootstrap services are published as
+ *  placeholders answering errors. One thread at a time per builder. */
+orcwire_status orcwire_builder_set_dialect(orcwire_builder *builder, uint32_t dialect);
 /** Connects on `transport`: an executor sends its Setup, a controller
  *  waits (5 s) for the executor's. Consumes `builder` in every case. The
  *  transport then belongs to the endpoint (raw send/recv are refused;

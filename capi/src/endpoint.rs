@@ -14,6 +14,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use orcwire::sps::Dialect;
 use orcwire::{
     ControllerBuilder, Endpoint, ExecutorBuilder, HandlerTag, Responder, WrapperFunctionBuffer,
 };
@@ -121,6 +122,56 @@ pub struct orcwire_builder {
     role: orcwire_role,
     functions: Vec<(String, HandlerFn, CtxPtr)>,
     declared: Vec<String>,
+    dialect: Dialect,
+}
+
+/// What an executor speaks (`orcwire_builder_set_dialect`); a controller
+/// learns the executor's from its `Setup`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum orcwire_dialect {
+    /// Two orcwire endpoints (the default).
+    ORCWIRE_DIALECT_ORCWIRE = 0,
+    /// LLVM 14's `SimpleRemoteEPC` as the controller.
+    ORCWIRE_DIALECT_LLVM14 = 1,
+    /// LLVM 15 or later as the controller.
+    ORCWIRE_DIALECT_LLVM15 = 2,
+}
+
+/// Executor only: speak `dialect` (an `orcwire_dialect`) to the
+/// controller, for example LLVM's own `SimpleRemoteEPC`. Controller
+/// handlers cannot be declared then. Default `ORCWIRE_DIALECT_ORCWIRE`.
+///
+/// # Safety
+/// `b` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn orcwire_builder_set_dialect(
+    b: *mut orcwire_builder,
+    dialect: u32,
+) -> orcwire_status {
+    guard(|| {
+        // SAFETY: by the caller's contract.
+        let b = unsafe { builder(b) }?;
+        if b.role != orcwire_role::ORCWIRE_ROLE_EXECUTOR {
+            return Err(Failure::new(
+                ORCWIRE_STATUS_INVALID_STATE,
+                "only an executor chooses a dialect; a controller learns it from the executor's Setup",
+            ));
+        }
+        b.dialect = match dialect {
+            0 => Dialect::Orcwire,
+            1 => Dialect::Llvm14,
+            2 => Dialect::Llvm15,
+            other => {
+                return Err(Failure::new(
+                    ORCWIRE_STATUS_INVALID_ARGUMENT,
+                    format!("unknown dialect {other}; use an orcwire_dialect"),
+                ))
+            }
+        };
+        Ok(())
+    })
 }
 
 /// A connected endpoint. Opaque to C.
@@ -160,6 +211,7 @@ pub unsafe extern "C" fn orcwire_builder_new(
             role,
             functions: Vec::new(),
             declared: Vec::new(),
+            dialect: Dialect::Orcwire,
         };
         // SAFETY: checked non-null, writable by contract.
         unsafe { put(out, Box::into_raw(Box::new(b))) };
@@ -258,7 +310,7 @@ pub unsafe extern "C" fn orcwire_builder_connect(
         let running = Arc::new(Running::default());
         let connected = match b.role {
             orcwire_role::ORCWIRE_ROLE_EXECUTOR => {
-                let mut eb = ExecutorBuilder::new();
+                let mut eb = ExecutorBuilder::new().dialect(b.dialect);
                 for (name, f, ctx) in &b.functions {
                     eb = eb.function(name, c_handler(*f, *ctx, Arc::clone(&running)));
                 }

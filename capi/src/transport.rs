@@ -283,3 +283,62 @@ pub unsafe extern "C" fn orcwire_transport_free(t: *mut orcwire_transport) -> or
         Ok(())
     })
 }
+
+/// A connection over a byte stream: pipes, a Unix socket or TCP, in
+/// LLVM's `FDSimpleRemoteEPCTransport` framing (so the peer may be one of
+/// LLVM's programs, or a process started with `llvm-jitlink-executor
+/// filedescs=...` style descriptors). Takes ownership of `read_fd` and
+/// `write_fd` in every case (they are closed on failure); they may be the
+/// same descriptor (a socket). `max_message_size` 0 means 1 GiB.
+///
+/// # Safety
+/// The descriptors are open and owned by the caller, who gives them up;
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn orcwire_stream_from_fds(
+    read_fd: c_int,
+    write_fd: c_int,
+    max_message_size: u64,
+    out: *mut *mut orcwire_transport,
+) -> orcwire_status {
+    guard(|| {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        if read_fd < 0 || write_fd < 0 {
+            return Err(Failure::new(
+                ORCWIRE_STATUS_INVALID_ARGUMENT,
+                format!("descriptors {read_fd} and {write_fd} are not both open descriptors"),
+            ));
+        }
+        // SAFETY: open and handed over by the caller's contract; owned
+        // from here on, so closed on every path below.
+        let read = unsafe { OwnedFd::from_raw_fd(read_fd) };
+        let write = if write_fd == read_fd {
+            // One socket both ways: a second descriptor for the write side,
+            // so that each end closes its own.
+            read.try_clone().map_err(|e| {
+                Failure::new(
+                    ORCWIRE_STATUS_IO,
+                    format!("dup of descriptor {read_fd}: {e}"),
+                )
+            })?
+        } else {
+            // SAFETY: as above.
+            unsafe { OwnedFd::from_raw_fd(write_fd) }
+        };
+        if out.is_null() {
+            return Err(Failure::null("out"));
+        }
+        let config = orcwire::StreamConfig {
+            max_message_size: if max_message_size == 0 {
+                orcwire::stream::DEFAULT_MAX_MESSAGE_SIZE
+            } else {
+                max_message_size
+            },
+        };
+        let transport: Arc<dyn Transport> = orcwire::StreamTransport::from_fds(read, write, config)
+            .map_err(|e| Failure::new(ORCWIRE_STATUS_INVALID_ARGUMENT, e.to_string()))?;
+        // SAFETY: checked non-null, writable by contract.
+        unsafe { put(out, orcwire_transport::boxed(transport)) };
+        Ok(())
+    })
+}

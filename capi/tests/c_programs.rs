@@ -166,6 +166,12 @@ fn listen_and_attach_by_path() {
 }
 
 #[test]
+fn stream_transport_and_llvm_dialect_from_c() {
+    let exe = compile_c("stream.c");
+    assert!(run(&exe, &[]).contains("stream: ok"));
+}
+
+#[test]
 fn readme_example_compiles_and_runs() {
     let exe = compile_c("readme_example.c");
     assert_eq!(run(&exe, &[]), "echo answered hi\n");
