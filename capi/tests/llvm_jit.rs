@@ -147,3 +147,57 @@ fn the_llvm_transport_keeps_llvms_disconnect_contract() {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
 }
+
+/// An orcwire controller in Rust driving LLVM's own executor
+/// (`jit_executor`: `SimpleRemoteEPCServer` over `OrcwireShmTransport`)
+/// over shared memory: the Setup is read as LLVM 14's, wrapper tags are
+/// LLVM's function addresses, and results come back in LLVM's dialect.
+#[test]
+fn an_orcwire_controller_drives_llvms_server_over_shared_memory() {
+    use orcwire::sps::{Dialect, SpsReader, SpsWriter};
+    use orcwire::{ControllerBuilder, HandlerTag};
+    use orcwire_shm::ExecutorCommand;
+    let Some(executor) = build("jit_executor") else {
+        return;
+    };
+    for round in 0..3 {
+        let spawned = ExecutorCommand::new(Command::new(&executor))
+            .spawn()
+            .unwrap_or_else(|e| panic!("round {round}: spawn: {e}"));
+        let c = ControllerBuilder::new()
+            .connect(spawned.transport.clone())
+            .unwrap();
+        assert_eq!(c.dialect(), Dialect::Llvm14, "round {round}");
+        // `orcwire_echo` is not named like a wrapper, so it has no
+        // function tag; its address, read as a symbol, is the tag.
+        assert!(c.function_tag("orcwire_echo").is_none());
+        let echo = HandlerTag::new(c.bootstrap_symbol("orcwire_echo").unwrap());
+        for len in [0usize, 1, 64, 4096, 1 << 20] {
+            let arg: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+            let got = c.call_sync_timeout(echo, &arg, LIMIT).unwrap();
+            assert_eq!(got.as_slice(), &arg[..], "round {round}: {len} B");
+        }
+        // LLVM's memory manager through its SPS wrappers.
+        let instance = c
+            .bootstrap_symbol("__llvm_orc_SimpleExecutorMemoryManager_Instance")
+            .unwrap();
+        let reserve = c
+            .function_tag("__llvm_orc_SimpleExecutorMemoryManager_reserve_wrapper")
+            .unwrap();
+        let mut w = SpsWriter::new();
+        w.u64(instance).u64(4096);
+        let out = c
+            .call_sync_timeout(reserve, &w.into_inner(), LIMIT)
+            .unwrap();
+        let mut r = SpsReader::new(out.as_slice());
+        assert!(r.bool().unwrap(), "round {round}: reserve failed");
+        assert_ne!(r.u64().unwrap(), 0);
+        c.disconnect();
+        let status = spawned
+            .process
+            .wait_timeout(LIMIT)
+            .unwrap()
+            .expect("jit_executor did not exit");
+        assert!(status.success(), "round {round}: {status}");
+    }
+}
