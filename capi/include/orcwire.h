@@ -278,6 +278,12 @@ orcwire_status orcwire_transport_free(orcwire_transport *transport);
  *  thread. */
 orcwire_status orcwire_stream_from_fds(int read_fd, int write_fd, uint64_t max_message_size,
                                        orcwire_transport **out);
+/** A stream transport only (ORCWIRE_STATUS_INVALID_STATE otherwise):
+ *  watch the peer process `pid`, a child this process started, so that an
+ *  end of stream without a Hangup is reported as ORCWIRE_STATUS_PEER_DIED
+ *  when the process was killed, and as a hang-up when it exited normally.
+ *  Any thread. */
+orcwire_status orcwire_stream_watch_process(orcwire_transport *transport, uint32_t pid);
 
 /* ------------------------------------------------------------------ */
 /* The endpoint level (orc-rt's ControllerAccess)                      */

@@ -24,6 +24,9 @@ use crate::status::{c_bytes, guard, put, timeout_from_ns, Failure};
 /// A connection at the message level. Opaque to C.
 pub struct orcwire_transport {
     transport: Arc<dyn Transport>,
+    /// The same transport when it is a stream (`orcwire_stream_from_fds`),
+    /// for what only a stream does (`orcwire_stream_watch_process`).
+    stream: Option<Arc<orcwire::StreamTransport>>,
     /// `orcwire_transport_close` was called on this handle.
     closed: AtomicBool,
     /// An endpoint owns the message traffic now.
@@ -36,8 +39,17 @@ pub struct orcwire_transport {
 impl orcwire_transport {
     /// Boxes a handle around `transport`.
     pub fn boxed(transport: Arc<dyn Transport>) -> *mut Self {
+        Self::boxed_with(transport, None)
+    }
+
+    /// Boxes a handle around `transport`, a stream when `stream` is set.
+    fn boxed_with(
+        transport: Arc<dyn Transport>,
+        stream: Option<Arc<orcwire::StreamTransport>>,
+    ) -> *mut Self {
         Box::into_raw(Box::new(Self {
             transport,
+            stream,
             closed: AtomicBool::new(false),
             in_use: AtomicBool::new(false),
             receiving: AtomicBool::new(false),
@@ -335,10 +347,39 @@ pub unsafe extern "C" fn orcwire_stream_from_fds(
                 max_message_size
             },
         };
-        let transport: Arc<dyn Transport> = orcwire::StreamTransport::from_fds(read, write, config)
+        let stream = orcwire::StreamTransport::from_fds(read, write, config)
             .map_err(|e| Failure::new(ORCWIRE_STATUS_INVALID_ARGUMENT, e.to_string()))?;
+        let transport: Arc<dyn Transport> = Arc::clone(&stream) as Arc<dyn Transport>;
         // SAFETY: checked non-null, writable by contract.
-        unsafe { put(out, orcwire_transport::boxed(transport)) };
+        unsafe { put(out, orcwire_transport::boxed_with(transport, Some(stream))) };
         Ok(())
+    })
+}
+
+/// A stream transport only: watch the peer process `pid` (a child this
+/// process started, say `llvm-jitlink-executor`), so that when the stream
+/// ends without a `Hangup` a kill is reported as the peer's death
+/// (`ORCWIRE_STATUS_PEER_DIED`; pending endpoint calls fail that way) and
+/// a normal exit as a hang-up. Any thread.
+///
+/// # Safety
+/// `t` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn orcwire_stream_watch_process(
+    t: *mut orcwire_transport,
+    pid: u32,
+) -> orcwire_status {
+    guard(|| {
+        // SAFETY: by the caller's contract.
+        let t = unsafe { handle(t) }?;
+        let Some(stream) = &t.stream else {
+            return Err(Failure::new(
+                ORCWIRE_STATUS_INVALID_STATE,
+                "only a stream transport (orcwire_stream_from_fds) watches a process; shared memory has its own liveness channel",
+            ));
+        };
+        stream
+            .watch_process(pid)
+            .map_err(|e| Failure::new(ORCWIRE_STATUS_INVALID_ARGUMENT, e.to_string()))
     })
 }

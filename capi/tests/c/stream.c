@@ -1,12 +1,15 @@
-/* The stream transport from C, in one process: a socket pair (one
- * descriptor each way, the same one for reading and writing) and a pipe
- * pair (two descriptors each way). Raw messages both ways; then an
- * executor speaking LLVM 14's dialect and a controller on a second
- * socket pair, and a call between them. Also the dialect's refusals. */
+/* The stream transport from C: a socket pair (one descriptor each way,
+ * the same one for reading and writing) and a pipe pair (two descriptors
+ * each way), raw messages both ways; a watched child process killed (its
+ * death) or exiting (its hang-up); then an executor speaking LLVM 14's
+ * dialect and a controller on a second socket pair, and a call between
+ * them. Also the dialect's refusals. */
 #include "common.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void echo(void *ctx, orc_rt_WrapperFunctionBuffer args, orcwire_responder *r) {
@@ -50,7 +53,41 @@ static void *executor(void *arg) {
   return NULL;
 }
 
+/* A child holding the other end of a socket pair ends by `kill -9`
+ * (`killed`) or by exiting 0: with the process watched, the first is the
+ * peer's death, the second its hang-up. */
+static void watched_child(int killed) {
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    close(sv[0]);
+    if (killed)
+      sleep(30); /* until killed */
+    _exit(0);
+  }
+  close(sv[1]);
+  orcwire_transport *t;
+  CHECK_OK(orcwire_stream_from_fds(sv[0], sv[0], 0, &t));
+  CHECK_OK(orcwire_stream_watch_process(t, (uint32_t)pid));
+  if (killed)
+    CHECK(kill(pid, SIGKILL) == 0);
+  orcwire_message m;
+  CHECK_STATUS(orcwire_transport_recv(t, 5 * SEC, &m),
+               killed ? ORCWIRE_STATUS_PEER_DIED : ORCWIRE_STATUS_PEER_HUNG_UP);
+  CHECK(orcwire_transport_peer_died(t) == killed);
+  int st;
+  CHECK(waitpid(pid, &st, 0) == pid);
+  CHECK_OK(orcwire_transport_close(t));
+  CHECK_OK(orcwire_transport_free(t));
+}
+
 int main(void) {
+  watched_child(1);
+  watched_child(0);
+  CHECK_STATUS(orcwire_stream_watch_process(NULL, 1), ORCWIRE_STATUS_NULL_ARGUMENT);
+
   int sv[2];
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   orcwire_transport *a, *b;
