@@ -77,6 +77,7 @@ internal! {
     waker;
 }
 pub mod endpoint;
+pub mod handles;
 pub mod session;
 pub mod sps;
 #[cfg(not(orcwire_loom))]
@@ -97,6 +98,7 @@ pub use endpoint::{
     Role,
 };
 pub use handler::{HandlerTag, Responder};
+pub use handles::{HandleError, HandleId, RemoteHandle};
 pub use message::{Message, Opcode, UnknownOpcode};
 pub use pending::{CallError, CallResult, PendingCall};
 pub use session::{ControllerAccess, Service, Session, SessionError};

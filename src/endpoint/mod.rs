@@ -138,11 +138,11 @@ impl Drop for Owner {
 /// [`disconnect`](Self::disconnect)).
 #[derive(Clone)]
 pub struct Endpoint {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     role: Role,
     /// Shared by every call's handle (one allocation per endpoint, not
     /// per call).
-    driver: Arc<dyn CallHost>,
+    pub(crate) driver: Arc<dyn CallHost>,
     _owner: Arc<Owner>,
 }
 
@@ -175,6 +175,10 @@ impl Endpoint {
                 _owner: owner,
             })
         }));
+        // Release point: at disconnect, every export goes and every
+        // handle dies (see `crate::handles`).
+        let handles = Arc::clone(&inner.handles);
+        inner.add_disconnect_callback(Box::new(move |_| handles.disconnected()));
         if let Err(e) = inner.start() {
             *inner.user_handle.lock() = None;
             // Nobody else can hold it yet: the reader never ran.
@@ -252,7 +256,11 @@ impl Endpoint {
     /// [`CallError::Disconnected`] / [`CallError::PeerDied`] once the
     /// connection is closing or closed; [`CallError::Send`] if the
     /// transport refuses the message (for example, too large).
+    ///
+    /// Releases of dropped [`RemoteHandle`](crate::handles::RemoteHandle)s
+    /// go out first ([release points](crate::handles#when-releases-are-sent)).
     pub fn call(&self, tag: HandlerTag, args: &[u8]) -> Result<PendingCall, CallError> {
+        self.send_releases();
         let seq = self.inner.call(tag.get(), args, None)?;
         Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
     }
@@ -270,6 +278,7 @@ impl Endpoint {
         args: &[u8],
         deadline: Instant,
     ) -> Result<PendingCall, CallError> {
+        self.send_releases();
         let seq = self.inner.call(tag.get(), args, Some(deadline))?;
         Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
     }
@@ -330,8 +339,11 @@ impl Endpoint {
     /// a handler; every caller returns only when no further call can be
     /// made or accepted on this side, the peer has been told, and every
     /// pending call has completed (with an error if no result came). See
-    /// [the disconnect steps](crate::endpoint#disconnect).
+    /// [the disconnect steps](crate::endpoint#disconnect). Releases of
+    /// dropped remote handles are sent first, then every export is
+    /// released and every handle dies ([`crate::handles`]).
     pub fn disconnect(&self) {
+        self.send_releases();
         self.inner.disconnect(DisconnectReason::Local);
     }
 
