@@ -428,3 +428,37 @@ fn ten_thousand_handles_from_four_threads_are_all_released_once() {
     c.disconnect();
     assert_eq!(releases.total(), TOTAL);
 }
+
+/// The README's "Handles" example is the `orcwire::handles` module's doc
+/// test, so that it is compiled and run.
+#[test]
+fn the_readme_example_is_the_module_doc_test() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let module = std::fs::read_to_string(format!("{root}/src/handles/mod.rs")).unwrap();
+    let section = readme
+        .split("## Handles\n")
+        .nth(1)
+        .expect("README has a Handles section");
+    let in_readme = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|s| s.split("```\n").next())
+        .expect("the Handles section has a rust block");
+    let example = module.split("//! # Example\n//! ```\n").nth(1).unwrap();
+    let in_module: String = example
+        .split("//! ```\n")
+        .next()
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.strip_prefix("//! ")
+                .unwrap_or(l.trim_start_matches("//!"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        in_readme, in_module,
+        "README.md's Handles example differs from src/handles/mod.rs's; copy it over"
+    );
+}
