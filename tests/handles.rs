@@ -56,7 +56,7 @@ fn read_ids(bytes: &[u8]) -> Vec<HandleId> {
 
 fn respond(responder: orcwire::Responder, r: Result<WrapperFunctionBuffer, HandleError>) {
     responder
-        .respond(r.unwrap_or_else(|e| WrapperFunctionBuffer::out_of_band_error(&e.to_string())));
+        .respond(r.unwrap_or_else(|e| WrapperFunctionBuffer::out_of_band_error(e.to_string())));
 }
 
 /// An executor whose functions lend values:

@@ -47,8 +47,8 @@
 //! [`CAPABILITY_KEY`]. A release naming an id that is not held, a count
 //! of 0, or more copies than were sent is refused with an error result
 //! and nothing of its batch is applied. Against LLVM's programs
-//! ([`Dialect::Llvm14`](crate::sps::Dialect::Llvm14),
-//! [`Dialect::Llvm15`](crate::sps::Dialect::Llvm15)) there are no handles:
+//! ([`Dialect::Llvm14`],
+//! [`Dialect::Llvm15`]) there are no handles:
 //! exporting and importing give [`HandleError::Unsupported`].
 //!
 //! # Example
@@ -74,7 +74,7 @@
 //!                 .map(|s| s.len() as u64);
 //!             responder.respond(match len {
 //!                 Ok(n) => WrapperFunctionBuffer::from_vec(n.to_le_bytes().to_vec()),
-//!                 Err(e) => WrapperFunctionBuffer::out_of_band_error(&e.to_string()),
+//!                 Err(e) => WrapperFunctionBuffer::out_of_band_error(e.to_string()),
 //!             });
 //!         })
 //!         .connect(e_side)
@@ -339,7 +339,7 @@ impl Handles {
             let outcome = decode_batch(args.as_slice()).and_then(|b| tables.release(&b));
             responder.respond(match outcome {
                 Ok(_) => WrapperFunctionBuffer::new(),
-                Err(e) => WrapperFunctionBuffer::out_of_band_error(&e.to_string()),
+                Err(e) => WrapperFunctionBuffer::out_of_band_error(e.to_string()),
             });
         })
     }
