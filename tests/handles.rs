@@ -462,3 +462,19 @@ fn the_readme_example_is_the_module_doc_test() {
         "README.md's Handles example differs from src/handles/mod.rs's; copy it over"
     );
 }
+
+#[test]
+fn releases_beyond_one_call_are_split_and_all_applied() {
+    let releases = Arc::new(Releases::default());
+    let (c, e) = pair(&releases, false);
+    let handles: Vec<_> = make(&c, 10_000)
+        .into_iter()
+        .map(|id| c.import(id).unwrap())
+        .collect();
+    assert_eq!(e.handle_counts().exports, 10_000);
+    drop(handles);
+    c.flush_releases().unwrap();
+    assert_eq!(e.handle_counts().exports, 0);
+    assert!(releases.all_once(10_000));
+    c.disconnect();
+}

@@ -260,7 +260,7 @@ impl Endpoint {
     /// Releases of dropped [`RemoteHandle`](crate::handles::RemoteHandle)s
     /// go out first ([release points](crate::handles#when-releases-are-sent)).
     pub fn call(&self, tag: HandlerTag, args: &[u8]) -> Result<PendingCall, CallError> {
-        self.send_releases();
+        self.send_releases(None);
         let seq = self.inner.call(tag.get(), args, None)?;
         Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
     }
@@ -278,7 +278,7 @@ impl Endpoint {
         args: &[u8],
         deadline: Instant,
     ) -> Result<PendingCall, CallError> {
-        self.send_releases();
+        self.send_releases(Some(deadline));
         let seq = self.inner.call(tag.get(), args, Some(deadline))?;
         Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
     }
@@ -343,7 +343,8 @@ impl Endpoint {
     /// dropped remote handles are sent first, then every export is
     /// released and every handle dies ([`crate::handles`]).
     pub fn disconnect(&self) {
-        self.send_releases();
+        let deadline = Instant::now() + self.inner.config.hangup_timeout;
+        self.send_releases(Some(deadline));
         self.inner.disconnect(DisconnectReason::Local);
     }
 

@@ -35,7 +35,10 @@
 //! # Disconnect
 //! When the connection ends (either side's disconnect, or the peer's
 //! death), the exporter drops every export, running release actions once
-//! each in increasing id order, which is the order of export; and every
+//! each in increasing id order, which is the order of export, on the
+//! thread that completes the disconnect (after pending calls have
+//! failed, before the [`on_disconnect`](Endpoint::on_disconnect)
+//! callbacks registered by the application); and every
 //! [`RemoteHandle`] becomes dead: [`RemoteHandle::id`] gives
 //! [`HandleError::Disconnected`], and dropping it sends nothing.
 //!
@@ -99,6 +102,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::time::Instant;
 
 use crate::buffer::WrapperFunctionBuffer;
 use crate::endpoint::{Endpoint, Role};
@@ -123,8 +127,10 @@ pub const RELEASE_FUNCTION: &str = "orcwire.release";
 pub const CAPABILITY_KEY: &str = "orcwire.handles";
 /// The version of the release protocol.
 pub const HANDLES_VERSION: u32 = 1;
-/// Most `(id, count)` pairs a release batch may carry.
+/// Most `(id, count)` pairs a received release batch may carry.
 const MAX_BATCH: usize = 1 << 20;
+/// Pairs per release call sent (16 bytes each: a 64 KiB message).
+const BATCH: usize = 4096;
 
 /// An exported value's id as it travels: a `u64`, never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -508,24 +514,16 @@ impl Endpoint {
     /// [`HandleError::PeerLacksHandles`].
     pub fn flush_releases(&self) -> Result<(), HandleError> {
         let tag = self.release_tag()?;
-        let waits = {
+        let (calls, mut first_err) = {
             let mut in_flight = self.handles().in_flight.lock();
-            let batch = self.handles().tables.take_pending();
-            if !batch.is_empty() {
-                let call = self
-                    .inner
-                    .call(tag.get(), &encode_batch(&batch), None)
-                    .map_err(HandleError::Call)?;
-                in_flight
-                    .calls
-                    .push(PendingCall::new(call, Arc::clone(&self.driver)));
+            if let Err(e) = self.send_batches(tag, &mut in_flight, None) {
+                in_flight.failed.get_or_insert(HandleError::Call(e));
             }
             (
                 std::mem::take(&mut in_flight.calls),
                 in_flight.failed.take(),
             )
         };
-        let (calls, mut first_err) = waits;
         for call in calls {
             if let Err(e) = outcome(call) {
                 first_err.get_or_insert(e);
@@ -534,9 +532,11 @@ impl Endpoint {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Release point 1 (and 3): sends the recorded releases, if any,
-    /// without waiting; the call is kept for a later flush to wait on.
-    pub(crate) fn send_releases(&self) {
+    /// Release points 1 and 3: sends the recorded releases, if any,
+    /// without waiting for the answers (a later flush waits for them). A
+    /// send that finds the transport full until `deadline` puts its pairs
+    /// back for the next release point.
+    pub(crate) fn send_releases(&self, deadline: Option<Instant>) {
         if !self.handles().tables.has_pending() {
             return;
         }
@@ -556,17 +556,34 @@ impl Endpoint {
                 }
             }
         }
-        let batch = self.handles().tables.take_pending();
-        if batch.is_empty() {
-            return;
+        // A closed connection needs no releases (the peer releases
+        // everything); a timed-out send was put back.
+        let _ = self.send_batches(tag, &mut in_flight, deadline);
+    }
+
+    /// Takes the recorded releases and sends them, [`BATCH`] pairs per
+    /// call, keeping the calls in `in_flight` (whose lock the caller holds,
+    /// so that batches leave in the order they were taken). Pairs not sent
+    /// because of a full transport or a send error go back to the table.
+    fn send_batches(
+        &self,
+        tag: HandlerTag,
+        in_flight: &mut InFlight,
+        deadline: Option<Instant>,
+    ) -> Result<(), CallError> {
+        let pairs = self.handles().tables.take_pending();
+        for (i, chunk) in pairs.chunks(BATCH).enumerate() {
+            match self.inner.call(tag.get(), &encode_batch(chunk), deadline) {
+                Ok(seq) => in_flight
+                    .calls
+                    .push(PendingCall::new(seq, Arc::clone(&self.driver))),
+                Err(e) => {
+                    self.handles().tables.requeue(&pairs[i * BATCH..]);
+                    return Err(e);
+                }
+            }
         }
-        // A failure means the connection is ending: the peer then releases
-        // everything itself.
-        if let Ok(seq) = self.inner.call(tag.get(), &encode_batch(&batch), None) {
-            in_flight
-                .calls
-                .push(PendingCall::new(seq, Arc::clone(&self.driver)));
-        }
+        Ok(())
     }
 
     /// How many values this side holds for the peer, and how many of the

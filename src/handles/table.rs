@@ -337,6 +337,17 @@ impl HandleTables {
         std::mem::take(&mut im.pending)
     }
 
+    /// Puts back releases that could not be sent (unless the connection
+    /// ended meanwhile: then nothing is owed).
+    pub fn requeue(&self, pairs: &[(u64, u64)]) {
+        let mut im = self.imports.lock();
+        if im.dead || pairs.is_empty() {
+            return;
+        }
+        im.pending.extend_from_slice(pairs);
+        self.has_pending.store(true, Ordering::Relaxed);
+    }
+
     /// Ids of the peer's with a live handle here.
     pub fn imports_len(&self) -> usize {
         self.imports.lock().entries.len()
