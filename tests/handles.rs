@@ -291,6 +291,8 @@ fn disconnect_releases_every_export_in_order_and_kills_every_handle() {
             c.disconnect();
         } else {
             e.disconnect();
+            // The exporter's own disconnect: released when it returns.
+            assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
         }
         wait_until("both sides disconnected", || {
             c.is_disconnected() && e.is_disconnected()

@@ -83,8 +83,9 @@
 //!    `Hangup`, end of stream, or death.
 //! 5. Close the transport; fail every pending call with `Disconnected`, or
 //!    `PeerDied` if the peer is known dead.
-//! 6. Mark the connection disconnected, stop the workers, run the
-//!    disconnect callbacks.
+//! 6. Stop the workers; release every remote-handle export and kill every
+//!    imported handle ([`crate::handles`]); mark the connection
+//!    disconnected; run the disconnect callbacks.
 //!
 //! When `disconnect()` returns no handler of the endpoint starts any more;
 //! handlers already running may finish, and their results are discarded.
@@ -175,10 +176,6 @@ impl Endpoint {
                 _owner: owner,
             })
         }));
-        // Release point: at disconnect, every export goes and every
-        // handle dies (see `crate::handles`).
-        let handles = Arc::clone(&inner.handles);
-        inner.add_disconnect_callback(Box::new(move |_| handles.disconnected()));
         if let Err(e) = inner.start() {
             *inner.user_handle.lock() = None;
             // Nobody else can hold it yet: the reader never ran.

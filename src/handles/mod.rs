@@ -36,9 +36,10 @@
 //! When the connection ends (either side's disconnect, or the peer's
 //! death), the exporter drops every export, running release actions once
 //! each in increasing id order, which is the order of export, on the
-//! thread that completes the disconnect (after pending calls have
-//! failed, before the [`on_disconnect`](Endpoint::on_disconnect)
-//! callbacks registered by the application); and every
+//! thread that carries out the disconnect, after pending calls have
+//! failed and before the connection counts as disconnected
+//! ([`Endpoint::is_disconnected`], the return of [`Endpoint::disconnect`],
+//! the [`on_disconnect`](Endpoint::on_disconnect) callbacks); and every
 //! [`RemoteHandle`] becomes dead: [`RemoteHandle::id`] gives
 //! [`HandleError::Disconnected`], and dropping it sends nothing.
 //!
