@@ -125,3 +125,11 @@ fn release_batches_round_trip_and_garbage_is_malformed() {
         Err(HandleError::Malformed(_))
     ));
 }
+
+#[test]
+fn handles_and_errors_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<RemoteHandle>();
+    send_sync::<HandleError>();
+    send_sync::<HandleTables>();
+}
