@@ -14,8 +14,7 @@ use common::{connect_pair, join_bounded, run_bounded, shm_pair};
 use orcwire::handles::{HandleError, HandleId, RELEASE_FUNCTION};
 use orcwire::sps::{Dialect, SpsReader, SpsWriter};
 use orcwire::{
-    ControllerBuilder, Endpoint, EndpointConfig, ExecutorBuilder, InlineTaskDispatcher,
-    WrapperFunctionBuffer,
+    ControllerBuilder, Endpoint, EndpointConfig, ExecutorBuilder, WrapperFunctionBuffer,
 };
 use orcwire_shm::ShmConfig;
 
@@ -105,13 +104,12 @@ fn lender(releases: &Arc<Releases>) -> ExecutorBuilder {
         })
 }
 
-fn pair(releases: &Arc<Releases>, inline: bool) -> (Endpoint, Endpoint) {
-    let make_inline: common::MakeDispatcher = Some(|| Arc::new(InlineTaskDispatcher::new()));
+fn pair(releases: &Arc<Releases>) -> (Endpoint, Endpoint) {
     connect_pair(
         shm_pair(ShmConfig::default()),
         lender(releases),
         ControllerBuilder::new(),
-        if inline { make_inline } else { None },
+        None,
     )
 }
 
@@ -145,7 +143,7 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 #[test]
 fn flush_releases_frees_the_value_and_runs_its_release_once() {
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, false);
+    let (c, e) = pair(&releases);
     let id = make(&c, 1)[0];
     let h = c.import(id).unwrap();
     assert_eq!(u64_of(call(&c, "read", &h.id().unwrap().to_sps())), 0);
@@ -171,7 +169,7 @@ fn flush_releases_frees_the_value_and_runs_its_release_once() {
 #[test]
 fn an_id_received_twice_is_one_handle_until_both_copies_are_released() {
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, false);
+    let (c, e) = pair(&releases);
     let id = make(&c, 1)[0];
     let first = c.import(id).unwrap();
     let again = HandleId::from_sps(call(&c, "again", &id.to_sps()).as_slice()).unwrap();
@@ -190,12 +188,24 @@ fn an_id_received_twice_is_one_handle_until_both_copies_are_released() {
 
 #[test]
 fn a_release_goes_out_before_the_next_call() {
-    // Inline dispatch: the executor runs calls in arrival order, so the
-    // `exports` call sees whatever release was sent before it.
+    // One worker on the executor: it runs the calls it reads one after the
+    // other, in arrival order, so the `exports` call sees the release that
+    // went out before it.
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, true);
+    let one_worker = EndpointConfig {
+        max_workers: 1,
+        ..EndpointConfig::default()
+    };
+    let (c, e) = connect_pair(
+        shm_pair(ShmConfig::default()),
+        lender(&releases).config(one_worker),
+        ControllerBuilder::new(),
+        None,
+    );
     let h = c.import(make(&c, 1)[0]).unwrap();
     drop(h);
+    // No timer: without a release point nothing is sent.
+    thread::sleep(Duration::from_millis(50));
     assert_eq!(
         e.handle_counts().exports,
         1,
@@ -209,7 +219,7 @@ fn a_release_goes_out_before_the_next_call() {
 #[test]
 fn resolve_names_unknown_ids_and_wrong_types() {
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, false);
+    let (c, e) = pair(&releases);
     let id = make(&c, 1)[0];
     assert!(matches!(
         e.resolve::<String>(id),
@@ -244,7 +254,7 @@ fn batch(pairs: &[(u64, u64)]) -> Vec<u8> {
 #[test]
 fn a_hostile_peers_releases_are_refused_without_freeing_anything() {
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, false);
+    let (c, e) = pair(&releases);
     let id = make(&c, 1)[0].get();
     let tag = c.function_tag(RELEASE_FUNCTION).unwrap();
     let refused = |args: &[u8]| {
@@ -277,7 +287,7 @@ fn a_hostile_peers_releases_are_refused_without_freeing_anything() {
 fn disconnect_releases_every_export_in_order_and_kills_every_handle() {
     for controller_hangs_up in [true, false] {
         let releases = Arc::new(Releases::default());
-        let (c, e) = pair(&releases, false);
+        let (c, e) = pair(&releases);
         let order = Arc::new(Mutex::new(Vec::new()));
         let ids: Vec<_> = (0..3u64)
             .map(|n| {
@@ -379,7 +389,7 @@ fn ten_thousand_handles_from_four_threads_are_all_released_once() {
     const PER_BATCH: u64 = 100;
     const TOTAL: usize = (THREADS * BATCHES * PER_BATCH) as usize;
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, false);
+    let (c, e) = pair(&releases);
     let started = Instant::now();
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -468,7 +478,7 @@ fn the_readme_example_is_the_module_doc_test() {
 #[test]
 fn releases_beyond_one_call_are_split_and_all_applied() {
     let releases = Arc::new(Releases::default());
-    let (c, e) = pair(&releases, false);
+    let (c, e) = pair(&releases);
     let handles: Vec<_> = make(&c, 10_000)
         .into_iter()
         .map(|id| c.import(id).unwrap())
