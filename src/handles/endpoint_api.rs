@@ -113,6 +113,28 @@ impl Endpoint {
     /// Takes one received copy of the peer's `id`: call it once per copy
     /// received. While a handle for `id` lives, gives that same handle.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use orcwire::{ControllerBuilder, ExecutorBuilder, StreamConfig, StreamTransport};
+    ///
+    /// let (c_side, e_side) = StreamTransport::unix_pair(StreamConfig::default()).unwrap();
+    /// let executor = std::thread::spawn(move || ExecutorBuilder::new().connect(e_side).unwrap());
+    /// let controller = ControllerBuilder::new().connect(c_side).unwrap();
+    /// let executor = executor.join().unwrap();
+    ///
+    /// // The executor sends one id twice (in two results, say).
+    /// let id = executor.export(Arc::new(5u32)).unwrap();
+    /// let again = executor.export_again(id).unwrap();
+    /// let a = controller.import(id).unwrap();
+    /// let b = controller.import(again).unwrap();
+    /// assert_eq!(a, b); // one handle per id
+    /// assert_eq!(controller.handle_counts().imports, 1);
+    /// drop((a, b)); // the release carries both copies
+    /// controller.flush_releases().unwrap();
+    /// assert_eq!(executor.handle_counts().exports, 0);
+    /// controller.disconnect();
+    /// ```
+    ///
     /// # Errors
     /// [`HandleError::Unsupported`], [`HandleError::PeerLacksHandles`],
     /// [`HandleError::Disconnected`], [`HandleError::Unknown`] for id 0,
