@@ -252,7 +252,7 @@ fn batch(pairs: &[(u64, u64)]) -> Vec<u8> {
 }
 
 #[test]
-fn a_hostile_peers_releases_are_refused_without_freeing_anything() {
+fn a_hostile_peers_bad_releases_are_refused_and_free_nothing_twice() {
     let releases = Arc::new(Releases::default());
     let (c, e) = pair(&releases);
     let id = make(&c, 1)[0].get();
@@ -265,7 +265,6 @@ fn a_hostile_peers_releases_are_refused_without_freeing_anything() {
         (batch(&[(id + 7, 1)]), "outstanding"),
         (batch(&[(id, 2)]), "outstanding"),
         (batch(&[(id, 0)]), "outstanding"),
-        (batch(&[(id, 1), (id, 1)]), "outstanding"),
         (vec![1, 2, 3], "malformed"),
         (u64::MAX.to_le_bytes().to_vec(), "malformed"),
     ] {
@@ -274,7 +273,10 @@ fn a_hostile_peers_releases_are_refused_without_freeing_anything() {
         assert_eq!(e.handle_counts().exports, 1);
         assert_eq!(releases.total(), 0);
     }
-    assert_eq!(refused(&batch(&[(id, 1)])), None);
+    // A good pair next to bad ones is applied; the bad ones are refused.
+    let msg = refused(&batch(&[(id + 7, 1), (id, 1), (id, 1)])).unwrap();
+    assert!(msg.contains(&format!("id {}", id + 7)), "{msg}");
+    assert_eq!(e.handle_counts().exports, 0);
     assert_eq!(releases.of(0), 1);
     // Released again: unknown now, and not released twice.
     assert!(refused(&batch(&[(id, 1)])).is_some());

@@ -48,9 +48,10 @@
 //! [`RELEASE_FUNCTION`], which both orcwire endpoints register on their
 //! own, with an SPS `sequence<tuple<u64 id, u64 count>>`. An orcwire
 //! executor announces the feature in its `Setup` bootstrap map under
-//! [`CAPABILITY_KEY`]. A release naming an id that is not held, a count
-//! of 0, or more copies than were sent is refused with an error result
-//! and nothing of its batch is applied. Against LLVM's programs
+//! [`CAPABILITY_KEY`]. A release pair naming an id that is not held, a
+//! count of 0, or more copies than are outstanding is refused (the call
+//! gets an error result naming it, and the connection stays up); the
+//! batch's other pairs are applied. Against LLVM's programs
 //! ([`Dialect::Llvm14`],
 //! [`Dialect::Llvm15`]) there are no handles:
 //! exporting and importing give [`HandleError::Unsupported`].
@@ -224,13 +225,13 @@ pub enum HandleError {
         /// The limit.
         limit: usize,
     },
-    /// A release batch names an id not held, a count of 0, or more
-    /// copies than were sent: the whole batch is refused.
+    /// A release names an id not held, a count of 0, or more copies
+    /// than are outstanding: that pair is refused.
     #[error("refused release of {count} copies of id {id}: {sent} are outstanding; the peer's handle bookkeeping is broken")]
     BadRelease {
         /// The id.
         id: u64,
-        /// The copies released (over the batch).
+        /// The copies the pair released.
         count: u64,
         /// The copies sent and outstanding (0: not held).
         sent: u64,

@@ -184,34 +184,30 @@ impl HandleTables {
             .ok_or(HandleError::Unknown(id))
     }
 
-    /// Applies the peer's releases, all or none: every id must be held and
-    /// no count may exceed the copies sent (summed over the batch). Runs
-    /// the release actions of the values that went, in the batch's order,
-    /// after unlocking. Returns how many values went.
+    /// Applies the peer's releases pair by pair: a pair naming an id not
+    /// held, a count of 0, or more copies than are outstanding is refused
+    /// and changes nothing; the others are applied (so one bad pair cannot
+    /// make the batch's good ones leak). Runs the release actions of the
+    /// values that went, in the batch's order, after unlocking. Returns how
+    /// many values went.
     ///
     /// # Errors
-    /// [`HandleError::BadRelease`] naming the first bad pair; nothing is
-    /// applied then.
+    /// [`HandleError::BadRelease`] naming the first refused pair (the
+    /// batch's good pairs were applied all the same).
     pub fn release(&self, batch: &[(u64, u64)]) -> Result<usize, HandleError> {
         let mut gone = Vec::new();
+        let mut refused = None;
         {
             let mut ex = self.exports.lock();
-            let mut asked: HashMap<u64, u64> = HashMap::with_capacity(batch.len());
             for &(id, count) in batch {
-                let total = asked.entry(id).or_insert(0);
-                *total = total.saturating_add(count);
-                let sent = ex.entries.get(&id).map_or(0, |e| e.sent);
-                if count == 0 || *total > sent {
-                    return Err(HandleError::BadRelease {
-                        id,
-                        count: *total,
-                        sent,
-                    });
-                }
-            }
-            for &(id, count) in batch {
-                let Some(e) = ex.entries.get_mut(&id) else {
-                    continue; // validated above: cannot happen
+                let Some(e) = ex
+                    .entries
+                    .get_mut(&id)
+                    .filter(|e| (1..=e.sent).contains(&count))
+                else {
+                    let sent = ex.entries.get(&id).map_or(0, |e| e.sent);
+                    refused.get_or_insert(HandleError::BadRelease { id, count, sent });
+                    continue;
                 };
                 e.sent -= count;
                 // Loom must-fail variant: the first release frees the value,
@@ -227,7 +223,7 @@ impl HandleTables {
                 release();
             }
         }
-        Ok(n)
+        refused.map_or(Ok(n), Err)
     }
 
     /// Disconnect: drops every export, running the release actions in

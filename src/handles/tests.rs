@@ -26,16 +26,16 @@ fn a_value_goes_only_when_every_copy_sent_is_released() {
 }
 
 #[test]
-fn bad_releases_are_refused_whole_and_change_nothing() {
+fn bad_release_pairs_are_refused_and_change_nothing() {
     let t = HandleTables::new(16);
     let ran = Arc::new(AtomicUsize::new(0));
     let id = t.export(Arc::new(()), counted(&ran)).unwrap().get();
     for batch in [
-        vec![(id + 1, 1)],             // never exported
-        vec![(id, 2)],                 // more than sent
-        vec![(id, 0)],                 // nothing
-        vec![(id, 1), (id, 1)],        // more than sent, over the batch
-        vec![(id, u64::MAX), (id, 2)], // overflow attempt
+        vec![(id + 1, 1)],    // never exported
+        vec![(id, 2)],        // more than sent
+        vec![(id, 0)],        // nothing
+        vec![(id, u64::MAX)], // far more than sent
+        vec![(0, 1)],         // never an id
     ] {
         assert!(
             matches!(t.release(&batch), Err(HandleError::BadRelease { .. })),
@@ -48,6 +48,27 @@ fn bad_releases_are_refused_whole_and_change_nothing() {
     // A second release of a released id: unknown, no double release.
     assert!(t.release(&[(id, 1)]).is_err());
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_bad_pair_does_not_stop_the_good_ones_of_its_batch() {
+    let t = HandleTables::new(16);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let a = t.export(Arc::new(1u8), counted(&ran)).unwrap().get();
+    let b = t.export(Arc::new(2u8), counted(&ran)).unwrap().get();
+    // `a` sent once but released twice: the second pair is refused, not
+    // applied again; `b` goes.
+    let r = t.release(&[(a, 1), (a, 1), (a + 100, 1), (b, 1)]);
+    assert_eq!(
+        r,
+        Err(HandleError::BadRelease {
+            id: a,
+            count: 1,
+            sent: 0
+        })
+    );
+    assert_eq!(t.exports_len(), 0);
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
 }
 
 #[test]
