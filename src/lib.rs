@@ -14,6 +14,9 @@
 //! * [`Endpoint`]: the connection engine for both roles — pending calls,
 //!   handler tags, the disconnect gate, and the hang-up handshake
 //!   ([`endpoint`] documents how it works).
+//! * [`handles`]: values lent across the connection by id
+//!   ([`Endpoint::export`], [`Endpoint::import`] gives a [`RemoteHandle`])
+//!   and released deterministically when the peer drops them.
 //! * [`Session`], [`Service`], [`TaskDispatcher`]: orc-rt's executor-side
 //!   session with ordered detach/shutdown; [`attach_executor`] plugs an
 //!   endpoint in as its `ControllerAccess`.
@@ -42,7 +45,7 @@
 //!
 //! # What is public
 //! The types above, re-exported at the crate root; the modules that
-//! document them ([`endpoint`], [`session`], [`stream`]); [`sps`] (LLVM's
+//! document them ([`endpoint`], [`handles`], [`session`], [`stream`]); [`sps`] (LLVM's
 //! Simple Packed Serialization, for wrapper-function arguments and the
 //! `Setup` payload); and [`transport`], everything needed to write a
 //! transport of one's own. The engine, the gate, the pending-call table and the handler
@@ -77,6 +80,7 @@ internal! {
     waker;
 }
 pub mod endpoint;
+pub mod handles;
 pub mod session;
 pub mod sps;
 #[cfg(not(orcwire_loom))]
@@ -99,6 +103,7 @@ pub use endpoint::{
     Role,
 };
 pub use handler::{HandlerTag, Responder};
+pub use handles::{HandleError, HandleId, RemoteHandle};
 pub use message::{Message, Opcode, UnknownOpcode};
 pub use pending::{CallError, CallResult, PendingCall};
 pub use session::{ControllerAccess, Service, Session, SessionError};

@@ -41,7 +41,8 @@
 //! `futex` (the wake word read after the last check), `pending` (register
 //! ignores a closed table), `session` (callbacks drained and completion
 //! marked in two critical sections), `handshake` (`recv` reports the hang-up
-//! as soon as it sees the peer's bit, without draining first).
+//! as soon as it sees the peer's bit, without draining first), `handles`
+//! (a release frees the value whatever its count).
 //!
 //! # What loom cannot check, and what covers it instead
 //!

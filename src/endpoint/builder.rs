@@ -2,6 +2,7 @@
 //! connection could not be set up ([`ConnectError`]).
 
 use super::*;
+use crate::handles::{self, Handles};
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,11 @@ impl ControllerBuilder {
     }
 
     fn connect_inner(&mut self, transport: &Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
+        let handles = Arc::new(Handles::new(self.common.config.max_handles));
+        self.handlers.push((
+            handles::RELEASE_FUNCTION.to_owned(),
+            handles.release_handler(),
+        ));
         let mut names = std::collections::HashSet::new();
         for (n, _) in &self.handlers {
             if !names.insert(n.as_str()) {
@@ -168,6 +174,7 @@ impl ControllerBuilder {
             config,
             setup,
             dialect,
+            handles,
         );
         Endpoint::start(inner, Role::Controller)
     }
@@ -265,7 +272,17 @@ impl ExecutorBuilder {
 
     fn connect_inner(&mut self, transport: &Arc<dyn Transport>) -> Result<Endpoint, ConnectError> {
         let mut setup = SetupInfo::new_orcwire(sps::host_target_triple(), sps::host_page_size());
-        if self.dialect != Dialect::Orcwire {
+        let handles = Arc::new(Handles::new(self.common.config.max_handles));
+        if self.dialect == Dialect::Orcwire {
+            // Remote handles: the release function both ways, announced.
+            setup.bootstrap_map.push(handles::capability());
+            self.functions.push((
+                handles::RELEASE_FUNCTION.to_owned(),
+                handles.release_handler(),
+            ));
+            self.handler_names
+                .push(handles::RELEASE_FUNCTION.to_owned());
+        } else {
             setup.bootstrap_map.clear();
         }
         let mut table = HandlerTable::default();
@@ -318,6 +335,7 @@ impl ExecutorBuilder {
             config,
             setup,
             self.dialect,
+            handles,
         );
         Endpoint::start(inner, Role::Executor)
     }

@@ -83,8 +83,9 @@
 //!    `Hangup`, end of stream, or death.
 //! 5. Close the transport; fail every pending call with `Disconnected`, or
 //!    `PeerDied` if the peer is known dead.
-//! 6. Mark the connection disconnected, stop the workers, run the
-//!    disconnect callbacks.
+//! 6. Stop the workers; release every remote-handle export and kill every
+//!    imported handle ([`crate::handles`]); mark the connection
+//!    disconnected; run the disconnect callbacks.
 //!
 //! When `disconnect()` returns no handler of the endpoint starts any more;
 //! handlers already running may finish, and their results are discarded.
@@ -138,11 +139,11 @@ impl Drop for Owner {
 /// [`disconnect`](Self::disconnect)).
 #[derive(Clone)]
 pub struct Endpoint {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     role: Role,
     /// Shared by every call's handle (one allocation per endpoint, not
     /// per call).
-    driver: Arc<dyn CallHost>,
+    pub(crate) driver: Arc<dyn CallHost>,
     _owner: Arc<Owner>,
 }
 
@@ -252,7 +253,11 @@ impl Endpoint {
     /// [`CallError::Disconnected`] / [`CallError::PeerDied`] once the
     /// connection is closing or closed; [`CallError::Send`] if the
     /// transport refuses the message (for example, too large).
+    ///
+    /// Releases of dropped [`RemoteHandle`](crate::handles::RemoteHandle)s
+    /// go out first ([release points](crate::handles#when-releases-are-sent)).
     pub fn call(&self, tag: HandlerTag, args: &[u8]) -> Result<PendingCall, CallError> {
+        self.send_releases(None);
         let seq = self.inner.call(tag.get(), args, None)?;
         Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
     }
@@ -270,6 +275,7 @@ impl Endpoint {
         args: &[u8],
         deadline: Instant,
     ) -> Result<PendingCall, CallError> {
+        self.send_releases(Some(deadline));
         let seq = self.inner.call(tag.get(), args, Some(deadline))?;
         Ok(PendingCall::new(seq, Arc::clone(&self.driver)))
     }
@@ -330,8 +336,12 @@ impl Endpoint {
     /// a handler; every caller returns only when no further call can be
     /// made or accepted on this side, the peer has been told, and every
     /// pending call has completed (with an error if no result came). See
-    /// [the disconnect steps](crate::endpoint#disconnect).
+    /// [the disconnect steps](crate::endpoint#disconnect). Releases of
+    /// dropped remote handles are sent first, then every export is
+    /// released and every handle dies ([`crate::handles`]).
     pub fn disconnect(&self) {
+        let deadline = Instant::now() + self.inner.config.hangup_timeout;
+        self.send_releases(Some(deadline));
         self.inner.disconnect(DisconnectReason::Local);
     }
 

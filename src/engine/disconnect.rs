@@ -118,6 +118,10 @@ impl Inner {
         // Workers in `recv` were woken by the close in step 5, and every
         // waiting caller by its slot's waker in `fail_all`.
         self.wait_for_idle_workers_to_exit();
+        // Remote handles: every export released (its release action run),
+        // every imported handle dead, before anyone sees the connection
+        // disconnected.
+        self.handles.disconnected();
         let callbacks = {
             let mut cbs = self.on_disconnect.lock();
             {

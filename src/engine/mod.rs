@@ -99,6 +99,13 @@ pub struct EndpointConfig {
     /// Most worker threads this connection starts (they run handlers and
     /// lead while nobody else does). At least 1. Default 16.
     pub max_workers: usize,
+    /// Most values this side exports at once, and most of the peer's
+    /// handles it holds at once ([`crate::handles`]). One more export fails
+    /// with [`HandleError::TooManyExports`](crate::handles::HandleError::TooManyExports);
+    /// one more import from the peer with
+    /// [`HandleError::TooManyImports`](crate::handles::HandleError::TooManyImports).
+    /// Default 1,048,576.
+    pub max_handles: usize,
 }
 
 impl Default for EndpointConfig {
@@ -110,6 +117,7 @@ impl Default for EndpointConfig {
             max_pending_calls: 1024,
             max_queued_calls: 1024,
             max_workers: 16,
+            max_handles: 1 << 20,
         }
     }
 }
@@ -220,6 +228,8 @@ pub(crate) struct Inner {
     pub(crate) setup: SetupInfo,
     /// What the peer speaks: decides result kinds and error results.
     pub(crate) dialect: Dialect,
+    /// Remote handles lent and borrowed over this connection.
+    pub(crate) handles: Arc<crate::handles::Handles>,
     /// [`FREE`], [`WORKER`] or [`CALLER`].
     lead: AtomicU32,
     /// The transport reported a terminal error: nobody reads again (each
@@ -352,6 +362,7 @@ impl Inner {
         config: EndpointConfig,
         setup: SetupInfo,
         dialect: Dialect,
+        handles: Arc<crate::handles::Handles>,
     ) -> Arc<Self> {
         let queue = VecDeque::with_capacity(config.max_queued_calls.clamp(1, 1 << 16));
         Arc::new(Self {
@@ -362,6 +373,7 @@ impl Inner {
             dispatcher,
             setup,
             dialect,
+            handles,
             lead: AtomicU32::new(FREE),
             rx_dead: AtomicBool::new(false),
             callers: AtomicUsize::new(0),

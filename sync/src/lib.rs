@@ -98,7 +98,7 @@ pub use imp::*;
 /// all and never leaks into a model running in parallel.
 ///
 /// The names: `gate`, `ring`, `futex`, `pending`, `session`, `handshake`,
-/// `engine`.
+/// `engine`, `handles`.
 #[cfg(orcwire_loom_broken)]
 pub mod broken {
     use std::cell::Cell;

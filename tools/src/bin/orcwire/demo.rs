@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use orcwire::handles::HandleId;
 use orcwire::{ControllerBuilder, Endpoint, HandlerTag, WrapperFunctionBuffer};
 use orcwire_shm::ExecutorCommand;
 use orcwire_tools::bench::{pattern, percentile};
@@ -258,6 +259,8 @@ fn calls(controller: &Endpoint, opts: &DemoArgs) -> DemoResult<()> {
         total as f64 / t.elapsed().as_secs_f64()
     );
 
+    lend_buffers(controller)?;
+
     println!("executor → controller:");
     let n = opts.calls as u64;
     let got = controller
@@ -285,5 +288,75 @@ fn calls(controller: &Endpoint, opts: &DemoArgs) -> DemoResult<()> {
         word(2) as f64 / 1e3,
         word(3) as f64 / 1e3
     );
+    Ok(())
+}
+
+/// Remote handles: buffers allocated in the executor, lent to the
+/// controller by handle, freed there when the controller drops them.
+fn lend_buffers(controller: &Endpoint) -> DemoResult<()> {
+    const BUFFERS: u64 = 8;
+    const LEN: u64 = 1 << 20;
+    let alloc = tag(controller, "buffer_alloc")?;
+    let sum = tag(controller, "buffer_sum")?;
+    let stats = tag(controller, "buffer_stats")?;
+    let words = |out: WrapperFunctionBuffer, n: usize| -> DemoResult<Vec<u64>> {
+        let bytes = out
+            .into_result()
+            .map_err(|e| format!("the executor failed: {e}"))?;
+        if bytes.len() != 8 * n {
+            return Err(format!("expected {n} u64s, got {} bytes", bytes.len()));
+        }
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect())
+    };
+    let call = |t: HandlerTag, args: &[u8]| {
+        controller
+            .call_sync(t, args)
+            .map_err(|e| format!("handle demo call: {e}"))
+    };
+    let print_tables = |when: &str| -> DemoResult<(u64, u64)> {
+        let s = words(call(stats, &[])?, 2)?;
+        println!(
+            "  {when:<8} controller holds {} handles; executor holds {} buffers, has freed {} MiB",
+            controller.handle_counts().imports,
+            s[0],
+            s[1] >> 20
+        );
+        Ok((s[0], s[1]))
+    };
+    println!(
+        "remote handles: {BUFFERS} buffers of {} MiB allocated in the executor:",
+        LEN >> 20
+    );
+    let (_, freed_before) = print_tables("before")?;
+    let mut handles = Vec::new();
+    for _ in 0..BUFFERS {
+        let out = call(alloc, &LEN.to_le_bytes())?;
+        let bytes = out
+            .into_result()
+            .map_err(|e| format!("buffer_alloc: {e}"))?;
+        let id = HandleId::from_sps(&bytes).map_err(|e| e.to_string())?;
+        handles.push(controller.import(id).map_err(|e| e.to_string())?);
+    }
+    let (held, _) = print_tables("lent")?;
+    let expected: u64 = (0..LEN).map(|i| i % 251).sum();
+    for h in &handles {
+        let id = h.id().map_err(|e| e.to_string())?;
+        if words(call(sum, &id.to_sps())?, 1)?[0] != expected {
+            return Err(format!("buffer {id}: wrong sum"));
+        }
+    }
+    println!("  the executor summed each buffer by handle: all correct");
+    drop(handles);
+    controller.flush_releases().map_err(|e| e.to_string())?;
+    let (after, freed) = print_tables("released")?;
+    if held != BUFFERS || after != 0 || freed - freed_before != BUFFERS * LEN {
+        return Err(format!(
+            "handle tables: {held} held, {after} left after release, {} bytes freed",
+            freed - freed_before
+        ));
+    }
     Ok(())
 }

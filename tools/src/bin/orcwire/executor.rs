@@ -1,10 +1,12 @@
 //! `orcwire executor`: the executor role.
 
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, WrapperFunctionBuffer};
+use orcwire::handles::HandleId;
+use orcwire::{DisconnectReason, Endpoint, ExecutorBuilder, Responder, WrapperFunctionBuffer};
 use orcwire_shm::{attach_inherited, attach_path, DEFAULT_ATTACH_TIMEOUT};
 use orcwire_tools::bench::percentile;
 
@@ -43,6 +45,17 @@ pub fn run(opts: &ExecutorArgs) -> ExitCode {
                 None => WrapperFunctionBuffer::out_of_band_error("the executor is disconnecting"),
             };
             responder.respond(reply);
+        })
+        .function("buffer_alloc", buffer_alloc)
+        .function("buffer_sum", buffer_sum)
+        .function("buffer_stats", |_args, responder| {
+            let mut out = Vec::with_capacity(16);
+            let exports = responder
+                .endpoint()
+                .map_or(0, |ep| ep.handle_counts().exports as u64);
+            out.extend_from_slice(&exports.to_le_bytes());
+            out.extend_from_slice(&FREED_BYTES.load(Ordering::SeqCst).to_le_bytes());
+            responder.respond(WrapperFunctionBuffer::from_vec(out));
         })
         .sync_function("exit_now", |_a: &[u8]| std::process::exit(3))
         .controller_handler("ctl_echo")
@@ -121,4 +134,45 @@ fn call_controller(ep: &Endpoint, args: &[u8]) -> WrapperFunctionBuffer {
         out.extend_from_slice(&(percentile(&samples, p).as_nanos() as u64).to_le_bytes());
     }
     WrapperFunctionBuffer::from_vec(out)
+}
+
+/// Bytes of lent buffers freed so far (their handles' release actions).
+static FREED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+fn u64_arg(args: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(args.try_into().ok()?))
+}
+
+/// `buffer_alloc(len: u64) -> id`: allocates a buffer here (byte `i` is
+/// `i % 251`) and lends it to the controller; it is freed when the
+/// controller drops its handle (or disconnects).
+fn buffer_alloc(args: WrapperFunctionBuffer, responder: Responder) {
+    let reply = match (u64_arg(args.as_slice()), responder.endpoint()) {
+        (Some(len), Some(ep)) => {
+            let buf: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let lent = ep.export_with(buf, |buf: &Vec<u8>| {
+                FREED_BYTES.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            });
+            match lent {
+                Ok(id) => WrapperFunctionBuffer::from_vec(id.to_sps()),
+                Err(e) => WrapperFunctionBuffer::out_of_band_error(e.to_string()),
+            }
+        }
+        _ => WrapperFunctionBuffer::out_of_band_error("buffer_alloc takes a u64 length"),
+    };
+    responder.respond(reply);
+}
+
+/// `buffer_sum(id) -> u64`: the sum of a lent buffer's bytes.
+fn buffer_sum(args: WrapperFunctionBuffer, responder: Responder) {
+    let reply = match responder.endpoint() {
+        Some(ep) => HandleId::from_sps(args.as_slice())
+            .and_then(|id| ep.resolve::<Vec<u8>>(id))
+            .map(|buf: Arc<Vec<u8>>| buf.iter().map(|&b| u64::from(b)).sum::<u64>()),
+        None => return,
+    };
+    responder.respond(match reply {
+        Ok(sum) => WrapperFunctionBuffer::from_vec(sum.to_le_bytes().to_vec()),
+        Err(e) => WrapperFunctionBuffer::out_of_band_error(e.to_string()),
+    });
 }

@@ -1,0 +1,209 @@
+//! Remote handles across two real processes: the controller (this test)
+//! lends 10,000 values to an executor child from two threads, the child
+//! keeps half and releases the rest, lends values back, and is then killed
+//! with SIGKILL. Every export must be released exactly once, and every
+//! handle the controller holds must be dead.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::CHILD_ENV;
+use orcwire::handles::{HandleError, HandleId};
+use orcwire::sps::{SpsReader, SpsWriter};
+use orcwire::{ControllerBuilder, DisconnectReason, ExecutorBuilder, WrapperFunctionBuffer};
+use orcwire_shm::{attach_inherited, ExecutorCommand, ShmConfig, SpawnedExecutor};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const ROLE: &str = "handles-executor";
+
+fn ids_bytes(ids: &[HandleId]) -> Vec<u8> {
+    let mut w = SpsWriter::new();
+    w.seq_len(ids.len());
+    for id in ids {
+        id.write(&mut w);
+    }
+    w.into_inner()
+}
+
+fn read_ids(bytes: &[u8]) -> Vec<HandleId> {
+    let mut r = SpsReader::new(bytes);
+    let n = r.seq_len("ids", 8, 1 << 20).unwrap();
+    (0..n).map(|_| HandleId::read(&mut r).unwrap()).collect()
+}
+
+/// Entry point of the child; a no-op in the parent.
+#[test]
+fn child_entry() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok(ROLE) {
+        executor_role();
+    }
+}
+
+/// `take(ids)`: imports every id, keeps those with an even id, drops the
+/// others; `flush()`: sends the releases and waits for them; `lend(n)`:
+/// exports `n` values to the controller and returns their ids.
+fn executor_role() {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let ep = ExecutorBuilder::new()
+        .function("take", move |args, responder| {
+            let ep = responder.endpoint().unwrap();
+            let mut kept = kept.lock().unwrap();
+            for id in read_ids(args.as_slice()) {
+                let h = ep.import(id).unwrap();
+                if id.get() % 2 == 0 {
+                    kept.push(h);
+                }
+            }
+            responder.respond(WrapperFunctionBuffer::new());
+        })
+        .function("flush", |_args, responder| {
+            let ep = responder.endpoint().unwrap();
+            responder.respond(match ep.flush_releases() {
+                Ok(()) => WrapperFunctionBuffer::new(),
+                Err(e) => WrapperFunctionBuffer::out_of_band_error(e.to_string()),
+            });
+        })
+        .function("lend", |args, responder| {
+            let ep = responder.endpoint().unwrap();
+            let n = u64::from_le_bytes(args.as_slice().try_into().unwrap());
+            let ids: Vec<_> = (0..n).map(|i| ep.export(Arc::new(i)).unwrap()).collect();
+            responder.respond(WrapperFunctionBuffer::from_vec(ids_bytes(&ids)));
+        })
+        .connect(attach_inherited(ShmConfig::default()).unwrap())
+        .unwrap();
+    // Wait to be killed (bounded, in case the test never does).
+    let deadline = Instant::now() + LIMIT;
+    while !ep.is_disconnected() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn spawn_executor() -> SpawnedExecutor {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, ROLE);
+    ExecutorCommand::new(cmd)
+        .config(ShmConfig::default())
+        .attach_timeout(LIMIT)
+        .spawn()
+        .unwrap()
+}
+
+fn shm_entries() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("orcwire"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn killing_the_executor_releases_every_export_once_and_kills_its_handles() {
+    const THREADS: u64 = 2;
+    const PER_THREAD: u64 = 5_000;
+    const CHUNK: u64 = 500;
+    let shm_before = shm_entries();
+    let spawned = spawn_executor();
+    let c = ControllerBuilder::new()
+        .connect(spawned.transport.clone())
+        .unwrap();
+    // Release counts by serial number, and each serial's id (the child
+    // keeps the even ids).
+    let released: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let id_of: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let take = c.function_tag("take").unwrap();
+    let lenders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (c, released, id_of) = (c.clone(), Arc::clone(&released), Arc::clone(&id_of));
+            thread::spawn(move || {
+                for chunk in 0..PER_THREAD / CHUNK {
+                    let ids: Vec<_> = (0..CHUNK)
+                        .map(|i| {
+                            let serial = (t * PER_THREAD) + chunk * CHUNK + i;
+                            let released = Arc::clone(&released);
+                            let id = c
+                                .export_with(serial, move |s: &u64| {
+                                    // Never a panic here: this may run while
+                                    // a failed test unwinds.
+                                    let mut r = released.lock().unwrap_or_else(|p| p.into_inner());
+                                    *r.entry(*s).or_insert(0) += 1;
+                                })
+                                .unwrap();
+                            id_of.lock().unwrap().insert(serial, id.get());
+                            id
+                        })
+                        .collect();
+                    let out = c.call_sync_timeout(take, &ids_bytes(&ids), LIMIT).unwrap();
+                    assert!(!out.is_error(), "{:?}", out.error_message());
+                }
+            })
+        })
+        .collect();
+    for l in lenders {
+        common::join_bounded(l, LIMIT);
+    }
+    let total = (THREADS * PER_THREAD) as usize;
+    let flush = c.function_tag("flush").unwrap();
+    let out = c.call_sync_timeout(flush, &[], LIMIT).unwrap();
+    assert!(!out.is_error(), "{:?}", out.error_message());
+    // The child kept the even ids: exactly the odd half came back.
+    assert_eq!(c.handle_counts().exports, total / 2);
+    {
+        let r = released.lock().unwrap();
+        assert_eq!(r.len(), total / 2);
+        let id_of = id_of.lock().unwrap();
+        assert!(r
+            .iter()
+            .all(|(serial, &n)| n == 1 && id_of[serial] % 2 == 1));
+    }
+    // Values lent the other way.
+    let lend = c.function_tag("lend").unwrap();
+    let ids = c
+        .call_sync_timeout(lend, &100u64.to_le_bytes(), LIMIT)
+        .unwrap();
+    let borrowed: Vec<_> = read_ids(ids.as_slice())
+        .into_iter()
+        .map(|id| c.import(id).unwrap())
+        .collect();
+    assert_eq!(c.handle_counts().imports, 100);
+
+    spawned.process.kill().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while !c.is_disconnected() {
+        assert!(
+            Instant::now() < deadline,
+            "the child's death went unnoticed"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(c.disconnect_reason(), Some(DisconnectReason::PeerDied));
+    assert_eq!(c.handle_counts().exports, 0);
+    {
+        let r = released.lock().unwrap();
+        assert_eq!(r.len(), total, "a value was never released");
+        assert!(r.values().all(|&n| n == 1), "a value was released twice");
+    }
+    for h in &borrowed {
+        assert_eq!(h.id(), Err(HandleError::Disconnected));
+    }
+    drop(borrowed);
+    assert_eq!(c.handle_counts().imports, 0);
+    c.disconnect();
+    let status = spawned.process.wait_timeout(LIMIT).unwrap().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(released.lock().unwrap().values().sum::<usize>(), total);
+    assert_eq!(
+        shm_entries(),
+        shm_before,
+        "the test left entries in /dev/shm"
+    );
+}
