@@ -4,12 +4,25 @@
 
 use std::collections::BTreeSet;
 
+/// Every `.rs` file under `dir`, subfolders included.
+fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read a source folder") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
 /// Names of `extern "C"` functions defined in `src/`.
 fn exported() -> BTreeSet<String> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
     let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(&src).expect("read src/") {
-        let path = entry.expect("dir entry").path();
+    for path in files {
         let text = std::fs::read_to_string(&path).expect("read a source file");
         let mut lines = text.lines().peekable();
         while let Some(line) = lines.next() {
