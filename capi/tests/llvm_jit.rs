@@ -59,33 +59,17 @@ fn build_uncached(name: &str) -> Option<PathBuf> {
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(name);
     let tmp = exe.with_extension(format!("tmp{}", std::process::id()));
-    let config = |flag: &str| {
-        let o = Command::new("llvm-config-14").arg(flag).output().unwrap();
-        String::from_utf8(o.stdout).unwrap()
-    };
-    let mut cmd = Command::new("g++");
-    cmd.args(["-std=c++17", "-O1", "-I"])
-        .arg(root.join("interop/llvm"))
-        .arg("-I")
-        .arg(crate_dir().join("include"))
-        // llvm-config asks for C++14; LLVM's headers are fine with 17.
-        .args(
-            config("--cxxflags")
-                .split_whitespace()
-                .filter(|f| !f.starts_with("-std=")),
-        )
-        .arg(root.join(format!("interop/llvm/{name}.cpp")))
-        .arg("-o")
-        .arg(&tmp)
-        .arg(staticlib())
-        .args(config("--ldflags").split_whitespace())
-        .args(["-lLLVM-14", "-lpthread", "-ldl", "-lm"]);
-    let out = run_bounded(cmd, LIMIT);
-    assert!(
-        out.status.success(),
-        "building {name}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let extra: Vec<std::ffi::OsString> = vec![
+        "-I".into(),
+        root.join("interop/llvm").into(),
+        "-I".into(),
+        crate_dir().join("include").into(),
+        staticlib().into(),
+    ];
+    let src = root.join(format!("interop/llvm/{name}.cpp"));
+    if let Err(e) = orcwire_tools::llvm::compile_against_llvm(14, &src, &tmp, &extra) {
+        panic!("{e}");
+    }
     std::fs::rename(&tmp, &exe).unwrap();
     Some(exe)
 }

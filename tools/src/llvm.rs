@@ -4,9 +4,10 @@
 //! spawning either on two pipes at fds 3 and 4, as LLVM runs them. Used by
 //! `orcwire bench-llvm` and by the interop tests (`tools/tests/llvm_interop.rs`).
 
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// LLVM's controller, built from this source at run time (nothing here is
@@ -84,6 +85,27 @@ pub fn controller_program(major: u32) -> Result<PathBuf, LlvmError> {
     let src = dir.join(format!("controller.{}.cpp", std::process::id()));
     std::fs::write(&src, CONTROLLER_SOURCE)
         .map_err(|e| failed(format!("writing {}", src.display()), e))?;
+    let built = compile_against_llvm(major, &src, &tmp, &[]);
+    let _ = std::fs::remove_file(&src);
+    built?;
+    std::fs::rename(&tmp, &out).map_err(|e| failed(format!("renaming to {}", out.display()), e))?;
+    Ok(out)
+}
+
+/// Compiles and links the C++ program `src` into `out` with g++ against
+/// LLVM `major` (its `llvm-config` flags, C++17, `-O2`, `-lLLVM-MAJOR`),
+/// with `extra` arguments (include folders, libraries) before LLVM's
+/// link flags.
+///
+/// # Errors
+/// [`LlvmError`] when `llvm-config-MAJOR` or `g++` is missing or the build
+/// fails (with the compiler's messages).
+pub fn compile_against_llvm(
+    major: u32,
+    src: &Path,
+    out: &Path,
+    extra: &[OsString],
+) -> Result<(), LlvmError> {
     let config = |flag: &str| -> Result<String, LlvmError> {
         let o = Command::new(format!("llvm-config-{major}"))
             .arg(flag)
@@ -101,26 +123,26 @@ pub fn controller_program(major: u32) -> Result<PathBuf, LlvmError> {
         // llvm-config may ask for an older standard; LLVM's headers are
         // fine with 17.
         .args(["-std=c++17", "-O2", "-o"])
-        .arg(&tmp)
-        .arg(&src)
+        .arg(out)
+        .arg(src)
         .args(
             cxxflags
                 .split_whitespace()
                 .filter(|f| !f.starts_with("-std=")),
         )
+        .args(extra)
         .args(ldflags.split_whitespace())
         .arg(format!("-lLLVM-{major}"))
+        .args(["-lpthread", "-ldl", "-lm"])
         .output()
         .map_err(|e| failed("g++ (apt-get install g++)", e))?;
-    let _ = std::fs::remove_file(&src);
     if !o.status.success() {
         return Err(failed(
-            format!("building LLVM {major}'s controller"),
+            format!("building {} against LLVM {major}", src.display()),
             String::from_utf8_lossy(&o.stderr),
         ));
     }
-    std::fs::rename(&tmp, &out).map_err(|e| failed(format!("renaming to {}", out.display()), e))?;
-    Ok(out)
+    Ok(())
 }
 
 /// A close-on-exec pipe `(read, write)`: only the child an end is handed
