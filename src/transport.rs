@@ -138,6 +138,26 @@ pub trait Transport: Send + Sync + 'static {
     /// later call returns an error too.
     fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError>;
 
+    /// Takes the next inbound message if it has fully arrived, without
+    /// waiting: `Ok(None)` when there is none yet. Same caller rule as
+    /// [`recv`](Transport::recv) (one at a time). The endpoint uses it to
+    /// drain results that are already there once a waiting caller has its
+    /// own, so the calls behind it find theirs done without reading.
+    ///
+    /// The default asks [`recv`](Transport::recv) with a deadline that has
+    /// passed; a transport that can look without a clock read overrides it.
+    /// It never reports [`Received::Interrupted`]; the default may consume a
+    /// pending interrupt (it was meant for a reader that is not reading now).
+    ///
+    /// # Errors
+    /// As [`recv`](Transport::recv).
+    fn try_recv(&self) -> Result<Option<Message>, TransportError> {
+        match self.recv(Some(Instant::now()))? {
+            Received::Message(m) => Ok(Some(m)),
+            Received::TimedOut | Received::Interrupted => Ok(None),
+        }
+    }
+
     /// Makes the current or next [`recv`](Transport::recv) return
     /// [`Received::Interrupted`]. Cheap and idempotent.
     fn interrupt_recv(&self);

@@ -39,7 +39,10 @@ impl Inner {
         let mut turn = Turn::default();
         loop {
             match own {
-                Some(seq) if self.pending.is_done(seq) => return turn,
+                Some(seq) if self.pending.is_done(seq) => {
+                    self.drain_ready(&mut turn);
+                    return turn;
+                }
                 None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
                 _ => {}
             }
@@ -52,15 +55,43 @@ impl Inner {
                 }
                 Ok(Received::TimedOut) | Ok(Received::Interrupted) => return turn,
                 Err(e) => {
-                    // SYNC POINT: reading dead. Pairs with the Acquire
-                    // loads before every try to lead.
-                    self.rx_dead.store(true, Ordering::Release);
-                    self.note_stream_ended();
-                    turn.disconnect = Some(DisconnectReason::from_transport(e));
+                    self.reading_failed(e, &mut turn);
                     return turn;
                 }
             }
         }
+    }
+
+    /// A caller that has its result reads on, without waiting, what has
+    /// already arrived (at most [`DRAIN_BATCH`] messages, stopping at the
+    /// first incoming call): one lead turn then completes a batch of
+    /// pipelined calls, and the waits behind it find their results done
+    /// without leading at all.
+    fn drain_ready(self: &Arc<Self>, turn: &mut Turn) {
+        for _ in 0..DRAIN_BATCH {
+            match self.transport.try_recv() {
+                Ok(Some(msg)) => {
+                    self.route(msg, false, turn);
+                    if turn.disconnect.is_some() || turn.saw_call {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.reading_failed(e, turn);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The transport reported a terminal error while we led.
+    fn reading_failed(&self, e: TransportError, turn: &mut Turn) {
+        // SYNC POINT: reading dead. Pairs with the Acquire loads before
+        // every try to lead.
+        self.rx_dead.store(true, Ordering::Release);
+        self.note_stream_ended();
+        turn.disconnect = Some(DisconnectReason::from_transport(e));
     }
 
     /// The outcome a `Result` message carries, or why it is malformed.

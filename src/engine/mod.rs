@@ -70,6 +70,11 @@ impl Timing {
     }
 }
 
+/// Most messages a caller that has its result reads on without waiting
+/// (see `drain_ready`): enough for a window of pipelined calls, few enough
+/// that a caller never reads for long after its own result is in.
+const DRAIN_BATCH: usize = 64;
+
 /// Refusals waiting to be sent beyond this mean the peer floods calls
 /// without reading our results: a protocol error.
 const MAX_REFUSALS: usize = 1 << 16;

@@ -162,6 +162,16 @@ impl Transport for ShmTransport {
         }
     }
 
+    fn try_recv(&self) -> Result<Option<Message>, TransportError> {
+        let mut consumer = self.consumer.lock();
+        if self.is_terminated() {
+            return Err(self.terminal_error());
+        }
+        // Nothing whole yet, or the peer hung up: `recv` finds out which
+        // (it drains what the peer published before its bit first).
+        self.try_take(&mut consumer)
+    }
+
     fn interrupt_recv(&self) {
         // SYNC POINT: local flags. Pairs with the `Acquire` swap in `recv`.
         self.interrupted.store(true, Ordering::Release);
