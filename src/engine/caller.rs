@@ -29,12 +29,20 @@ impl Inner {
     /// A caller stops wanting the lead.
     pub(super) fn caller_leaves(&self) {
         if self.callers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.caller_epoch.fetch_add(1, Ordering::Relaxed);
+            // Not a read-modify-write: two last callers racing both store
+            // the same successor, and the worker only asks whether the
+            // value changed.
+            let epoch = self.caller_epoch.load(Ordering::Relaxed);
+            self.caller_epoch
+                .store(epoch.wrapping_add(1), Ordering::Relaxed);
             // SYNC POINT: caller exit. Pairs with the fence in
             // `worker_loop`: we lowered `callers`, then read the flag; the
-            // worker raised the flag, then reads `callers`.
+            // worker raised the flag, then reads `callers`. A load first:
+            // the flag is rarely up, and then no read-modify-write.
             fence(Ordering::SeqCst);
-            if self.workers_backed_off.swap(false, Ordering::Relaxed) {
+            if self.workers_backed_off.load(Ordering::Relaxed)
+                && self.workers_backed_off.swap(false, Ordering::Relaxed)
+            {
                 let _w = self.work.lock();
                 self.work_cv.notify_all();
             }

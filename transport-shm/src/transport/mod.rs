@@ -47,7 +47,7 @@ use orcwire::transport::{Transport, TransportError};
 pub use config::{required_size, ShmConfig};
 
 use crate::layout::{
-    self, state, Attached, HeaderWords, LayoutError, SegmentLayout, SharedRef, Side,
+    self, state, Attached, HeaderWords, LayoutError, RingControl, SegmentLayout, SharedRef, Side,
 };
 use crate::liveness::{LivenessError, LivenessWatcher};
 use crate::mapping::SharedMapping;
@@ -110,6 +110,10 @@ pub struct ShmTransport {
     peer: WakeWord,
     producer: Mutex<RingProducer>,
     consumer: Mutex<RingConsumer>,
+    /// The inbound ring's indices, read without the consumer's lock by
+    /// `try_recv`'s emptiness hint (only a hint: a wrong one, which only
+    /// the peer could cause, skips a look or takes the checked path).
+    inbound: SharedRef<RingControl>,
     /// [`CLOSED`], [`PEER_DEAD`], [`FAILED`]; only ever set.
     local: AtomicU32,
     /// Sticky until a `recv` consumes it.
@@ -188,8 +192,11 @@ impl ShmTransport {
         let layout = attached.layout;
         let limit = layout.max_message_size;
         let producer = RingProducer::new(Arc::clone(&mapping), layout.ring_from(side), limit)?;
-        let consumer =
-            RingConsumer::new(Arc::clone(&mapping), layout.ring_from(side.peer()), limit)?;
+        let inbound_region = layout.ring_from(side.peer());
+        let consumer = RingConsumer::new(Arc::clone(&mapping), inbound_region, limit)?;
+        // SAFETY: `RingConsumer::new` checked the region against the
+        // mapping just above.
+        let inbound = unsafe { layout::ring_control(&mapping, &inbound_region) };
         // SAFETY: `init`/`validate` checked the mapping holds a whole header.
         let HeaderWords {
             magic: _,
@@ -211,6 +218,7 @@ impl ShmTransport {
             peer: WakeWord::new(peer),
             producer: Mutex::new(producer),
             consumer: Mutex::new(consumer),
+            inbound,
             local: AtomicU32::new(0),
             interrupted: AtomicBool::new(false),
             room_wait: AtomicBool::new(false),
