@@ -49,7 +49,10 @@
 //!   themselves, so a lone caller writes its frame and reads its result on
 //!   its own thread: no hand-over, no thread hop. A waiting caller never
 //!   runs a handler (seed 002: a wait is explicit and runs nothing else):
-//!   calls it reads go to the queue for a worker.
+//!   calls it reads go to the queue for a worker. Once its own result is
+//!   in, it reads on without waiting whatever has already arrived (a
+//!   bounded batch, stopping at an incoming call), so pipelined calls
+//!   behind it find their results done and need not lead at all.
 //! * **Workers** are the connection's own threads (`orcwire-rx`). One
 //!   starts with the connection; it leads while no caller wants to. When a
 //!   worker reads a call it gives up the lead and runs the handler itself,
