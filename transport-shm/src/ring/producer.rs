@@ -21,6 +21,10 @@ use crate::layout::{LayoutError, RingRegion};
 use crate::mapping::SharedMapping;
 use crate::sync::Ordering;
 
+/// Bytes past the tail fetched for writing after each publication: two
+/// cache lines, a small frame's header and payload.
+const PREFETCH: usize = 128;
+
 /// A message being written, possibly over several calls.
 #[derive(Debug)]
 pub struct OutgoingMessage<'a> {
@@ -324,6 +328,13 @@ impl RingProducer {
         };
         self.mem.control.tail.store(self.tail, order);
         self.published_tail = self.tail;
+        // Where the next frames go: fetch those lines for writing now, so
+        // the next send's stores (and the tail published behind them, in
+        // store order) do not wait on the consumer's core then.
+        let offset = self.idx.offset(self.tail);
+        self.mem
+            .data
+            .prefetch_for_write(offset, PREFETCH.min(self.mem.capacity - offset));
         true
     }
 

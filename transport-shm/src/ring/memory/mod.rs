@@ -70,6 +70,18 @@ pub(super) trait RingBytes: Send + Sized {
     /// # Safety
     /// As for [`read`](Self::read), for 32 bytes.
     unsafe fn read_header(&self, offset: usize) -> [u64; 4];
+
+    /// Asks the CPU to fetch, for writing, the cache lines of
+    /// `offset .. offset + len` (the space the next frames go to). Only a
+    /// hint: no access is made, nothing can fault, and a backing without
+    /// such a thing ignores it. Out-of-range requests are ignored.
+    fn prefetch_for_write(&self, _offset: usize, _len: usize) {}
+
+    /// Asks the CPU to fetch the cache lines of `offset .. offset + len`
+    /// (published frames about to be read) all at once, rather than one
+    /// miss after another as the header and then the payload are read.
+    /// A hint, as [`prefetch_for_write`](Self::prefetch_for_write).
+    fn prefetch_for_read(&self, _offset: usize, _len: usize) {}
 }
 
 /// The memory of one ring: its control block and its data.
