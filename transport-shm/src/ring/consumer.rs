@@ -123,6 +123,7 @@ impl RingConsumer {
     /// [`RingError::OutOfMemory`] when a message's buffer cannot be
     /// allocated. The ring is then unusable: every later call returns the
     /// same error.
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<Message>, RingError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -195,6 +196,7 @@ impl RingConsumer {
         Ok(())
     }
 
+    #[inline(always)]
     fn read_frames(&mut self) -> Result<Option<Message>, RingError> {
         let cap = self.idx.capacity;
         let mut consumed = 0u64;
@@ -273,6 +275,7 @@ impl RingConsumer {
 
     /// Checks a message frame against the message in progress and copies
     /// its payload out. `Some` when this frame completes a message.
+    #[inline(always)]
     fn take_frame(&mut self, h: &FrameHeader, offset: usize) -> Result<Option<Message>, RingError> {
         let opcode = Opcode::from_wire(u64::from(h.opcode)).map_err(|e| corrupt(e.to_string()))?;
         let len = h.len as usize;

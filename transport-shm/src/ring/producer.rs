@@ -327,6 +327,10 @@ impl RingProducer {
             Ordering::Release
         };
         self.mem.control.tail.store(self.tail, order);
+        super::memory::demote_word(&*self.mem.control.tail);
+        let written = self.idx.distance(self.published_tail, self.tail) as usize;
+        let from = self.idx.offset(self.published_tail);
+        self.mem.data.demote(from, written.min(PREFETCH).min(self.mem.capacity - from));
         self.published_tail = self.tail;
         // Where the next frames go: fetch those lines for writing now, so
         // the next send's stores (and the tail published behind them, in

@@ -20,6 +20,7 @@ use crate::wait::WaitOutcome;
 
 impl ShmTransport {
     /// One `try_recv`, waking a peer waiting for space if it freed some.
+    #[inline(always)]
     fn try_take(&self, consumer: &mut RingConsumer) -> Result<Option<Message>, TransportError> {
         let result = consumer.try_recv();
         if consumer.take_freed_space() {

@@ -126,6 +126,28 @@ impl RingBytes for MappedBytes {
         let _ = (offset, len);
     }
 
+    fn demote(&self, offset: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let start = self.base.as_ptr().wrapping_add(offset);
+            let mut at = 0;
+            while at < len {
+                // SAFETY: `cldemote` is a hint that never faults and
+                // accesses nothing; CPUs without it decode it as a no-op.
+                unsafe {
+                    std::arch::asm!(
+                        "cldemote [{0}]",
+                        in(reg) start.wrapping_add(at),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+                at += LINE;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (offset, len);
+    }
+
     unsafe fn read_header(&self, offset: usize) -> [u64; 4] {
         let mut words = [0u64; 4];
         for (i, w) in words.iter_mut().enumerate() {

@@ -82,6 +82,11 @@ pub(super) trait RingBytes: Send + Sized {
     /// miss after another as the header and then the payload are read.
     /// A hint, as [`prefetch_for_write`](Self::prefetch_for_write).
     fn prefetch_for_read(&self, _offset: usize, _len: usize) {}
+
+    /// Hints that the lines of `offset .. offset + len` (frames just
+    /// published) should leave this core's private caches for the shared
+    /// one, where the consumer's read finds them sooner. A hint.
+    fn demote(&self, _offset: usize, _len: usize) {}
 }
 
 /// The memory of one ring: its control block and its data.
@@ -105,4 +110,22 @@ impl RingMemory {
             capacity: region.capacity,
         })
     }
+}
+
+/// [`RingBytes::demote`] for one control word (the tail the consumer
+/// polls). A hint; nothing under loom.
+#[inline]
+pub(super) fn demote_word<T>(word: &T) {
+    #[cfg(all(target_arch = "x86_64", not(orcwire_loom)))]
+    // SAFETY: `cldemote` is a hint that never faults and accesses nothing;
+    // CPUs without it decode it as a no-op.
+    unsafe {
+        std::arch::asm!(
+            "cldemote [{0}]",
+            in(reg) word as *const T,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(orcwire_loom))))]
+    let _ = word;
 }
