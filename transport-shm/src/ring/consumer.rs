@@ -20,7 +20,7 @@ use orcwire::{Message, Opcode, WrapperFunctionBuffer};
 
 use super::frame::{frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, KNOWN_FLAGS, LAST, PADDING};
 use super::indices::Indices;
-use super::memory::{DataRegion, RingBytes, RingMemory};
+use super::memory::{hint, DataRegion, RingBytes, RingMemory};
 use super::{corrupt, RingError};
 use crate::layout::{LayoutError, RingRegion};
 use crate::mapping::SharedMapping;
@@ -191,7 +191,7 @@ impl RingConsumer {
         let ahead = (self.idx.distance(self.head, tail) as usize)
             .min(PREFETCH)
             .min(self.mem.capacity - offset);
-        self.mem.data.prefetch_for_read(offset, ahead);
+        self.mem.data.hint_lines(offset, ahead, hint::for_read);
         self.cached_tail = tail;
         Ok(())
     }

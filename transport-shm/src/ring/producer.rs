@@ -15,7 +15,7 @@ use orcwire::Opcode;
 
 use super::frame::{frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, LAST, PADDING};
 use super::indices::Indices;
-use super::memory::{RingBytes, RingMemory};
+use super::memory::{hint, RingBytes, RingMemory};
 use super::{corrupt, RingError, WriteStatus};
 use crate::layout::{LayoutError, RingRegion};
 use crate::mapping::SharedMapping;
@@ -327,18 +327,24 @@ impl RingProducer {
             Ordering::Release
         };
         self.mem.control.tail.store(self.tail, order);
-        super::memory::demote_word(&*self.mem.control.tail);
+        hint::demote(std::ptr::from_ref(&*self.mem.control.tail).cast());
         let written = self.idx.distance(self.published_tail, self.tail) as usize;
         let from = self.idx.offset(self.published_tail);
-        self.mem.data.demote(from, written.min(PREFETCH).min(self.mem.capacity - from));
+        self.mem.data.hint_lines(
+            from,
+            written.min(PREFETCH).min(self.mem.capacity - from),
+            hint::demote,
+        );
         self.published_tail = self.tail;
         // Where the next frames go: fetch those lines for writing now, so
         // the next send's stores (and the tail published behind them, in
         // store order) do not wait on the consumer's core then.
         let offset = self.idx.offset(self.tail);
-        self.mem
-            .data
-            .prefetch_for_write(offset, PREFETCH.min(self.mem.capacity - offset));
+        self.mem.data.hint_lines(
+            offset,
+            PREFETCH.min(self.mem.capacity - offset),
+            hint::for_write,
+        );
         true
     }
 

@@ -12,10 +12,8 @@
 
 use std::sync::Arc;
 
+use super::hint::{each_line, LineHint};
 use super::RingBytes;
-
-/// Cache line size of the CPUs this runs on, for prefetch hints.
-const LINE: usize = 64;
 use crate::layout::RingRegion;
 use crate::mapping::SharedMapping;
 
@@ -77,75 +75,8 @@ impl RingBytes for MappedBytes {
         }
     }
 
-    fn prefetch_for_write(&self, offset: usize, len: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let start = self.base.as_ptr().wrapping_add(offset);
-            let mut at = 0;
-            while at < len {
-                // `prefetchw`: the line is fetched exclusive, so the
-                // frame's stores hit instead of waiting on the other core
-                // (which last read it) while the tail is published behind
-                // them. A prefetch never faults and accesses nothing.
-                // SAFETY: `prefetchw` only hints the cache: it never
-                // faults, reads or writes nothing, and leaves registers and
-                // flags alone. CPUs older than its introduction decode its
-                // opcode (0F 0D) as a no-op. The intrinsic would emit a
-                // read prefetch unless the whole build targets `prfchw`.
-                unsafe {
-                    std::arch::asm!(
-                        "prefetchw [{0}]",
-                        in(reg) start.wrapping_add(at),
-                        options(nostack, preserves_flags, readonly)
-                    );
-                }
-                at += LINE;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (offset, len);
-    }
-
-    fn prefetch_for_read(&self, offset: usize, len: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let start = self.base.as_ptr().wrapping_add(offset);
-            let mut at = 0;
-            while at < len {
-                // SAFETY: SSE is part of the x86_64 baseline; a prefetch
-                // never faults and dereferences nothing.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        start.wrapping_add(at).cast::<i8>(),
-                    );
-                }
-                at += LINE;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (offset, len);
-    }
-
-    fn demote(&self, offset: usize, len: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let start = self.base.as_ptr().wrapping_add(offset);
-            let mut at = 0;
-            while at < len {
-                // SAFETY: `cldemote` is a hint that never faults and
-                // accesses nothing; CPUs without it decode it as a no-op.
-                unsafe {
-                    std::arch::asm!(
-                        "cldemote [{0}]",
-                        in(reg) start.wrapping_add(at),
-                        options(nostack, preserves_flags, readonly)
-                    );
-                }
-                at += LINE;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (offset, len);
+    fn hint_lines(&self, offset: usize, len: usize, hint: LineHint) {
+        each_line(self.base.as_ptr().wrapping_add(offset), len, hint);
     }
 
     unsafe fn read_header(&self, offset: usize) -> [u64; 4] {

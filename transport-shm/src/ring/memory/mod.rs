@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::layout::{self, LayoutError, RingControl, RingRegion, SharedRef};
 use crate::mapping::SharedMapping;
 
+pub(super) mod hint;
 #[cfg(orcwire_loom)]
 mod loom_cells;
 #[cfg(not(orcwire_loom))]
@@ -71,22 +72,10 @@ pub(super) trait RingBytes: Send + Sized {
     /// As for [`read`](Self::read), for 32 bytes.
     unsafe fn read_header(&self, offset: usize) -> [u64; 4];
 
-    /// Asks the CPU to fetch, for writing, the cache lines of
-    /// `offset .. offset + len` (the space the next frames go to). Only a
-    /// hint: no access is made, nothing can fault, and a backing without
-    /// such a thing ignores it. Out-of-range requests are ignored.
-    fn prefetch_for_write(&self, _offset: usize, _len: usize) {}
-
-    /// Asks the CPU to fetch the cache lines of `offset .. offset + len`
-    /// (published frames about to be read) all at once, rather than one
-    /// miss after another as the header and then the payload are read.
-    /// A hint, as [`prefetch_for_write`](Self::prefetch_for_write).
-    fn prefetch_for_read(&self, _offset: usize, _len: usize) {}
-
-    /// Hints that the lines of `offset .. offset + len` (frames just
-    /// published) should leave this core's private caches for the shared
-    /// one, where the consumer's read finds them sooner. A hint.
-    fn demote(&self, _offset: usize, _len: usize) {}
+    /// Applies a cache hint ([`hint`]) to the lines of
+    /// `offset .. offset + len`. Only a hint: no access is made and
+    /// nothing can fault; a backing without such a thing ignores it.
+    fn hint_lines(&self, _offset: usize, _len: usize, _hint: hint::LineHint) {}
 }
 
 /// The memory of one ring: its control block and its data.
@@ -110,22 +99,4 @@ impl RingMemory {
             capacity: region.capacity,
         })
     }
-}
-
-/// [`RingBytes::demote`] for one control word (the tail the consumer
-/// polls). A hint; nothing under loom.
-#[inline]
-pub(super) fn demote_word<T>(word: &T) {
-    #[cfg(all(target_arch = "x86_64", not(orcwire_loom)))]
-    // SAFETY: `cldemote` is a hint that never faults and accesses nothing;
-    // CPUs without it decode it as a no-op.
-    unsafe {
-        std::arch::asm!(
-            "cldemote [{0}]",
-            in(reg) word as *const T,
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(orcwire_loom))))]
-    let _ = word;
 }
