@@ -387,3 +387,62 @@ fn malformed_messages_end_in_a_protocol_error() {
         });
     }
 }
+
+/// `Transport::try_recv` (what a waiting caller drains with once it has its
+/// own result) takes whole messages that have arrived, in order, and never
+/// waits: not when nothing was sent, not after the peer closed.
+#[test]
+fn try_recv_takes_what_has_arrived_and_never_waits() {
+    let at_once = Duration::from_millis(200);
+    for kind in ALL {
+        let pair = pair(kind);
+        let (tx, rx) = (&pair.controller, &pair.executor);
+        let t = Instant::now();
+        assert!(
+            rx.try_recv().unwrap().is_none(),
+            "{kind:?}: nothing was sent"
+        );
+        assert!(t.elapsed() < at_once, "{kind:?}: try_recv waited");
+        tx.send(Opcode::CallWrapper, 7, 42, b"first").unwrap();
+        tx.send(Opcode::Result, 8, 0, b"second").unwrap();
+        for (opcode, seq, tag, payload) in [
+            (Opcode::CallWrapper, 7, 42, &b"first"[..]),
+            (Opcode::Result, 8, 0, &b"second"[..]),
+        ] {
+            let deadline = Instant::now() + LIMIT;
+            let m = loop {
+                if let Some(m) = rx.try_recv().unwrap() {
+                    break m;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind:?}: message {seq} never taken"
+                );
+                thread::sleep(Duration::from_millis(1));
+            };
+            assert_eq!(
+                (m.opcode, m.seq, m.tag, m.payload.as_slice()),
+                (opcode, seq, tag, payload),
+                "{kind:?}"
+            );
+        }
+        assert!(
+            rx.try_recv().unwrap().is_none(),
+            "{kind:?}: a third message?"
+        );
+        // The peer closes: `try_recv` returns at once with no message;
+        // `recv` then reports the hang-up.
+        tx.close();
+        let t = Instant::now();
+        assert!(!matches!(rx.try_recv(), Ok(Some(_))), "{kind:?}");
+        assert!(
+            t.elapsed() < at_once,
+            "{kind:?}: try_recv waited after close"
+        );
+        match rx.recv(Some(Instant::now() + LIMIT)) {
+            Err(e) => assert!(e.is_peer_gone(), "{kind:?}: {e:?}"),
+            Ok(other) => panic!("{kind:?}: expected the hang-up, got {other:?}"),
+        }
+        rx.close();
+    }
+}
