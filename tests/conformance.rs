@@ -13,7 +13,8 @@
 //!   the shm liveness channel closes): pending calls fail within a second;
 //! * malformed messages from a raw peer (a `Result` of an unknown kind,
 //!   for a sequence number never used, a second `Setup`): a clean
-//!   disconnect with a protocol error.
+//!   disconnect with a protocol error;
+//! * `Transport::try_recv` takes whole messages in order and never waits.
 //!
 //! Byte-level garbage below the message layer is transport-specific and
 //! is tested with each transport (`tests/malformed.rs`, `tests/stream.rs`
