@@ -589,6 +589,8 @@ fn random_bytes_in_the_rings_and_header_are_an_error_not_a_crash() {
 
 #[test]
 fn a_corrupted_head_index_is_caught_the_next_time_it_is_read() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
     use orcwire_shm::layout::RingControl;
     let _serial = serial();
     let leaks = NoLeaks::start();
@@ -609,39 +611,38 @@ fn a_corrupted_head_index_is_caught_the_next_time_it_is_read() {
         let head = word(control);
         let tail = word(control + std::mem::offset_of!(RingControl, tail));
         let cap = RING as u64;
-        let stop = Arc::new(AtomicBool::new(false));
-        // The executor consumes ring 0 and rewrites its head as it goes; the
-        // corrupter keeps writing over it, as a hostile executor would.
-        let corrupter = {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let bad = match variant {
-                        0 => u64::MAX - 15,
-                        1 => 8,
-                        _ => {
-                            (tail.load(std::sync::atomic::Ordering::Relaxed) + cap / 2) % (2 * cap)
-                        }
-                    };
-                    head.store(bad, std::sync::atomic::Ordering::Relaxed);
-                    thread::sleep(Duration::from_micros(50));
-                }
-            })
-        };
-        // 16 KiB calls: the controller needs fresh room (and so re-reads
-        // the head) at least every four calls.
+        // The executor stops reading ring 0 (stopped, as a hostile or hung
+        // executor may be), so only the corruption writes its head: each
+        // look the controller takes at it is deterministic.
+        let executor = Pid::from_raw(spawned.process.id() as i32);
+        kill(executor, Signal::SIGSTOP).unwrap();
+        // 16 KiB calls: the controller runs out of the room it knows of,
+        // and so re-reads the head, within four calls of a 64 KiB ring.
         let arg = pseudo_random(variant, 16 << 10);
+        let mut sent = Vec::new();
         let mut failed_after = None;
-        for i in 0..200 {
-            if c.call_sync(xor_tag, &arg).is_err() {
-                failed_after = Some(i);
-                break;
+        for i in 0..8 {
+            let bad = match variant {
+                0 => u64::MAX - 15,
+                1 => 8,
+                _ => (tail.load(std::sync::atomic::Ordering::Relaxed) + cap / 2) % (2 * cap),
+            };
+            head.store(bad, std::sync::atomic::Ordering::Relaxed);
+            // A deadline, so that a head taken for valid (the ring then
+            // looks full) fails the test instead of hanging it.
+            match c.call_deadline(xor_tag, &arg, Instant::now() + Duration::from_secs(5)) {
+                Ok(call) => sent.push(call),
+                Err(CallError::TimedOut) => panic!("variant {variant}: call {i} waited for room"),
+                Err(_) => {
+                    failed_after = Some(i);
+                    break;
+                }
             }
         }
-        stop.store(true, Ordering::Relaxed);
-        common::join_bounded(corrupter, LIMIT);
-        let failed_after = failed_after.expect("a corrupted head went unnoticed for 200 calls");
-        assert!(failed_after <= 8, "noticed only after {failed_after} calls");
+        kill(executor, Signal::SIGCONT).unwrap();
+        drop(sent);
+        let failed_after = failed_after.expect("a corrupted head went unnoticed for 8 calls");
+        assert!(failed_after <= 4, "noticed only after {failed_after} calls");
         // The controller disconnects by itself, with the reason.
         let deadline = Instant::now() + LIMIT;
         while !c.is_disconnected() {
