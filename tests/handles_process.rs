@@ -132,17 +132,6 @@ fn spawn_executor() -> SpawnedExecutor {
         .unwrap()
 }
 
-fn shm_entries() -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("orcwire"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Lends `2 × 5,000` values from two threads to the peer behind `c`
 /// (whose `take` keeps the even ids), checks the flushed releases,
 /// borrows 100 values back, has the peer killed (`kill`), and checks that
@@ -234,7 +223,7 @@ fn lend_then_lose_the_peer(c: &Endpoint, tag: impl Fn(&str) -> HandlerTag, kill:
 
 #[test]
 fn killing_the_executor_releases_every_export_once_and_kills_its_handles() {
-    let shm_before = shm_entries();
+    let shm_before = common::shm_entries();
     let spawned = spawn_executor();
     let c = ControllerBuilder::new()
         .connect(spawned.transport.clone())
@@ -248,7 +237,7 @@ fn killing_the_executor_releases_every_export_once_and_kills_its_handles() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9));
     assert_eq!(
-        shm_entries(),
+        common::shm_entries(),
         shm_before,
         "the test left entries in /dev/shm"
     );
@@ -256,7 +245,7 @@ fn killing_the_executor_releases_every_export_once_and_kills_its_handles() {
 
 #[test]
 fn killing_the_controller_releases_every_export_once_and_kills_its_handles() {
-    let shm_before = shm_entries();
+    let shm_before = common::shm_entries();
     let dir = std::env::temp_dir().join(format!("orcwire-handles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("controller.sock");
@@ -298,7 +287,7 @@ fn killing_the_controller_releases_every_export_once_and_kills_its_handles() {
     assert_eq!(status.signal(), Some(9));
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
-        shm_entries(),
+        common::shm_entries(),
         shm_before,
         "the test left entries in /dev/shm"
     );

@@ -68,17 +68,6 @@ fn open_fds() -> std::collections::BTreeSet<(String, String)> {
         .collect()
 }
 
-fn shm_entries() -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("orcwire"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Checks, bounded, that a test gave back every fd it opened and left
 /// nothing in `/dev/shm`. Threads that hold the last reference to a
 /// connection can take a moment to exit, hence the polling.
@@ -97,7 +86,7 @@ impl NoLeaks {
     fn start() -> Self {
         Self {
             fds: open_fds(),
-            shm: shm_entries(),
+            shm: common::shm_entries(),
         }
     }
 
@@ -115,7 +104,11 @@ impl NoLeaks {
             Vec::<(String, String)>::new(),
             "the test leaked file descriptors"
         );
-        assert_eq!(shm_entries(), self.shm, "the test left entries in /dev/shm");
+        assert_eq!(
+            common::shm_entries(),
+            self.shm,
+            "the test left entries in /dev/shm"
+        );
     }
 }
 
@@ -705,7 +698,7 @@ fn a_named_segment_is_unlinked_once_attached_and_death_is_seen_by_pidfd() {
     {
         let offer = NamedOffer::create(config()).unwrap();
         let name = offer.name().to_owned();
-        assert!(shm_entries().contains(&name.trim_start_matches('/').to_owned()));
+        assert!(common::shm_entries().contains(&name.trim_start_matches('/').to_owned()));
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
             .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
@@ -715,7 +708,7 @@ fn a_named_segment_is_unlinked_once_attached_and_death_is_seen_by_pidfd() {
             .unwrap();
         let transport = offer.wait_attached(LIMIT).unwrap();
         assert!(
-            !shm_entries().contains(&name.trim_start_matches('/').to_owned()),
+            !common::shm_entries().contains(&name.trim_start_matches('/').to_owned()),
             "the name must be gone once both sides are attached"
         );
         let c = ControllerBuilder::new()

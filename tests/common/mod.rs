@@ -192,3 +192,16 @@ pub fn never_answer(responder: orcwire::Responder, limit: Duration) {
         drop(responder);
     });
 }
+
+/// The names in `/dev/shm` that orcwire could have made (`orcwire*`), for
+/// tests that check nothing is left behind.
+pub fn shm_entries() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("orcwire"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
