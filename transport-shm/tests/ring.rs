@@ -13,7 +13,7 @@ use orcwire::{Message, Opcode};
 use orcwire_shm::layout::{RingControl, RingRegion};
 use orcwire_shm::ring::{
     heap_ring, ring_pair, FrameHeader, OutgoingMessage, RingConsumer, RingError, RingProducer,
-    WriteStatus, FIRST, FRAME_HEADER_SIZE, LAST,
+    WriteStatus, FIRST, FRAGMENT_BYTES, FRAME_HEADER_SIZE, LAST,
 };
 use orcwire_shm::{HeapMapping, SharedMapping};
 use orcwire_sync::{thread, AtomicBool, AtomicU64, Ordering};
@@ -192,7 +192,7 @@ fn two_threads_100k_messages_in_order() {
             };
             let payload = pattern(n, seq);
             let mut msg = OutgoingMessage::new(Opcode::Result, seq, n as u64, &payload);
-            while tx.try_write(&mut msg).unwrap() == WriteStatus::WouldBlock {
+            while tx.try_write(&mut msg).unwrap() != WriteStatus::Complete {
                 tx.publish();
                 thread::yield_now();
             }
@@ -224,6 +224,43 @@ fn two_threads_100k_messages_in_order() {
     assert_eq!(done_rx.recv_timeout(Duration::from_secs(180)), Ok(COUNT));
     producer.join().unwrap();
     consumer.join().unwrap();
+}
+
+#[test]
+fn a_large_message_crosses_a_fragment_at_a_time() {
+    // The consumer copies out each fragment while the producer writes the
+    // next: every `try_write` of a large message stops after one fragment
+    // of at most FRAGMENT_BYTES (header included), which the consumer can
+    // take at once; the message arrives whole and byte for byte.
+    let (mut tx, mut rx) = heap_ring(1 << 20, 4 << 20).unwrap();
+    assert_eq!(tx.max_frame_payload(), FRAGMENT_BYTES - FRAME_HEADER_SIZE);
+    let payload = pattern(1 << 20, 11);
+    let mut msg = OutgoingMessage::new(Opcode::CallWrapper, 9, 3, &payload);
+    let mut fragments = 0;
+    let got = loop {
+        let before = msg.written();
+        let status = tx.try_write(&mut msg).unwrap();
+        assert!(msg.written() - before <= FRAGMENT_BYTES - FRAME_HEADER_SIZE);
+        fragments += 1;
+        assert!(tx.publish(), "fragment {fragments} was not published");
+        let m = rx.try_recv().unwrap();
+        match status {
+            WriteStatus::Partial => {
+                assert!(m.is_none(), "a message before its last fragment");
+                assert!(rx.is_mid_message());
+            }
+            WriteStatus::Complete => break m.expect("the last fragment completes it"),
+            WriteStatus::WouldBlock => panic!("the consumer keeps up: the ring never fills"),
+        }
+    };
+    let frame_payload = FRAGMENT_BYTES - FRAME_HEADER_SIZE;
+    assert_eq!(fragments, payload.len().div_ceil(frame_payload));
+    assert_eq!((got.seq, got.tag), (9, 3));
+    assert_eq!(got.payload.as_slice(), &payload[..]);
+    // A message that fits one fragment is one write.
+    let small = pattern(frame_payload, 12);
+    let mut msg = OutgoingMessage::new(Opcode::CallWrapper, 10, 3, &small);
+    assert_eq!(tx.try_write(&mut msg).unwrap(), WriteStatus::Complete);
 }
 
 #[test]
@@ -607,7 +644,7 @@ fn random_scribbles_while_threads_run() {
                     loop {
                         match tx.try_write(&mut msg) {
                             Ok(WriteStatus::Complete) => break,
-                            Ok(WriteStatus::WouldBlock) => {}
+                            Ok(WriteStatus::WouldBlock | WriteStatus::Partial) => {}
                             // The consumer's head is never scribbled on, so
                             // the producer must not fail.
                             Err(e) => panic!("{e:?}"),

@@ -175,11 +175,16 @@ pub fn run_suite(
     Ok(results)
 }
 
-fn mean_ns(samples: &[u64]) -> f64 {
+/// The typical call's time in a calibration run: its median, so that one
+/// stall (a page fault on the first large buffer, a preemption) does not
+/// shrink the timed run to a few dozen calls, whose p99 is then that stall.
+fn typical_ns(samples: &[u64]) -> f64 {
     if samples.is_empty() {
         return 1.0;
     }
-    (samples.iter().sum::<u64>() as f64 / samples.len() as f64).max(1.0)
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    (sorted[sorted.len() / 2] as f64).max(1.0)
 }
 
 fn calls_for(time: Duration, per_call_ns: f64, min: usize, max: usize) -> usize {
@@ -232,9 +237,9 @@ fn rtt_case(
     config: &SuiteConfig,
 ) -> Result<CaseResult, BenchError> {
     let probe = peer.rtt(direction, payload, 5)?;
-    let warm = calls_for(config.case_time / 10, mean_ns(&probe), 5, 20_000);
+    let warm = calls_for(config.case_time / 10, typical_ns(&probe), 5, 20_000);
     let warm = peer.rtt(direction, payload, warm)?;
-    let n = calls_for(config.case_time, mean_ns(&warm), 20, config.max_calls);
+    let n = calls_for(config.case_time, typical_ns(&warm), 20, config.max_calls);
     let samples = peer.rtt(direction, payload, n)?;
     let busy = Duration::from_nanos(samples.iter().sum());
     Ok(CaseResult {

@@ -95,7 +95,7 @@ pub use consumer::RingConsumer;
 pub use frame::{FrameHeader, FIRST, FRAME_ALIGN, FRAME_HEADER_SIZE, LAST, PADDING};
 #[cfg(any(test, feature = "internals", orcwire_loom))]
 pub use pair::{heap_ring, ring_pair};
-pub use producer::{OutgoingMessage, RingProducer};
+pub use producer::{OutgoingMessage, RingProducer, FRAGMENT_BYTES};
 
 /// Why the ring cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +133,11 @@ pub enum WriteStatus {
     Complete,
     /// The ring is full; nothing more could be written now.
     WouldBlock,
+    /// A fragment of a large message is written and more follow: publish
+    /// it, then call again at once. The consumer copies each fragment out
+    /// while the producer writes the next, so a large message crosses in
+    /// about one copy's time instead of two.
+    Partial,
 }
 
 #[cfg(all(test, not(orcwire_loom)))]
@@ -223,8 +228,10 @@ mod tests {
         let (mut tx, _rx) = heap_ring(256, 1 << 20).unwrap();
         let big = pattern(1000, 0);
         let mut msg = OutgoingMessage::new(Opcode::Result, 1, 0, &big);
-        assert_eq!(tx.try_write(&mut msg).unwrap(), WriteStatus::WouldBlock);
-        assert!(msg.written() > 0);
+        // A fragment at a time, until the ring is full.
+        assert_eq!(tx.try_write(&mut msg).unwrap(), WriteStatus::Partial);
+        while tx.try_write(&mut msg).unwrap() == WriteStatus::Partial {}
+        assert!(msg.written() > 0 && !msg.is_complete());
         assert_eq!(
             tx.try_push(Opcode::Result, 2, 0, b"x"),
             Err(RingError::Unfinished)

@@ -40,6 +40,7 @@ mod send_recv;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use orcwire::transport::{Transport, TransportError};
@@ -52,7 +53,7 @@ use crate::layout::{
 use crate::liveness::{LivenessError, LivenessWatcher};
 use crate::mapping::SharedMapping;
 use crate::ring::{RingConsumer, RingProducer};
-use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::wait::{WaitStrategy, WakeWord};
 
 /// Local flag: [`Transport::close`] was called (or a fault closed us).
@@ -61,6 +62,16 @@ const CLOSED: u32 = 1 << 0;
 const PEER_DEAD: u32 = 1 << 1;
 /// Local flag: the peer broke the protocol.
 const FAILED: u32 = 1 << 2;
+
+/// Messages from this size on count as large transfers for the spin
+/// budget ([`ShmTransport::strategy`]).
+const BULK_MIN: usize = 16 << 10;
+/// Bytes a side copies per nanosecond, at least, for the spin budget after
+/// a large transfer (4 GB/s: below one core's `memcpy` here, so the budget
+/// covers the peer's copy with room to spare).
+const BULK_BYTES_PER_NS: usize = 4;
+/// The longest spin budget a large transfer earns (a 4 MiB message).
+const BULK_MAX_SPIN: Duration = Duration::from_millis(1);
 
 /// A [`Transport`] over a shared-memory segment.
 ///
@@ -122,6 +133,11 @@ pub struct ShmTransport {
     /// another sender that finds the producer taken is then waiting on the
     /// peer too, and says so (`on_wait`). Written only by that holder.
     room_wait: AtomicBool,
+    /// Length of the last message this side sent or received if it was
+    /// large (at least [`BULK_MIN`] bytes), else 0: the waits that follow
+    /// a large transfer spin for about the time the peer needs to copy it
+    /// (see [`ShmTransport::strategy`]).
+    bulk: AtomicUsize,
     /// The error of the first of [`CLOSED`], [`PEER_DEAD`], [`FAILED`];
     /// set (under the lock) before the flag.
     first_error: Mutex<Option<TransportError>>,
@@ -222,6 +238,7 @@ impl ShmTransport {
             local: AtomicU32::new(0),
             interrupted: AtomicBool::new(false),
             room_wait: AtomicBool::new(false),
+            bulk: AtomicUsize::new(0),
             first_error: Mutex::new(None),
             watcher: Mutex::new(None),
         })
@@ -382,6 +399,47 @@ mod tests {
             crate::layout::state::FLAGS,
             "both disconnecting bits and the attach bit, nothing else"
         );
+    }
+
+    #[test]
+    fn waits_after_a_large_transfer_spin_for_its_copy() {
+        // Rings large enough that every send here completes unread.
+        let config = ShmConfig {
+            max_message_size: 16 << 20,
+            ring_capacity: crate::layout::RingCapacity::new(16 << 20).unwrap(),
+            wait: WaitStrategy::balanced(),
+        };
+        let (c, e) = pair(config);
+        let balanced = WaitStrategy::balanced();
+        assert_eq!(c.strategy(), balanced);
+        // 1 MiB at 4 bytes a nanosecond: 262 µs, on both sides.
+        let big = vec![3u8; 1 << 20];
+        let copy = WaitStrategy::spin_for(Duration::from_nanos((1 << 20) / 4));
+        c.send(Opcode::CallWrapper, 1, 0, &big).unwrap();
+        assert_eq!(c.strategy(), copy);
+        match e.recv(None).unwrap() {
+            Received::Message(m) => assert_eq!(m.payload.len(), big.len()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.strategy(), copy);
+        // A small message ends it.
+        e.send(Opcode::Result, 1, 0, b"ok").unwrap();
+        assert_eq!(e.strategy(), balanced);
+        // The stretch is capped, and a sleep-at-once strategy stays so.
+        let (c, _e) = pair(ShmConfig {
+            wait: WaitStrategy::low_cpu(),
+            ..config
+        });
+        c.send(Opcode::CallWrapper, 1, 0, &vec![0u8; 8 << 20])
+            .unwrap();
+        assert_eq!(c.strategy(), WaitStrategy::low_cpu());
+        let (c, _e) = pair(ShmConfig {
+            wait: balanced,
+            ..config
+        });
+        c.send(Opcode::CallWrapper, 1, 0, &vec![0u8; 8 << 20])
+            .unwrap();
+        assert_eq!(c.strategy(), WaitStrategy::spin_for(BULK_MAX_SPIN));
     }
 
     #[test]

@@ -7,16 +7,16 @@
 
 use std::convert::Infallible;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use orcwire::transport::{Received, Transport, TransportError};
 use orcwire::{Message, Opcode};
 
-use super::{ShmTransport, CLOSED, PEER_DEAD};
+use super::{ShmTransport, BULK_BYTES_PER_NS, BULK_MAX_SPIN, BULK_MIN, CLOSED, PEER_DEAD};
 use crate::layout::{state, waiting};
 use crate::ring::{OutgoingMessage, RingConsumer, WriteStatus};
 use crate::sync::Ordering;
-use crate::wait::WaitOutcome;
+use crate::wait::{WaitOutcome, WaitStrategy};
 
 impl ShmTransport {
     /// One `try_recv`, waking a peer waiting for space if it freed some.
@@ -26,7 +26,41 @@ impl ShmTransport {
         if consumer.take_freed_space() {
             self.peer.notify(waiting::SPACE);
         }
-        result.map_err(|e| self.ring_failed(e))
+        match result {
+            Ok(Some(m)) => {
+                self.note_size(m.payload.len());
+                Ok(Some(m))
+            }
+            other => other.map_err(|e| self.ring_failed(e)),
+        }
+    }
+
+    /// Records the length of a message sent or received for the next
+    /// waits' spin budget; small messages (the usual ones) cost a load.
+    #[inline(always)]
+    fn note_size(&self, len: usize) {
+        let bulk = if len >= BULK_MIN { len } else { 0 };
+        // Relaxed: only a hint for how long to spin.
+        if self.bulk.load(Ordering::Relaxed) != bulk {
+            self.bulk.store(bulk, Ordering::Relaxed);
+        }
+    }
+
+    /// How the next wait spins: the configured strategy, with a time
+    /// budget stretched after a large transfer to about the time the peer
+    /// needs to copy it. The answer to a large call, the next fragment or
+    /// the room a large message needs all come after that copy, so a
+    /// budget shorter than it puts every large transfer to sleep and pays
+    /// a wake-up (tens of microseconds here) for each; the stretch costs
+    /// at most the CPU time the peer spends copying, and only while large
+    /// messages flow. A strategy without a time budget is kept as it is.
+    pub(super) fn strategy(&self) -> WaitStrategy {
+        let bulk = self.bulk.load(Ordering::Relaxed);
+        if bulk == 0 {
+            return self.wait;
+        }
+        let copy = Duration::from_nanos((bulk / BULK_BYTES_PER_NS) as u64);
+        self.wait.at_least(copy.min(BULK_MAX_SPIN))
     }
 }
 
@@ -47,6 +81,7 @@ impl Transport for ShmTransport {
                 limit,
             });
         }
+        self.note_size(payload.len());
         // Another sender may hold the producer while it waits for room:
         // wait for it only until the deadline.
         // A sender that finds the producer taken waits on the peer only if
@@ -71,8 +106,11 @@ impl Transport for ShmTransport {
             if producer.publish() {
                 self.peer.notify(waiting::DATA);
             }
-            if status == WriteStatus::Complete {
-                return Ok(());
+            match status {
+                WriteStatus::Complete => return Ok(()),
+                // The next fragment goes out at once.
+                WriteStatus::Partial => continue,
+                WriteStatus::WouldBlock => {}
             }
             // The deadline holds only until the first frame is out: a
             // message half written must be finished.
@@ -82,22 +120,29 @@ impl Transport for ShmTransport {
             }
             // SYNC POINT: room wait (Release half, see `behind_holder`).
             self.room_wait.store(true, Ordering::Release);
-            on_wait();
-            // Ring full: sleep on our word until the peer frees space (it
-            // bumps our word when it sees our SPACE announcement) or a
-            // local event wakes us.
+            // Ring full: spin, then sleep on our word until the peer frees
+            // space (it bumps our word when it sees our SPACE announcement)
+            // or a local event wakes us. `on_wait` runs only before the
+            // sleep: a peer that is reading frees room within the spin
+            // budget, and a peer that is not is the case `on_wait` exists
+            // for (it may wait for us to read), so it costs at most one
+            // spin budget of delay there, and nothing per fragment here.
             let producer = &mut *producer;
             let msg = &msg;
-            let outcome = self
-                .own
-                .wait_until(&self.wait, waiting::SPACE, deadline, || {
+            let outcome = self.own.wait_until_then(
+                &self.strategy(),
+                waiting::SPACE,
+                deadline,
+                || {
                     self.check_send()?;
                     // A corrupt head is reported by `try_write` next round.
                     Ok(match producer.can_write(msg) {
                         Ok(false) => Poll::Pending,
                         Ok(true) | Err(_) => Poll::Ready(()),
                     })
-                });
+                },
+                on_wait,
+            );
             self.room_wait.store(false, Ordering::Release);
             if outcome? == WaitOutcome::TimedOut {
                 return Err(TransportError::TimedOut);
@@ -139,7 +184,7 @@ impl Transport for ShmTransport {
             let consumer = &*consumer;
             let outcome = self
                 .own
-                .wait_until(&self.wait, waiting::DATA, deadline, || {
+                .wait_until(&self.strategy(), waiting::DATA, deadline, || {
                     // SYNC POINT: local flags (interrupt) and SYNC POINT:
                     // disconnect (the state word); `has_frames` is the
                     // frames published point. The loop acts on what it saw.

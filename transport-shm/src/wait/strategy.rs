@@ -79,6 +79,16 @@ impl WaitStrategy {
             self.budget
         }
     }
+
+    /// This strategy with a time budget of at least `time`. A strategy
+    /// that sleeps at once, or counts iterations, is kept as it is: the
+    /// user asked for no spinning, or for a deterministic wait.
+    pub(crate) fn at_least(self, time: Duration) -> Self {
+        match self.budget {
+            SpinBudget::Time(t) if t < time => Self::spin_for(time),
+            _ => self,
+        }
+    }
 }
 
 impl Default for WaitStrategy {
@@ -101,5 +111,16 @@ mod tests {
             SpinBudget::Iterations(7)
         );
         assert_eq!(WaitStrategy::default(), WaitStrategy::balanced());
+    }
+
+    #[test]
+    fn at_least_only_lengthens_a_time_budget() {
+        let long = Duration::from_micros(300);
+        assert_eq!(WaitStrategy::balanced().at_least(long), WaitStrategy::spin_for(long));
+        let spin = WaitStrategy::lowest_latency();
+        assert_eq!(spin.at_least(Duration::from_micros(1)), spin);
+        assert_eq!(WaitStrategy::low_cpu().at_least(long), WaitStrategy::low_cpu());
+        let counted = WaitStrategy::spin_iterations(7);
+        assert_eq!(counted.at_least(long), counted);
     }
 }

@@ -14,12 +14,16 @@ use crossbeam_utils::CachePadded;
 use super::futex;
 use super::strategy::{SpinBudget, WaitStrategy};
 use crate::layout::{waiting, SharedRef, SideBlock};
-use crate::sync::{fence, spin_loop, Ordering};
+use crate::sync::{fence, spin_loop, thread, Ordering};
 
 /// Polls a timed spin makes before it first reads the clock: a clock read
 /// costs more than a poll, and a wait that ends this early (a whole round
 /// trip on an idle core) should pay for none.
 const UNTIMED_POLLS: u32 = 64;
+
+/// Spinning longer than this yields the CPU at every clock check (every
+/// 16 polls). A round trip of small messages ends long before it.
+const YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(20);
 
 /// What a wait ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,7 +83,27 @@ impl WakeWord {
         strategy: &WaitStrategy,
         reason: u32,
         deadline: Option<Instant>,
+        poll: impl FnMut() -> Result<Poll<T>, E>,
+    ) -> Result<WaitOutcome<T>, E> {
+        self.wait_until_then(strategy, reason, deadline, poll, || {})
+    }
+
+    /// [`wait_until`](Self::wait_until), calling `before_sleep` once when
+    /// the spin budget is spent and the wait is about to sleep in the
+    /// kernel (never when the wait ends while spinning). A sender waiting
+    /// for room uses it to make sure its side reads meanwhile: only a wait
+    /// that lasts needs that, and asking on every wait would wake a thread
+    /// per fragment of a large message.
+    ///
+    /// # Errors
+    /// As [`wait_until`](Self::wait_until).
+    pub fn wait_until_then<T, E>(
+        &self,
+        strategy: &WaitStrategy,
+        reason: u32,
+        deadline: Option<Instant>,
         mut poll: impl FnMut() -> Result<Poll<T>, E>,
+        before_sleep: impl FnOnce(),
     ) -> Result<WaitOutcome<T>, E> {
         debug_assert!(reason == waiting::DATA || reason == waiting::SPACE);
         if let Poll::Ready(t) = poll()? {
@@ -91,6 +115,7 @@ impl WakeWord {
         if let Some(t) = self.spin(strategy, deadline, &mut poll)? {
             return Ok(t);
         }
+        before_sleep();
         let block = &*self.block;
         let result = loop {
             block.waiting.fetch_or(reason, Ordering::Relaxed);
@@ -172,8 +197,18 @@ impl WakeWord {
                     if deadline.is_some_and(|d| now >= d) {
                         return Ok(Some(WaitOutcome::TimedOut));
                     }
-                    if now.duration_since(start) >= budget {
+                    let spun = now.duration_since(start);
+                    if spun >= budget {
                         return Ok(None);
+                    }
+                    if spun >= YIELD_AFTER {
+                        // A long spin gives the CPU to any other runnable
+                        // thread of ours on it (the one copying the data we
+                        // wait for, say): without this, two spinning threads
+                        // pinned to one CPU take turns by time slices of
+                        // milliseconds. With nothing else runnable the call
+                        // returns at once.
+                        thread::yield_now();
                     }
                 }
             }
@@ -293,6 +328,51 @@ mod tests {
         assert_eq!(r, Ok(WaitOutcome::TimedOut));
         assert!(took >= Duration::from_millis(50), "{took:?}");
         assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn before_sleep_runs_only_when_the_wait_sleeps() {
+        let word = WakeWord::standalone();
+        let mut calls = 0;
+        // Ready at once, or while spinning: no call.
+        let ready = AtomicBool::new(true);
+        let r = word.wait_until_then(
+            &WaitStrategy::balanced(),
+            waiting::SPACE,
+            None,
+            flag_poll(&ready),
+            || calls += 1,
+        );
+        assert_eq!(r, Ok(WaitOutcome::Ready(())));
+        let mut polls = 0;
+        let r = word.wait_until_then(
+            &WaitStrategy::spin_iterations(100),
+            waiting::SPACE,
+            None,
+            || {
+                polls += 1;
+                Ok::<_, ()>(if polls > 10 {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                })
+            },
+            || calls += 1,
+        );
+        assert_eq!(r, Ok(WaitOutcome::Ready(())));
+        assert_eq!(calls, 0);
+        // Spent budget: one call before it sleeps (here until the deadline).
+        let never = AtomicBool::new(false);
+        let r = word.wait_until_then(
+            &WaitStrategy::spin_iterations(10),
+            waiting::SPACE,
+            Some(Instant::now() + Duration::from_millis(20)),
+            flag_poll(&never),
+            || calls += 1,
+        );
+        assert_eq!(r, Ok(WaitOutcome::TimedOut));
+        assert_eq!(calls, 1);
+        assert_eq!(word.waiting_bits(), 0);
     }
 
     #[test]
