@@ -10,13 +10,17 @@
 //! position is 16-aligned), both ends skip them without a frame.
 //!
 //! A message is one frame flagged [`FIRST`](frame::FIRST)` | `[`LAST`](frame::LAST), or, when its
-//! payload exceeds a quarter of the ring, a run of fragments: `FIRST`,
-//! zero or more unflagged middles, `LAST`. Every fragment repeats the
-//! opcode, sequence number, tag and total length, and the consumer checks
-//! that they agree and that the lengths add up. Quarter-ring fragments keep
-//! several in flight, so a large message streams through while the
-//! consumer copies it out. Small messages are never split: the producer
-//! waits for room for the whole frame.
+//! payload exceeds one frame (`FRAGMENT_BYTES`, 32 KiB, or a quarter of
+//! a smaller ring), a run of fragments: `FIRST`, zero or more unflagged
+//! middles, `LAST`. Every fragment repeats the opcode, sequence number,
+//! tag and total length, and the consumer checks that they agree and that
+//! the lengths add up. The producer publishes each fragment as soon as it
+//! is written ([`WriteStatus::Partial`]), so the consumer copies one out
+//! while the producer writes the next: a large message crosses in about
+//! one copy's time instead of two (1 MiB round trip: 2.2× → about 0.9×
+//! the raw floor, which copies serially; `docs/BENCHMARKS.md`). Small
+//! messages are never split: the producer waits for room for the whole
+//! frame.
 //!
 //! # Indices
 //! `head` and `tail` are byte positions in `0 .. 2 * capacity` (the extra
@@ -95,7 +99,9 @@ pub use consumer::RingConsumer;
 pub use frame::{FrameHeader, FIRST, FRAME_ALIGN, FRAME_HEADER_SIZE, LAST, PADDING};
 #[cfg(any(test, feature = "internals", orcwire_loom))]
 pub use pair::{heap_ring, ring_pair};
-pub use producer::{OutgoingMessage, RingProducer, FRAGMENT_BYTES};
+pub use producer::{OutgoingMessage, RingProducer};
+#[cfg(any(test, feature = "internals", orcwire_loom))]
+pub use producer::FRAGMENT_BYTES;
 
 /// Why the ring cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

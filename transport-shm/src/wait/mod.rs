@@ -35,6 +35,17 @@
 //! Local events (interrupt, close, peer death) use [`WakeWord::wake_all`]:
 //! set a flag, then bump and wake unconditionally.
 //!
+//! # Spinning
+//! A timed spin reads no clock for its first polls (a round trip ends
+//! there), then checks the clock every 16 polls. Past 20 µs it also yields
+//! the CPU at each check: on a CPU shared with another thread of the same
+//! process (the one copying the data this thread waits for, say), a spin
+//! that never yields holds the CPU for a whole time slice, milliseconds.
+//! The transport stretches the budget after a large transfer to about the
+//! time the peer needs to copy it (`ShmTransport`'s `strategy`), so that
+//! large calls cross without a sleep and a wake-up on each side; measured
+//! in `docs/BENCHMARKS.md` ("2026-11-30, large messages").
+//!
 //! The futex is shared (no `FUTEX_PRIVATE_FLAG`): the word lives in memory
 //! mapped by two processes. Under `--cfg orcwire_loom` `FUTEX_WAIT` and
 //! `FUTEX_WAKE` are modelled by a loom `Mutex` and one `Condvar` per word

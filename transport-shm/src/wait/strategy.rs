@@ -19,7 +19,12 @@ pub enum SpinBudget {
 /// How a blocked send or receive waits: a spin budget, then `FUTEX_WAIT`.
 ///
 /// An idle endpoint always ends up asleep in the kernel and uses no CPU;
-/// the budget only trades CPU for latency while traffic flows.
+/// the budget only trades CPU for latency while traffic flows. A time
+/// budget is a floor: after a message of 16 KiB or more, the transport
+/// spins for about the time the peer needs to copy it (at 4 bytes a
+/// nanosecond, at most 1 ms), since its answer, its next fragment or the
+/// room it frees cannot come sooner. [`low_cpu`](Self::low_cpu) and
+/// iteration budgets are never stretched.
 ///
 /// ```
 /// use std::time::Duration;
