@@ -14,14 +14,11 @@
 //! Every reply is checked against its argument.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
-use orcwire::{ControllerBuilder, ExecutorBuilder, PendingCall, Transport, WrapperFunctionBuffer};
-use orcwire_shm::{
-    required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
-};
-use orcwire_tools::bench::{allowed_cpus, pin_current_thread};
+use orcwire::{PendingCall, WrapperFunctionBuffer};
+use orcwire_shm::{ShmConfig, WaitStrategy};
+use orcwire_tools::bench::PinnedEchoPair;
 
 /// Calls kept in flight by the pipelined loop.
 const WINDOW: usize = 64;
@@ -31,39 +28,13 @@ fn main() -> Result<(), String> {
         Some(n) => n.parse().map_err(|e| format!("CALLS: {e}"))?,
         None => 500_000,
     };
-    let cpus = allowed_cpus();
-    let [controller_cpu, executor_cpu, ..] = cpus[..] else {
-        return Err(format!("needs two CPUs to pin to; allowed: {cpus:?}"));
-    };
     let config = ShmConfig {
         wait: WaitStrategy::lowest_latency(),
         ..ShmConfig::default()
     };
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
-    let c: Arc<dyn Transport> =
-        Arc::new(ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?);
-    let e: Arc<dyn Transport> =
-        Arc::new(ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?);
-    // The executor connects (sends its Setup) from a thread pinned to its
-    // CPU, so its workers start there.
-    let executor = std::thread::spawn(move || {
-        pin_current_thread(executor_cpu)?;
-        ExecutorBuilder::new()
-            .sync_function("echo", WrapperFunctionBuffer::from_slice)
-            .connect(e)
-            .map_err(|e| e.to_string())
-    });
-    pin_current_thread(controller_cpu)?;
-    let controller = ControllerBuilder::new()
-        .connect(c)
-        .map_err(|e| e.to_string())?;
-    let executor = executor
-        .join()
-        .map_err(|_| "the executor's thread panicked".to_string())??;
-    let tag = controller
-        .function_tag("echo")
-        .ok_or("the executor did not publish echo")?;
+    let pair = PinnedEchoPair::connect(config)?;
+    let (controller, tag) = (&pair.controller, pair.echo);
+    let (controller_cpu, executor_cpu) = (pair.cpus.controller, pair.cpus.child);
     println!("controller on CPU {controller_cpu}, executor on CPU {executor_cpu}, {calls} calls of 64 B per loop");
     let check = |got: Result<WrapperFunctionBuffer, orcwire::CallError>, arg: &[u8]| match got {
         Ok(r) if r.as_slice() == arg => Ok(()),
@@ -101,7 +72,6 @@ fn main() -> Result<(), String> {
             rtt.as_nanos() as f64 / (calls / 2).max(1) as f64
         );
     }
-    controller.disconnect();
-    executor.disconnect();
+    pair.disconnect();
     Ok(())
 }

@@ -11,14 +11,10 @@
 //! Defaults: 1 MiB, 1,000 calls, a 50 µs spin budget (the spin preset).
 //! Prints p50/p90/p99/max of three rounds; every reply is checked.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orcwire::{ControllerBuilder, ExecutorBuilder, Transport, WrapperFunctionBuffer};
-use orcwire_shm::{
-    required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
-};
-use orcwire_tools::bench::{allowed_cpus, pin_current_thread};
+use orcwire_shm::{ShmConfig, WaitStrategy};
+use orcwire_tools::bench::PinnedEchoPair;
 
 fn arg(n: usize, default: u64) -> Result<u64, String> {
     match std::env::args().nth(n) {
@@ -31,38 +27,14 @@ fn main() -> Result<(), String> {
     let size = arg(1, 1 << 20)? as usize;
     let calls = arg(2, 1000)?.max(1) as usize;
     let spin = Duration::from_micros(arg(3, 50)?);
-    let cpus = allowed_cpus();
-    let [controller_cpu, executor_cpu, ..] = cpus[..] else {
-        return Err(format!("needs two CPUs to pin to; allowed: {cpus:?}"));
-    };
     let config = ShmConfig {
         wait: WaitStrategy::spin_for(spin),
         max_message_size: (size as u64).max(ShmConfig::default().max_message_size),
         ..ShmConfig::default()
     };
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
-    let c: Arc<dyn Transport> =
-        Arc::new(ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?);
-    let e: Arc<dyn Transport> =
-        Arc::new(ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?);
-    let executor = std::thread::spawn(move || {
-        pin_current_thread(executor_cpu)?;
-        ExecutorBuilder::new()
-            .sync_function("echo", WrapperFunctionBuffer::from_slice)
-            .connect(e)
-            .map_err(|e| e.to_string())
-    });
-    pin_current_thread(controller_cpu)?;
-    let controller = ControllerBuilder::new()
-        .connect(c)
-        .map_err(|e| e.to_string())?;
-    let executor = executor
-        .join()
-        .map_err(|_| "the executor's thread panicked".to_string())??;
-    let tag = controller
-        .function_tag("echo")
-        .ok_or("the executor did not publish echo")?;
+    let pair = PinnedEchoPair::connect(config)?;
+    let (controller, tag) = (&pair.controller, pair.echo);
+    let (controller_cpu, executor_cpu) = (pair.cpus.controller, pair.cpus.child);
     println!("controller on CPU {controller_cpu}, executor on CPU {executor_cpu}, {calls} round trips of {size} B, spin {spin:?}");
     let mut arg: Vec<u8> = (0..size).map(|i| (i * 7 + 1) as u8).collect();
     for round in 1..=3 {
@@ -88,7 +60,6 @@ fn main() -> Result<(), String> {
             samples[samples.len() - 1]
         );
     }
-    controller.disconnect();
-    executor.disconnect();
+    pair.disconnect();
     Ok(())
 }

@@ -45,3 +45,74 @@ impl Pinning {
         }
     }
 }
+
+/// A controller and an executor in this process over a heap-backed
+/// shared-memory segment, each side's threads pinned to its own CPU, the
+/// executor publishing `echo`: the set-up of the `pinned_*` examples,
+/// which isolate one path for a profiler (`perf record -a` then separates
+/// the two sides by CPU).
+pub struct PinnedEchoPair {
+    /// The controller's endpoint (its threads run on `cpus.controller`).
+    pub controller: orcwire::Endpoint,
+    /// The executor's endpoint (its threads run on `cpus.child`).
+    pub executor: orcwire::Endpoint,
+    /// The executor's `echo` function.
+    pub echo: orcwire::HandlerTag,
+    /// Where each side runs.
+    pub cpus: Pinning,
+}
+
+impl PinnedEchoPair {
+    /// Connects the pair with `config` on both sides. Pins the calling
+    /// thread to the controller's CPU; the executor connects from a thread
+    /// pinned to the other CPU, so its workers start there.
+    ///
+    /// # Errors
+    /// Fewer than two allowed CPUs, or the text of whatever failed to
+    /// connect.
+    pub fn connect(config: orcwire_shm::ShmConfig) -> Result<Self, String> {
+        use std::sync::Arc;
+
+        use orcwire::{ControllerBuilder, ExecutorBuilder, Transport, WrapperFunctionBuffer};
+        use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmTransport};
+
+        let cpus = Pinning::choose()
+            .ok_or_else(|| format!("needs two CPUs to pin to; allowed: {:?}", allowed_cpus()))?;
+        let mapping: Arc<dyn SharedMapping> =
+            Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
+        let c: Arc<dyn Transport> = Arc::new(
+            ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?,
+        );
+        let e: Arc<dyn Transport> =
+            Arc::new(ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?);
+        let executor = std::thread::spawn(move || {
+            pin_current_thread(cpus.child)?;
+            ExecutorBuilder::new()
+                .sync_function("echo", WrapperFunctionBuffer::from_slice)
+                .connect(e)
+                .map_err(|e| e.to_string())
+        });
+        pin_current_thread(cpus.controller)?;
+        let controller = ControllerBuilder::new()
+            .connect(c)
+            .map_err(|e| e.to_string())?;
+        let executor = executor
+            .join()
+            .map_err(|_| "the executor's thread panicked".to_string())??;
+        let echo = controller
+            .function_tag("echo")
+            .ok_or("the executor did not publish echo")?;
+        Ok(Self {
+            controller,
+            executor,
+            echo,
+            cpus,
+        })
+    }
+
+    /// Disconnects both sides.
+    pub fn disconnect(self) {
+        self.controller.disconnect();
+        self.executor.disconnect();
+    }
+}
