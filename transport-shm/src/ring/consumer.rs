@@ -30,6 +30,13 @@ use crate::sync::Ordering;
 /// cache lines, a small frame's header and payload.
 const PREFETCH: usize = 128;
 
+/// Single-frame payloads up to this size are received with
+/// `WrapperFunctionBuffer::try_zeroed`, which keeps those that fit inline
+/// off the heap; longer ones are copied into uninitialised capacity.
+/// Above `orcwire`'s inline capacity (78 bytes), so `from_vec` never copies
+/// a longer payload again.
+const SMALL: usize = 128;
+
 /// A message whose first fragments have arrived.
 struct Partial {
     opcode: Opcode,
@@ -301,12 +308,25 @@ impl RingConsumer {
                         h.total
                     )));
                 }
-                let mut buf = WrapperFunctionBuffer::try_zeroed(len)
-                    .map_err(|e| RingError::OutOfMemory { len: e.len })?;
-                let dst = buf.as_mut_slice();
-                // SAFETY: the payload lies inside the checked, published
-                // frame; `dst` is a private buffer of `len` bytes.
-                unsafe { self.mem.data.read(payload_at, dst.as_mut_ptr(), len) };
+                if len <= SMALL {
+                    // Inline in the buffer itself: no allocation at all.
+                    let mut buf = WrapperFunctionBuffer::try_zeroed(len)
+                        .map_err(|e| RingError::OutOfMemory { len: e.len })?;
+                    let dst = buf.as_mut_slice();
+                    // SAFETY: the payload lies inside the checked, published
+                    // frame; `dst` is a private buffer of `len` bytes.
+                    unsafe { self.mem.data.read(payload_at, dst.as_mut_ptr(), len) };
+                    return Ok(Some(Message::new(opcode, h.seq, h.tag, buf)));
+                }
+                // Larger: copied into uninitialised capacity, not zeroed
+                // first and then overwritten.
+                let mut data = Vec::new();
+                data.try_reserve_exact(len)
+                    .map_err(|_| RingError::OutOfMemory { len })?;
+                // SAFETY: payload inside the checked, published frame;
+                // `len` bytes of spare capacity were just reserved.
+                unsafe { copy_into(&self.mem.data, &mut data, payload_at, len) };
+                let buf = WrapperFunctionBuffer::from_vec(data);
                 return Ok(Some(Message::new(opcode, h.seq, h.tag, buf)));
             }
             if len == 0 || u64::from(h.len) >= h.total {
