@@ -320,12 +320,9 @@ impl RingConsumer {
                 }
                 // Larger: copied into uninitialised capacity, not zeroed
                 // first and then overwritten.
-                let mut data = Vec::new();
-                data.try_reserve_exact(len)
-                    .map_err(|_| RingError::OutOfMemory { len })?;
-                // SAFETY: payload inside the checked, published frame;
-                // `len` bytes of spare capacity were just reserved.
-                unsafe { copy_into(&self.mem.data, &mut data, payload_at, len) };
+                // SAFETY: the payload lies inside the checked, published
+                // frame.
+                let data = unsafe { self.first_bytes(payload_at, len, len)? };
                 let buf = WrapperFunctionBuffer::from_vec(data);
                 return Ok(Some(Message::new(opcode, h.seq, h.tag, buf)));
             }
@@ -338,11 +335,9 @@ impl RingConsumer {
             let Ok(total) = usize::try_from(h.total) else {
                 return Err(RingError::OutOfMemory { len: usize::MAX });
             };
-            let mut data = Vec::new();
-            grow(&mut data, len, total)?;
-            // SAFETY: payload inside the checked, published frame; `grow`
-            // reserved `len` bytes of spare capacity.
-            unsafe { copy_into(&self.mem.data, &mut data, payload_at, len) };
+            // SAFETY: the payload lies inside the checked, published frame,
+            // and `len < total` (checked above).
+            let data = unsafe { self.first_bytes(payload_at, len, total)? };
             self.partial = Some(Partial {
                 opcode,
                 seq: h.seq,
@@ -395,6 +390,30 @@ impl RingConsumer {
                 WrapperFunctionBuffer::from_vec(p.data),
             )
         }))
+    }
+}
+
+impl RingConsumer {
+    /// A private buffer holding the `len` payload bytes at `offset` of a
+    /// checked, published frame: the start of a message of `total` bytes
+    /// (`len` when it is a single frame). Copied into uninitialised
+    /// capacity; room for the rest grows with the bytes that arrive.
+    ///
+    /// # Safety
+    /// `offset .. offset + len` lies inside a checked, published frame,
+    /// and `len <= total`.
+    unsafe fn first_bytes(
+        &self,
+        offset: usize,
+        len: usize,
+        total: usize,
+    ) -> Result<Vec<u8>, RingError> {
+        let mut data = Vec::new();
+        grow(&mut data, len, total)?;
+        // SAFETY: the bytes are in a checked, published frame (our
+        // contract); `grow` reserved `len` bytes of spare capacity.
+        unsafe { copy_into(&self.mem.data, &mut data, offset, len) };
+        Ok(data)
     }
 }
 
