@@ -6,15 +6,17 @@
 //! or `strace -f`.
 //!
 //! ```text
-//! cargo run --release -p orcwire-tools --example pinned_round_trip -- [BYTES] [CALLS] [SPIN_US]
+//! cargo run --release -p orcwire-tools --example pinned_round_trip -- [BYTES] [CALLS] [SPIN_US] [to-executor|to-controller]
 //! ```
-//! Defaults: 1 MiB, 1,000 calls, a 50 µs spin budget (the spin preset).
+//! Defaults: 1 MiB, 1,000 calls, a 50 µs spin budget (the spin preset),
+//! the controller calling the executor.
 //! Prints p50/p90/p99/max of three rounds; every reply is checked.
 
 use std::time::{Duration, Instant};
 
+use orcwire::{Endpoint, HandlerTag};
 use orcwire_shm::{ShmConfig, WaitStrategy};
-use orcwire_tools::bench::PinnedEchoPair;
+use orcwire_tools::bench::{pin_current_thread, PinnedEchoPair};
 
 fn arg(n: usize, default: u64) -> Result<u64, String> {
     match std::env::args().nth(n) {
@@ -32,10 +34,38 @@ fn main() -> Result<(), String> {
         max_message_size: (size as u64).max(ShmConfig::default().max_message_size),
         ..ShmConfig::default()
     };
+    let to_controller = match std::env::args().nth(4).as_deref() {
+        None | Some("to-executor") => false,
+        Some("to-controller") => true,
+        Some(other) => return Err(format!("direction {other:?}: to-executor or to-controller")),
+    };
     let pair = PinnedEchoPair::connect(config)?;
-    let (controller, tag) = (&pair.controller, pair.echo);
-    let (controller_cpu, executor_cpu) = (pair.cpus.controller, pair.cpus.child);
-    println!("controller on CPU {controller_cpu}, executor on CPU {executor_cpu}, {calls} round trips of {size} B, spin {spin:?}");
+    let cpus = pair.cpus;
+    println!(
+        "controller on CPU {}, executor on CPU {}, {calls} round trips of {size} B {}, spin {spin:?}",
+        cpus.controller,
+        cpus.child,
+        if to_controller { "to the controller" } else { "to the executor" }
+    );
+    let result = if to_controller {
+        // The executor calls, from a thread on its own CPU.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                pin_current_thread(cpus.child)?;
+                round_trips(&pair.executor, pair.ctl_echo, size, calls)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the calling thread panicked".into()))
+        })
+    } else {
+        round_trips(&pair.controller, pair.echo, size, calls)
+    };
+    pair.disconnect();
+    result
+}
+
+/// Three rounds of `calls` echo round trips of `size` bytes on `ep`.
+fn round_trips(ep: &Endpoint, tag: HandlerTag, size: usize, calls: usize) -> Result<(), String> {
     let mut arg: Vec<u8> = (0..size).map(|i| (i * 7 + 1) as u8).collect();
     for round in 1..=3 {
         let mut samples = Vec::with_capacity(calls);
@@ -44,7 +74,7 @@ fn main() -> Result<(), String> {
                 *b = i as u8;
             }
             let t = Instant::now();
-            let got = controller.call_sync(tag, &arg).map_err(|e| e.to_string())?;
+            let got = ep.call_sync(tag, &arg).map_err(|e| e.to_string())?;
             samples.push(t.elapsed());
             if got.as_slice() != arg.as_slice() {
                 return Err(format!("call {i}: wrong reply of {} bytes", got.len()));
@@ -60,6 +90,5 @@ fn main() -> Result<(), String> {
             samples[samples.len() - 1]
         );
     }
-    pair.disconnect();
     Ok(())
 }

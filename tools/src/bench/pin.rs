@@ -47,8 +47,9 @@ impl Pinning {
 }
 
 /// A controller and an executor in this process over a heap-backed
-/// shared-memory segment, each side's threads pinned to its own CPU, the
-/// executor publishing `echo`: the set-up of the `pinned_*` examples,
+/// shared-memory segment, each side's threads pinned to its own CPU, each
+/// side answering `echo` calls from the other with the argument buffer
+/// itself (no copy, as the bench's echo): the set-up of the `pinned_*` examples,
 /// which isolate one path for a profiler (`perf record -a` then separates
 /// the two sides by CPU).
 pub struct PinnedEchoPair {
@@ -56,8 +57,10 @@ pub struct PinnedEchoPair {
     pub controller: orcwire::Endpoint,
     /// The executor's endpoint (its threads run on `cpus.child`).
     pub executor: orcwire::Endpoint,
-    /// The executor's `echo` function.
+    /// The executor's `echo` function (the controller calls it).
     pub echo: orcwire::HandlerTag,
+    /// The controller's `ctl_echo` handler (the executor calls it).
+    pub ctl_echo: orcwire::HandlerTag,
     /// Where each side runs.
     pub cpus: Pinning,
 }
@@ -73,7 +76,7 @@ impl PinnedEchoPair {
     pub fn connect(config: orcwire_shm::ShmConfig) -> Result<Self, String> {
         use std::sync::Arc;
 
-        use orcwire::{ControllerBuilder, ExecutorBuilder, Transport, WrapperFunctionBuffer};
+        use orcwire::{ControllerBuilder, ExecutorBuilder, Transport};
         use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmTransport};
 
         let cpus = Pinning::choose()
@@ -88,12 +91,14 @@ impl PinnedEchoPair {
         let executor = std::thread::spawn(move || {
             pin_current_thread(cpus.child)?;
             ExecutorBuilder::new()
-                .sync_function("echo", WrapperFunctionBuffer::from_slice)
+                .function("echo", |args, responder| responder.respond(args))
+                .controller_handler("ctl_echo")
                 .connect(e)
                 .map_err(|e| e.to_string())
         });
         pin_current_thread(cpus.controller)?;
         let controller = ControllerBuilder::new()
+            .handler("ctl_echo", |args, responder| responder.respond(args))
             .connect(c)
             .map_err(|e| e.to_string())?;
         let executor = executor
@@ -102,10 +107,14 @@ impl PinnedEchoPair {
         let echo = controller
             .function_tag("echo")
             .ok_or("the executor did not publish echo")?;
+        let ctl_echo = executor
+            .handler_tag("ctl_echo")
+            .ok_or("the controller did not publish ctl_echo")?;
         Ok(Self {
             controller,
             executor,
             echo,
+            ctl_echo,
             cpus,
         })
     }
