@@ -9,8 +9,10 @@
 //! ("2026-11-30") used it to find which side sets the pipelined pace.
 //!
 //! ```text
-//! cargo run --release -p orcwire-tools --example pinned_pipeline -- [CALLS]
+//! cargo run --release -p orcwire-tools --example pinned_pipeline -- [CALLS] [pipelined]
 //! ```
+//! With `pipelined` the round-trip loop is left out (for a profile of the
+//! pipelined loop alone).
 //! Every reply is checked against its argument.
 
 use std::collections::VecDeque;
@@ -28,6 +30,7 @@ fn main() -> Result<(), String> {
         Some(n) => n.parse().map_err(|e| format!("CALLS: {e}"))?,
         None => 500_000,
     };
+    let round_trips = std::env::args().nth(2).as_deref() != Some("pipelined");
     let config = ShmConfig {
         wait: WaitStrategy::lowest_latency(),
         ..ShmConfig::default()
@@ -60,7 +63,8 @@ fn main() -> Result<(), String> {
         }
         let pipelined = start.elapsed();
         let start = Instant::now();
-        for i in 0..calls / 2 {
+        let rtt_calls = if round_trips { calls / 2 } else { 0 };
+        for i in 0..rtt_calls {
             let mut arg = [0u8; 64];
             arg[..8].copy_from_slice(&i.to_le_bytes());
             check(controller.call_sync(tag, &arg), &arg)?;
@@ -69,7 +73,7 @@ fn main() -> Result<(), String> {
         println!(
             "round {round}: pipelined 1 thread x {WINDOW}: {:.2} M calls/s; round trip mean {:.0} ns",
             calls as f64 / pipelined.as_secs_f64() / 1e6,
-            rtt.as_nanos() as f64 / (calls / 2).max(1) as f64
+            rtt.as_nanos() as f64 / rtt_calls.max(1) as f64
         );
     }
     pair.disconnect();
