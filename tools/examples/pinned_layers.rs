@@ -1,0 +1,266 @@
+//! Where a 64 B call's time goes, layer by layer, in one process with the
+//! two sides pinned to different CPUs: the raw floor (one cache line handed
+//! over each way), the shared-memory transport's `send_until`/`recv` (the
+//! ring, its validation and the wake-up protocol), and the endpoint's
+//! `call_sync` / pipelined `call` (the call engine on top). Each layer runs
+//! in turn within every round, so the rounds see the same machine state;
+//! compare a layer with the floor of the same round.
+//!
+//! ```text
+//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [transport]
+//! ```
+//! With `transport` only the transport's loops run (for a profile of them
+//! alone).
+//! Every reply is checked against its argument.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orcwire::transport::{Received, Transport};
+use orcwire::{Opcode, WrapperFunctionBuffer};
+use orcwire_shm::{
+    required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
+};
+use orcwire_tools::bench::{percentile, pin_current_thread, PinnedEchoPair, Pinning};
+
+/// Calls kept in flight by the pipelined loops.
+const WINDOW: u64 = 64;
+/// The argument's size.
+const BYTES: usize = 64;
+
+/// One word on a line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Line(AtomicU64);
+
+fn main() -> Result<(), String> {
+    let arg = |i: usize, default: u64| -> Result<u64, String> {
+        std::env::args().nth(i).map_or(Ok(default), |s| {
+            s.parse().map_err(|e| format!("argument {i}: {e}"))
+        })
+    };
+    let calls = arg(1, 100_000)?;
+    let rounds = arg(2, 3)?;
+    let all = std::env::args().nth(3).as_deref() != Some("transport");
+    let config = ShmConfig {
+        wait: WaitStrategy::lowest_latency(),
+        ..ShmConfig::default()
+    };
+    let cpus = Pinning::choose().ok_or("needs two CPUs")?;
+    let pair = PinnedEchoPair::connect(config)?;
+    let (transport, transport_peer) = transport_pair(config, cpus)?;
+    println!(
+        "controller on CPU {}, executor on CPU {}, {calls} calls of {BYTES} B per layer and round",
+        cpus.controller, cpus.child
+    );
+    for round in 1..=rounds {
+        // The floor's peer spins: it runs only while the floor is measured.
+        let floor = Floor::start(cpus);
+        let f = floor.round_trips(calls);
+        floor.stop()?;
+        let t = transport_round_trips(&transport, calls)?;
+        let e = if all {
+            endpoint_round_trips(&pair, calls)?
+        } else {
+            f64::NAN
+        };
+        let tp = transport_pipelined(&transport, calls)?;
+        let ep = if all {
+            endpoint_pipelined(&pair, calls)?
+        } else {
+            f64::NAN
+        };
+        println!(
+            "round {round}: round trip p50 floor {:.0} ns, transport {:.0} ns ({:.2}x), endpoint {:.0} ns ({:.2}x); \
+             pipelined 1 thread x {WINDOW}: transport {:.2} M/s, endpoint {:.2} M/s",
+            f,
+            t,
+            t / f,
+            e,
+            e / f,
+            tp,
+            ep
+        );
+    }
+    transport
+        .send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
+        .map_err(|e| e.to_string())?;
+    transport_peer
+        .join()
+        .map_err(|_| "transport peer panicked")??;
+    pair.disconnect();
+    Ok(())
+}
+
+/// The raw floor: `ping` written by the caller, `pong` by a spinning peer
+/// thread on the other CPU.
+struct Floor {
+    lines: Arc<[Line; 2]>,
+    peer: std::thread::JoinHandle<()>,
+}
+
+impl Floor {
+    fn start(cpus: Pinning) -> Self {
+        let lines: Arc<[Line; 2]> = Arc::new(Default::default());
+        let peer_lines = Arc::clone(&lines);
+        let peer = std::thread::spawn(move || {
+            // Unpinned if pinning fails: the numbers then say so.
+            let _ = pin_current_thread(cpus.child);
+            let [ping, pong] = &*peer_lines;
+            loop {
+                let n = ping.0.load(Ordering::Acquire);
+                if n == u64::MAX {
+                    return;
+                }
+                if n != pong.0.load(Ordering::Relaxed) {
+                    pong.0.store(n, Ordering::Release);
+                }
+                std::hint::spin_loop();
+            }
+        });
+        Self { lines, peer }
+    }
+
+    /// p50 of `calls` round trips, in nanoseconds.
+    fn round_trips(&self, calls: u64) -> f64 {
+        let [ping, pong] = &*self.lines;
+        let mut times = Vec::with_capacity(calls as usize);
+        let mut n = ping.0.load(Ordering::Relaxed);
+        for _ in 0..calls {
+            n += 1;
+            let start = Instant::now();
+            ping.0.store(n, Ordering::Release);
+            while pong.0.load(Ordering::Acquire) != n {
+                std::hint::spin_loop();
+            }
+            times.push(start.elapsed());
+        }
+        p50_ns(&mut times)
+    }
+
+    fn stop(self) -> Result<(), String> {
+        self.lines[0].0.store(u64::MAX, Ordering::Release);
+        self.peer
+            .join()
+            .map_err(|_| "the floor's peer panicked".into())
+    }
+}
+
+fn p50_ns(times: &mut [Duration]) -> f64 {
+    times.sort_unstable();
+    percentile(times, 0.5).as_nanos() as f64
+}
+
+/// Two shm transports over one heap segment; the second echoes every call
+/// from a thread pinned to the executor's CPU until it reads `Hangup`.
+fn transport_pair(
+    config: ShmConfig,
+    cpus: Pinning,
+) -> Result<(ShmTransport, std::thread::JoinHandle<Result<(), String>>), String> {
+    let mapping: Arc<dyn SharedMapping> =
+        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
+    let ours = ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?;
+    let theirs = ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?;
+    let peer = std::thread::spawn(move || -> Result<(), String> {
+        pin_current_thread(cpus.child)?;
+        loop {
+            match theirs.recv(None).map_err(|e| e.to_string())? {
+                Received::Message(m) if m.opcode == Opcode::Hangup => return Ok(()),
+                Received::Message(m) => theirs
+                    .send_until(Opcode::Result, m.seq, 0, m.payload.as_slice(), None, &|| {})
+                    .map_err(|e| e.to_string())?,
+                Received::TimedOut | Received::Interrupted => {}
+            }
+        }
+    });
+    Ok((ours, peer))
+}
+
+fn argument(i: u64) -> [u8; BYTES] {
+    let mut a = [0u8; BYTES];
+    a[..8].copy_from_slice(&i.to_le_bytes());
+    a
+}
+
+fn check(got: &[u8], i: u64) -> Result<(), String> {
+    if got == argument(i) {
+        Ok(())
+    } else {
+        Err(format!("reply {i} is wrong ({} bytes)", got.len()))
+    }
+}
+
+/// Receives the next message from the echo peer.
+fn receive(t: &ShmTransport) -> Result<orcwire::Message, String> {
+    loop {
+        if let Received::Message(m) = t.recv(None).map_err(|e| e.to_string())? {
+            return Ok(m);
+        }
+    }
+}
+
+fn transport_round_trips(t: &ShmTransport, calls: u64) -> Result<f64, String> {
+    let mut times = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let start = Instant::now();
+        t.send_until(Opcode::CallWrapper, i, 1, &argument(i), None, &|| {})
+            .map_err(|e| e.to_string())?;
+        let m = receive(t)?;
+        times.push(start.elapsed());
+        check(m.payload.as_slice(), i)?;
+    }
+    Ok(p50_ns(&mut times))
+}
+
+fn transport_pipelined(t: &ShmTransport, calls: u64) -> Result<f64, String> {
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    while received < calls {
+        while sent < calls && sent - received < WINDOW {
+            t.send_until(Opcode::CallWrapper, sent, 1, &argument(sent), None, &|| {})
+                .map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+        let m = receive(t)?;
+        check(m.payload.as_slice(), received)?;
+        received += 1;
+    }
+    Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+fn endpoint_round_trips(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> {
+    let mut times = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let start = Instant::now();
+        let r: WrapperFunctionBuffer = pair
+            .controller
+            .call_sync(pair.echo, &argument(i))
+            .map_err(|e| e.to_string())?;
+        times.push(start.elapsed());
+        check(r.as_slice(), i)?;
+    }
+    Ok(p50_ns(&mut times))
+}
+
+fn endpoint_pipelined(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(WINDOW as usize);
+    for i in 0..calls {
+        if in_flight.len() as u64 == WINDOW {
+            if let Some((call, j)) = in_flight.pop_front() {
+                let call: orcwire::PendingCall = call;
+                check(call.wait().map_err(|e| e.to_string())?.as_slice(), j)?;
+            }
+        }
+        let call = pair
+            .controller
+            .call(pair.echo, &argument(i))
+            .map_err(|e| e.to_string())?;
+        in_flight.push_back((call, i));
+    }
+    while let Some((call, j)) = in_flight.pop_front() {
+        check(call.wait().map_err(|e| e.to_string())?.as_slice(), j)?;
+    }
+    Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
