@@ -7,10 +7,10 @@
 //! compare a layer with the floor of the same round.
 //!
 //! ```text
-//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [transport]
+//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [transport|one-thread]
 //! ```
-//! With `transport` only the transport's loops run (for a profile of them
-//! alone).
+//! With `transport` only the transport's loops run, with `one-thread` only
+//! the one-thread loop (for a profile of them alone).
 //! Every reply is checked against its argument.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,11 +42,21 @@ fn main() -> Result<(), String> {
     };
     let calls = arg(1, 100_000)?;
     let rounds = arg(2, 3)?;
-    let all = std::env::args().nth(3).as_deref() != Some("transport");
+    let only = std::env::args().nth(3);
+    let all = only.is_none();
     let config = ShmConfig {
         wait: WaitStrategy::lowest_latency(),
         ..ShmConfig::default()
     };
+    if only.as_deref() == Some("one-thread") {
+        for round in 1..=rounds {
+            let code = one_thread(config, calls)?;
+            println!(
+                "round {round}: transport on one thread {code:.0} ns a call (2 sends, 2 receives)"
+            );
+        }
+        return Ok(());
+    }
     let cpus = Pinning::choose().ok_or("needs two CPUs")?;
     let pair = PinnedEchoPair::connect(config)?;
     let (transport, transport_peer) = transport_pair(config, cpus)?;
@@ -54,6 +64,9 @@ fn main() -> Result<(), String> {
         "controller on CPU {}, executor on CPU {}, {calls} calls of {BYTES} B per layer and round",
         cpus.controller, cpus.child
     );
+    // The transport's code alone: both ends on this thread, 64 calls out,
+    // 64 answers, 64 answers in: no cache line crosses a core.
+    let one_thread_config = config;
     for round in 1..=rounds {
         // The floor's peer spins: it runs only while the floor is measured.
         let floor = Floor::start(cpus);
@@ -71,16 +84,19 @@ fn main() -> Result<(), String> {
         } else {
             f64::NAN
         };
+        let code = one_thread(one_thread_config, calls)?;
         println!(
             "round {round}: round trip p50 floor {:.0} ns, transport {:.0} ns ({:.2}x), endpoint {:.0} ns ({:.2}x); \
-             pipelined 1 thread x {WINDOW}: transport {:.2} M/s, endpoint {:.2} M/s",
+             pipelined 1 thread x {WINDOW}: transport {:.2} M/s, endpoint {:.2} M/s; \
+             transport on one thread {:.0} ns a call (2 sends, 2 receives)",
             f,
             t,
             t / f,
             e,
             e / f,
             tp,
-            ep
+            ep,
+            code
         );
     }
     transport
@@ -263,4 +279,38 @@ fn endpoint_pipelined(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> 
         check(call.wait().map_err(|e| e.to_string())?.as_slice(), j)?;
     }
     Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Both ends of a fresh transport pair on this thread, in batches of
+/// [`WINDOW`]: calls out, answers back, answers in. Nanoseconds per call
+/// (two sends and two receives), with no cache line crossing a core: the
+/// code's own cost.
+fn one_thread(config: ShmConfig, calls: u64) -> Result<f64, String> {
+    let mapping: Arc<dyn SharedMapping> =
+        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
+    let a = ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?;
+    let b = ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?;
+    let fail = |e: orcwire::transport::TransportError| e.to_string();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < calls {
+        for k in i..i + WINDOW {
+            a.send_until(Opcode::CallWrapper, k, 1, &argument(k), None, &|| {})
+                .map_err(fail)?;
+        }
+        for _ in 0..WINDOW {
+            let m = b.try_recv().map_err(fail)?.ok_or("a call went missing")?;
+            b.send_until(Opcode::Result, m.seq, 0, m.payload.as_slice(), None, &|| {})
+                .map_err(fail)?;
+        }
+        for k in i..i + WINDOW {
+            let m = a
+                .try_recv()
+                .map_err(fail)?
+                .ok_or("an answer went missing")?;
+            check(m.payload.as_slice(), k)?;
+        }
+        i += WINDOW;
+    }
+    Ok(start.elapsed().as_nanos() as f64 / i as f64)
 }

@@ -329,8 +329,26 @@ impl RingProducer {
 
     /// Makes every written frame visible to the consumer, with one store.
     /// Returns whether there was anything new (then wake the consumer).
+    /// [`publish_with`](Self::publish_with)`(true)`.
     #[inline]
     pub fn publish(&mut self) -> bool {
+        self.publish_with(true)
+    }
+
+    /// Makes every written frame visible to the consumer, with one store,
+    /// and returns whether there was anything new (then wake the consumer).
+    ///
+    /// `hand_over`: whether the consumer is probably waiting for these
+    /// frames (it answers one message at a time). Then the published lines
+    /// and the tail's are demoted (`cldemote`) to the cache both cores
+    /// share, where the consumer's next read finds them sooner. While the
+    /// consumer works through a backlog, pass `false`: demoting then gains
+    /// nothing (it reads these frames later anyway) and costs the producer,
+    /// whose next tail store and next frame (sharing the last line of this
+    /// one) must fetch the demoted lines back. Measured in
+    /// `docs/BENCHMARKS.md` ("2026-11-30 (3)").
+    #[inline]
+    pub fn publish_with(&mut self, hand_over: bool) -> bool {
         if self.tail == self.published_tail {
             return false;
         }
@@ -344,14 +362,16 @@ impl RingProducer {
             Ordering::Release
         };
         self.mem.control.tail.store(self.tail, order);
-        hint::demote(std::ptr::from_ref(&*self.mem.control.tail).cast());
-        let written = self.idx.distance(self.published_tail, self.tail) as usize;
-        let from = self.idx.offset(self.published_tail);
-        self.mem.data.hint_lines(
-            from,
-            written.min(PREFETCH).min(self.mem.capacity - from),
-            hint::demote,
-        );
+        if hand_over {
+            hint::demote(std::ptr::from_ref(&*self.mem.control.tail).cast());
+            let written = self.idx.distance(self.published_tail, self.tail) as usize;
+            let from = self.idx.offset(self.published_tail);
+            self.mem.data.hint_lines(
+                from,
+                written.min(PREFETCH).min(self.mem.capacity - from),
+                hint::demote,
+            );
+        }
         self.published_tail = self.tail;
         // Where the next frames go: fetch those lines for writing now, so
         // the next send's stores (and the tail published behind them, in

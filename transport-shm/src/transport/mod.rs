@@ -138,6 +138,12 @@ pub struct ShmTransport {
     /// a large transfer spin for about the time the peer needs to copy it
     /// (see [`ShmTransport::strategy`]).
     bulk: AtomicUsize,
+    /// Whether the last message received had to be waited for: the peer
+    /// then sends one message at a time and waits for the answer, so what
+    /// we publish next is handed over (see `RingProducer::publish_with`).
+    /// A message already there when we looked means the peer is ahead of
+    /// us: it is busy, and handing over would only cost. Only a hint.
+    in_step: AtomicBool,
     /// The error of the first of [`CLOSED`], [`PEER_DEAD`], [`FAILED`];
     /// set (under the lock) before the flag.
     first_error: Mutex<Option<TransportError>>,
@@ -239,6 +245,7 @@ impl ShmTransport {
             interrupted: AtomicBool::new(false),
             room_wait: AtomicBool::new(false),
             bulk: AtomicUsize::new(0),
+            in_step: AtomicBool::new(true),
             first_error: Mutex::new(None),
             watcher: Mutex::new(None),
         })
@@ -329,7 +336,9 @@ mod tests {
     use orcwire::Opcode;
 
     use super::*;
+    use crate::layout::waiting;
     use crate::mapping::HeapMapping;
+    use std::time::Instant;
 
     fn pair(config: ShmConfig) -> (ShmTransport, ShmTransport) {
         let mapping: Arc<dyn SharedMapping> =
@@ -440,6 +449,51 @@ mod tests {
         c.send(Opcode::CallWrapper, 1, 0, &vec![0u8; 8 << 20])
             .unwrap();
         assert_eq!(c.strategy(), WaitStrategy::spin_for(BULK_MAX_SPIN));
+    }
+
+    #[test]
+    fn a_message_that_was_waited_for_makes_the_next_send_a_hand_over() {
+        let (c, e) = pair(ShmConfig::default());
+        let in_step = |t: &ShmTransport| t.in_step.load(Ordering::Relaxed);
+        assert!(in_step(&e), "a fresh transport hands over");
+        // Already there when the receiver looked: the peer is ahead.
+        c.send(Opcode::CallWrapper, 1, 0, b"first").unwrap();
+        c.send(Opcode::CallWrapper, 2, 0, b"second").unwrap();
+        assert!(matches!(e.recv(None).unwrap(), Received::Message(m) if m.seq == 1));
+        assert!(!in_step(&e));
+        assert!(matches!(e.try_recv().unwrap(), Some(m) if m.seq == 2));
+        assert!(!in_step(&e));
+        // Waited for: the peer sends one at a time and waits for us. The
+        // sender sends once the receiver sleeps.
+        let e = Arc::new(e);
+        let receiver = Arc::clone(&e);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sender = std::thread::spawn(move || {
+            while receiver.own.waiting_bits() & waiting::DATA == 0 {
+                assert!(Instant::now() < deadline, "the receiver never slept");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            c.send(Opcode::CallWrapper, 3, 0, b"third").unwrap();
+            c
+        });
+        assert!(matches!(e.recv(Some(deadline)).unwrap(), Received::Message(m) if m.seq == 3));
+        assert!(in_step(&e));
+        // Finding nothing changes nothing.
+        assert!(e.try_recv().unwrap().is_none());
+        assert!(in_step(&e));
+        // A hand-over and a plain publication deliver alike.
+        let c = sender.join().unwrap();
+        e.send(Opcode::Result, 3, 0, b"handed over").unwrap();
+        assert!(
+            matches!(c.recv(None).unwrap(), Received::Message(m) if m.payload.as_slice() == b"handed over")
+        );
+        c.send(Opcode::CallWrapper, 4, 0, b"x").unwrap();
+        assert!(matches!(e.recv(None).unwrap(), Received::Message(m) if m.seq == 4));
+        assert!(!in_step(&e));
+        e.send(Opcode::Result, 4, 0, b"published").unwrap();
+        assert!(
+            matches!(c.recv(None).unwrap(), Received::Message(m) if m.payload.as_slice() == b"published")
+        );
     }
 
     #[test]

@@ -20,8 +20,14 @@ use crate::wait::{WaitOutcome, WaitStrategy};
 
 impl ShmTransport {
     /// One `try_recv`, waking a peer waiting for space if it freed some.
+    /// `waited`: whether the caller waited for this message (see
+    /// `in_step`).
     #[inline(always)]
-    fn try_take(&self, consumer: &mut RingConsumer) -> Result<Option<Message>, TransportError> {
+    fn try_take(
+        &self,
+        consumer: &mut RingConsumer,
+        waited: bool,
+    ) -> Result<Option<Message>, TransportError> {
         let result = consumer.try_recv();
         if consumer.take_freed_space() {
             self.peer.notify(waiting::SPACE);
@@ -29,6 +35,10 @@ impl ShmTransport {
         match result {
             Ok(Some(m)) => {
                 self.note_size(m.payload.len());
+                // Relaxed: only a hint for how to publish.
+                if self.in_step.load(Ordering::Relaxed) != waited {
+                    self.in_step.store(waited, Ordering::Relaxed);
+                }
                 Ok(Some(m))
             }
             other => other.map_err(|e| self.ring_failed(e)),
@@ -103,7 +113,7 @@ impl Transport for ShmTransport {
             let status = producer
                 .try_write(&mut msg)
                 .map_err(|e| self.ring_failed(e))?;
-            if producer.publish() {
+            if producer.publish_with(self.in_step.load(Ordering::Relaxed)) {
                 self.peer.notify(waiting::DATA);
             }
             match status {
@@ -152,6 +162,7 @@ impl Transport for ShmTransport {
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError> {
         let mut consumer = self.consumer.lock();
+        let mut waited = false;
         loop {
             if self.is_terminated() {
                 return Err(self.terminal_error());
@@ -163,7 +174,7 @@ impl Transport for ShmTransport {
             {
                 return Ok(Received::Interrupted);
             }
-            if let Some(m) = self.try_take(&mut consumer)? {
+            if let Some(m) = self.try_take(&mut consumer, waited)? {
                 return Ok(Received::Message(m));
             }
             if self.peer_state()? {
@@ -173,7 +184,7 @@ impl Transport for ShmTransport {
                     return Err(TransportError::PeerHungUp);
                 }
                 // Everything the peer published before its bit is visible.
-                if let Some(m) = self.try_take(&mut consumer)? {
+                if let Some(m) = self.try_take(&mut consumer, waited)? {
                     return Ok(Received::Message(m));
                 }
                 if consumer.has_frames() {
@@ -200,6 +211,7 @@ impl Transport for ShmTransport {
                         Poll::Pending
                     })
                 });
+            waited = true;
             match outcome {
                 Ok(WaitOutcome::Ready(())) => {}
                 Ok(WaitOutcome::TimedOut) => return Ok(Received::TimedOut),
@@ -227,7 +239,7 @@ impl Transport for ShmTransport {
         }
         // Nothing whole yet, or the peer hung up: `recv` finds out which
         // (it drains what the peer published before its bit first).
-        self.try_take(&mut consumer)
+        self.try_take(&mut consumer, false)
     }
 
     fn interrupt_recv(&self) {
