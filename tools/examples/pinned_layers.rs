@@ -64,14 +64,9 @@ fn main() -> Result<(), String> {
         "controller on CPU {}, executor on CPU {}, {calls} calls of {BYTES} B per layer and round",
         cpus.controller, cpus.child
     );
-    // The transport's code alone: both ends on this thread, 64 calls out,
-    // 64 answers, 64 answers in: no cache line crosses a core.
-    let one_thread_config = config;
     for round in 1..=rounds {
-        // The floor's peer spins: it runs only while the floor is measured.
-        let floor = Floor::start(cpus);
-        let f = floor.round_trips(calls);
-        floor.stop()?;
+        let f = floor(cpus, false, calls)?;
+        let f2 = floor(cpus, true, calls)?;
         let t = transport_round_trips(&transport, calls)?;
         let e = if all {
             endpoint_round_trips(&pair, calls)?
@@ -84,19 +79,16 @@ fn main() -> Result<(), String> {
         } else {
             f64::NAN
         };
-        let code = one_thread(one_thread_config, calls)?;
+        // The transport's code alone: both ends on this thread, no cache
+        // line crossing a core.
+        let code = one_thread(config, calls)?;
         println!(
-            "round {round}: round trip p50 floor {:.0} ns, transport {:.0} ns ({:.2}x), endpoint {:.0} ns ({:.2}x); \
-             pipelined 1 thread x {WINDOW}: transport {:.2} M/s, endpoint {:.2} M/s; \
-             transport on one thread {:.0} ns a call (2 sends, 2 receives)",
-            f,
-            t,
+            "round {round}: round trip p50: floor {f:.0} ns (two lines each way {f2:.0} ns), \
+             transport {t:.0} ns ({:.2}x), endpoint {e:.0} ns ({:.2}x); \
+             pipelined 1 thread x {WINDOW}: transport {tp:.2} M/s, endpoint {ep:.2} M/s; \
+             transport on one thread {code:.0} ns a call (2 sends, 2 receives)",
             t / f,
-            e,
             e / f,
-            tp,
-            ep,
-            code
         );
     }
     transport
@@ -110,49 +102,68 @@ fn main() -> Result<(), String> {
 }
 
 /// The raw floor: `ping` written by the caller, `pong` by a spinning peer
-/// thread on the other CPU.
+/// thread on the other CPU. With `two_lines`, each side also writes a word
+/// on a second line before its flag (`req`, `resp`), which the other reads
+/// after seeing the flag: the shape of a ring whose consumer polls an index
+/// and then reads the frame (two lines cross each way, the second fetched
+/// only once the first arrived).
 struct Floor {
-    lines: Arc<[Line; 2]>,
+    lines: Arc<[Line; 4]>,
+    two_lines: bool,
     peer: std::thread::JoinHandle<()>,
 }
 
 impl Floor {
-    fn start(cpus: Pinning) -> Self {
-        let lines: Arc<[Line; 2]> = Arc::new(Default::default());
+    fn start(cpus: Pinning, two_lines: bool) -> Self {
+        let lines: Arc<[Line; 4]> = Arc::new(Default::default());
         let peer_lines = Arc::clone(&lines);
         let peer = std::thread::spawn(move || {
             // Unpinned if pinning fails: the numbers then say so.
             let _ = pin_current_thread(cpus.child);
-            let [ping, pong] = &*peer_lines;
+            let [ping, pong, req, resp] = &*peer_lines;
             loop {
                 let n = ping.0.load(Ordering::Acquire);
                 if n == u64::MAX {
                     return;
                 }
                 if n != pong.0.load(Ordering::Relaxed) {
+                    if two_lines {
+                        resp.0
+                            .store(req.0.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
                     pong.0.store(n, Ordering::Release);
                 }
                 std::hint::spin_loop();
             }
         });
-        Self { lines, peer }
+        Self {
+            lines,
+            two_lines,
+            peer,
+        }
     }
 
     /// p50 of `calls` round trips, in nanoseconds.
-    fn round_trips(&self, calls: u64) -> f64 {
-        let [ping, pong] = &*self.lines;
+    fn round_trips(&self, calls: u64) -> Result<f64, String> {
+        let [ping, pong, req, resp] = &*self.lines;
         let mut times = Vec::with_capacity(calls as usize);
         let mut n = ping.0.load(Ordering::Relaxed);
         for _ in 0..calls {
             n += 1;
             let start = Instant::now();
+            if self.two_lines {
+                req.0.store(n, Ordering::Relaxed);
+            }
             ping.0.store(n, Ordering::Release);
             while pong.0.load(Ordering::Acquire) != n {
                 std::hint::spin_loop();
             }
+            if self.two_lines && resp.0.load(Ordering::Relaxed) != n {
+                return Err(format!("floor round {n}: the second line was not answered"));
+            }
             times.push(start.elapsed());
         }
-        p50_ns(&mut times)
+        Ok(p50_ns(&mut times))
     }
 
     fn stop(self) -> Result<(), String> {
@@ -161,6 +172,14 @@ impl Floor {
             .join()
             .map_err(|_| "the floor's peer panicked".into())
     }
+}
+
+/// One floor measurement, its spinning peer running only meanwhile.
+fn floor(cpus: Pinning, two_lines: bool, calls: u64) -> Result<f64, String> {
+    let floor = Floor::start(cpus, two_lines);
+    let p50 = floor.round_trips(calls);
+    floor.stop()?;
+    p50
 }
 
 fn p50_ns(times: &mut [Duration]) -> f64 {
