@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orcwire::{Message, Opcode, Received, Transport, TransportError};
-use orcwire_shm::layout::RingControl;
 use orcwire_shm::{
     required_size, HeapMapping, RingCapacity, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
 };
@@ -398,15 +397,18 @@ fn corruption_is_a_protocol_error_that_closes_the_transport() {
     let p = pair(config(4096, WaitStrategy::balanced()));
     p.controller.send(Opcode::Result, 1, 0, b"fine").unwrap();
     assert_eq!(message(p.executor.recv(None)).seq, 1);
-    // The "controller" publishes an unaligned tail on ring 0.
+    // The "controller" writes garbage into the next slot of ring 0 (where
+    // the frame after "fine", 48 bytes, would start): neither 0 nor a
+    // published frame.
     let ring = p.executor.layout().rings[0];
-    let at = ring.control_offset + offset_of!(RingControl, tail);
-    // SAFETY: the tail is an aligned AtomicU64 inside the live mapping.
-    let tail = unsafe { &*p.mapping.base().add(at).cast::<AtomicU64>() };
-    tail.store(tail.load(Ordering::Relaxed) + 8, Ordering::Release);
+    let at = ring.data_offset + 48;
+    // SAFETY: an aligned word of the ring's data inside the live mapping,
+    // which the ring reads only atomically.
+    let slot = unsafe { &*p.mapping.base().add(at).cast::<AtomicU64>() };
+    slot.store(0x5a, Ordering::Release);
     let err = p.executor.recv(None).unwrap_err();
     assert!(
-        matches!(&err, TransportError::Protocol(t) if t.contains("tail")),
+        matches!(&err, TransportError::Protocol(t) if t.contains("slot")),
         "{err:?}"
     );
     // Sticky for every call.
@@ -442,7 +444,8 @@ fn dropping_an_end_hangs_up() {
 fn sizes_are_read_once_at_attach_but_a_new_epoch_is_noticed() {
     let p = pair(config(4096, WaitStrategy::balanced()));
     // Scribble over every plain header field after both ends joined: they
-    // were copied at attach, so traffic is unaffected.
+    // were copied at attach, so traffic is unaffected. (Messages of one
+    // frame that always fits: this thread sends, then receives.)
     for offset in 8..80 {
         // SAFETY: inside the header of the live mapping; a peer process
         // could write these bytes at any time.
@@ -450,10 +453,10 @@ fn sizes_are_read_once_at_attach_but_a_new_epoch_is_noticed() {
     }
     for seq in 0..100 {
         p.controller
-            .send(Opcode::Result, seq, 0, &pattern(3000, seq, 0))
+            .send(Opcode::Result, seq, 0, &pattern(900, seq, 0))
             .unwrap();
         let m = message(p.executor.recv(None));
-        assert_eq!(m.payload.as_slice(), &pattern(3000, seq, 0)[..]);
+        assert_eq!(m.payload.as_slice(), &pattern(900, seq, 0)[..]);
     }
     // A different epoch in the state word means the segment was
     // re-initialised under us: a protocol error.

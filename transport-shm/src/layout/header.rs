@@ -20,7 +20,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ORCWSHM1");
 /// Version of this layout; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Smallest ring capacity in bytes.
 pub const MIN_RING_CAPACITY: usize = 256;
 /// Largest ring capacity in bytes (frame lengths are 32-bit).
@@ -208,6 +208,8 @@ pub struct RingControl {
     pub head: CachePadded<AtomicU64>,
     /// Byte position one past the last published frame. Written only by
     /// the producer. In range `0 .. 2 * capacity`, a multiple of 16, never
-    /// more than `capacity` ahead of `head`.
+    /// more than `capacity` ahead of `head`. The consumer does not read it
+    /// (frames publish themselves, see the ring docs); the producer
+    /// resumes from it and `orcwire inspect` reports it.
     pub tail: CachePadded<AtomicU64>,
 }

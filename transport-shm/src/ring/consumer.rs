@@ -8,17 +8,23 @@
 //! `max_message_size` first), so a hostile length never becomes a huge
 //! allocation.
 //!
+//! A frame is there when the first word of the slot at the head is set
+//! (read with `Acquire`; the producer clears each slot before the frame
+//! before it is published, so a slot reads 0 until its frame is). The
+//! consumer never reads the producer's `tail`: one cache line crosses per
+//! small message instead of two (the index's, then the frame's).
+//!
 //! Relies on: `memory/` for the ring's bytes and control block, `frame.rs`
-//! for the header format, `indices.rs` for positions; the producer's
-//! `tail` is re-read only when the cached copy says the ring is empty, and
-//! checked every time.
+//! for the header format, `indices.rs` for positions.
 
 use std::fmt;
 use std::sync::Arc;
 
 use orcwire::{Message, Opcode, WrapperFunctionBuffer};
 
-use super::frame::{frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, KNOWN_FLAGS, LAST, PADDING};
+use super::frame::{
+    frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, KNOWN_FLAGS, LAST, PADDING, PUBLISHED,
+};
 use super::indices::Indices;
 use super::memory::{hint, DataRegion, RingBytes, RingMemory};
 use super::{corrupt, RingError};
@@ -26,8 +32,8 @@ use crate::layout::{LayoutError, RingRegion};
 use crate::mapping::SharedMapping;
 use crate::sync::Ordering;
 
-/// Published bytes past the head fetched at once when the tail moves: two
-/// cache lines, a small frame's header and payload.
+/// Bytes of a newly published frame fetched at once: two cache lines, a
+/// small frame's header and payload.
 const PREFETCH: usize = 128;
 
 /// Single-frame payloads up to this size are received with
@@ -53,13 +59,10 @@ pub struct RingConsumer {
     mem: RingMemory,
     idx: Indices,
     /// Where the next frame starts. In `0 .. 2 * capacity`, 16-aligned,
-    /// never past `cached_tail`.
+    /// never past the producer's published tail.
     head: u64,
     /// The head last stored to shared memory.
     published_head: u64,
-    /// The producer's tail as last read and checked; at most `capacity`
-    /// ahead of `head`.
-    cached_tail: u64,
     max_message_size: u64,
     partial: Option<Partial>,
     /// The first error; every later call returns it again.
@@ -73,7 +76,6 @@ impl fmt::Debug for RingConsumer {
         f.debug_struct("RingConsumer")
             .field("capacity", &self.mem.capacity)
             .field("head", &self.head)
-            .field("cached_tail", &self.cached_tail)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
@@ -106,8 +108,6 @@ impl RingConsumer {
             idx,
             head,
             published_head: head,
-            // Looks empty, so the first read loads the real tail.
-            cached_tail: head,
             max_message_size,
             partial: None,
             failed: None,
@@ -144,12 +144,22 @@ impl RingConsumer {
         result
     }
 
-    /// Whether published frames are waiting (re-reads the tail). For a
+    /// Whether a frame is published at the head (polls its slot). For a
     /// waiting consumer's re-check.
     pub fn has_frames(&self) -> bool {
-        // SYNC POINT: frames published. Pairs with `publish`'s `Release`
-        // store; `try_recv` reads (and checks) the tail again.
-        self.cached_tail != self.head || self.mem.control.tail.load(Ordering::Acquire) != self.head
+        // SAFETY: the slot is a 16-aligned position of this ring.
+        unsafe { self.mem.data.load_commit(self.slot()) != 0 }
+    }
+
+    /// The offset where the next frame starts: the head's, or the start of
+    /// the ring when a gap too short for a header is left before its end.
+    fn slot(&self) -> usize {
+        let offset = self.idx.offset(self.head);
+        if self.idx.capacity - (offset as u64) < HEADER {
+            0
+        } else {
+            offset
+        }
     }
 
     /// Whether a message is partly received.
@@ -174,78 +184,46 @@ impl RingConsumer {
         }
     }
 
-    /// Re-reads the producer's tail, once, and checks it: a position at
-    /// most one capacity ahead of our head.
-    fn refresh_tail(&mut self) -> Result<(), RingError> {
-        // SYNC POINT: frames published. Pairs with `publish`'s `Release`
-        // store of `tail`.
-        let tail = self.mem.control.tail.load(Ordering::Acquire);
-        if !self.idx.is_valid(tail) {
-            return Err(corrupt(format!(
-                "producer tail {tail} is not a 16-byte aligned position below {}",
-                2 * self.idx.capacity
-            )));
-        }
-        if self.idx.distance(self.head, tail) > self.idx.capacity {
-            return Err(corrupt(format!(
-                "producer tail {tail} is more than a ring ahead of head {}",
-                self.head
-            )));
-        }
-        // New frames: fetch their first lines together (header and a
-        // small payload) instead of one miss after the other.
-        let offset = self.idx.offset(self.head);
-        let ahead = (self.idx.distance(self.head, tail) as usize)
-            .min(PREFETCH)
-            .min(self.mem.capacity - offset);
-        self.mem.data.hint_lines(offset, ahead, hint::for_read);
-        self.cached_tail = tail;
-        Ok(())
-    }
-
     #[inline(always)]
     fn read_frames(&mut self) -> Result<Option<Message>, RingError> {
         let cap = self.idx.capacity;
         let mut consumed = 0u64;
         while consumed < cap {
-            if self.head == self.cached_tail {
-                self.refresh_tail()?;
-                if self.head == self.cached_tail {
-                    return Ok(None);
-                }
-            }
-            let avail = self.idx.distance(self.head, self.cached_tail);
             let offset = self.idx.offset(self.head);
             let contiguous = cap - offset as u64;
             if contiguous < HEADER {
-                if avail < contiguous {
-                    return Err(corrupt(format!(
-                        "published bytes end inside the gap at the end of the ring (position {})",
-                        self.head
-                    )));
-                }
+                // Too short for a header: the producer skipped it when the
+                // frame before it was written, so the tail is past it.
                 self.head = self.idx.advance(self.head, contiguous);
                 consumed += contiguous;
                 continue;
             }
-            if avail < HEADER {
-                return Err(corrupt(format!(
-                    "published bytes end inside a frame header (position {}, {avail} bytes)",
-                    self.head
-                )));
+            // SAFETY: `offset + 32 <= capacity`, 16-aligned.
+            let word0 = unsafe { self.mem.data.load_commit(offset) };
+            if word0 == 0 {
+                return Ok(None);
             }
-            // SAFETY: 16-aligned, `offset + 32 <= capacity` and published
-            // (`avail >= 32`).
-            let h = FrameHeader::from_words(unsafe { self.mem.data.read_header(offset) });
-            let size = frame_size(u64::from(h.len));
+            let len = word0 as u32;
+            let size = frame_size(u64::from(len));
             if size > contiguous {
                 return Err(corrupt(format!(
                     "frame of {size} bytes at offset {offset} runs past the end of the ring"
                 )));
             }
-            if size > avail {
+            // Its first lines at once (the header's rest and a small
+            // payload) rather than one miss after the other.
+            self.mem.data.hint_lines(
+                offset,
+                (size as usize).min(PREFETCH),
+                hint::for_read,
+            );
+            // SAFETY: the frame is published (its first word, read with
+            // `Acquire`, is set) and lies inside the ring (`size <=
+            // contiguous`).
+            let h = FrameHeader::from_parts(word0, unsafe { self.mem.data.read_header_rest(offset) });
+            if h.flags & PUBLISHED == 0 {
                 return Err(corrupt(format!(
-                    "frame of {size} bytes at offset {offset} runs past the {avail} published bytes"
+                    "the slot at offset {offset} holds {word0:#x}: neither 0 nor a published frame"
                 )));
             }
             if h.reserved != 0 || h.flags & !KNOWN_FLAGS != 0 {
@@ -257,7 +235,7 @@ impl RingConsumer {
             if h.flags & PADDING != 0 {
                 let clean = FrameHeader {
                     len: h.len,
-                    flags: PADDING,
+                    flags: PADDING | PUBLISHED,
                     ..FrameHeader::default()
                 };
                 if h != clean || size != contiguous {
@@ -390,6 +368,52 @@ impl RingConsumer {
                 WrapperFunctionBuffer::from_vec(p.data),
             )
         }))
+    }
+}
+
+/// A look at a ring's next slot without its consumer: whether anything is
+/// published past the head the consumer last stored. Only a hint, for a
+/// caller that knows no one is mid-receive (then the stored head is the
+/// consumer's own); a wrong answer, which only a peer writing the ring's
+/// memory could cause, skips a look or takes the consumer's checked path.
+pub struct RingPeek {
+    mem: RingMemory,
+    idx: Indices,
+}
+
+// SAFETY: a peek makes only atomic loads (the stored head, a slot's first
+// word); it never copies or writes ring bytes, so sharing it between threads
+// adds no access the protocol does not already allow.
+unsafe impl Sync for RingPeek {}
+
+impl RingPeek {
+    /// A look at the ring in `region` of `mapping`.
+    ///
+    /// # Errors
+    /// [`LayoutError`] when the region does not fit the mapping.
+    pub fn new(mapping: &Arc<dyn SharedMapping>, region: RingRegion) -> Result<Self, LayoutError> {
+        let mem = RingMemory::new(mapping, &region)?;
+        let idx = Indices {
+            capacity: region.capacity as u64,
+        };
+        Ok(Self { mem, idx })
+    }
+
+    /// Whether the slot at the stored head is empty: nothing to receive.
+    pub fn is_empty(&self) -> bool {
+        // Our own side's word: no ordering needed.
+        let head = self.mem.control.head.load(Ordering::Relaxed);
+        if !self.idx.is_valid(head) {
+            return false; // let the checked path report it
+        }
+        let offset = self.idx.offset(head);
+        let slot = if self.idx.capacity - (offset as u64) < HEADER {
+            0
+        } else {
+            offset
+        };
+        // SAFETY: a 16-aligned position of this ring.
+        unsafe { self.mem.data.load_commit(slot) == 0 }
     }
 }
 

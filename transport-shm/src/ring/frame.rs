@@ -14,8 +14,12 @@ pub const FIRST: u8 = 1;
 pub const LAST: u8 = 2;
 /// Frame flag: filler up to the end of the ring; no message data.
 pub const PADDING: u8 = 4;
+/// Frame flag: set in every published frame. A frame's first header word
+/// is its publication: the producer stores it last, with `Release`, and
+/// the slot where the next frame will start holds 0 until then.
+pub const PUBLISHED: u8 = 8;
 /// Every defined flag; any other bit is a protocol violation.
-pub(super) const KNOWN_FLAGS: u8 = FIRST | LAST | PADDING;
+pub(super) const KNOWN_FLAGS: u8 = FIRST | LAST | PADDING | PUBLISHED;
 
 /// [`FRAME_HEADER_SIZE`] as a position step.
 pub(super) const HEADER: u64 = FRAME_HEADER_SIZE as u64;
@@ -28,20 +32,22 @@ pub(super) const ALIGN: u64 = FRAME_ALIGN as u64;
 /// | word | bits   | field                                   |
 /// |------|--------|-----------------------------------------|
 /// | 0    | 0..32  | `len`: payload bytes in this frame      |
-/// | 0    | 32..40 | `flags`: [`FIRST`], [`LAST`], [`PADDING`] |
+/// | 0    | 32..40 | `flags`: [`FIRST`], [`LAST`], [`PADDING`], [`PUBLISHED`] |
 /// | 0    | 40..48 | `opcode` (wire value, 0..=3)            |
 /// | 0    | 48..64 | reserved, 0                             |
 /// | 1    |        | `seq`                                   |
 /// | 2    |        | `tag`                                   |
 /// | 3    |        | `total`: the whole message's length     |
 ///
-/// A padding frame has `len` = bytes to the end of the ring minus 32 and
-/// every other field 0.
+/// A padding frame has `len` = bytes to the end of the ring minus 32,
+/// flags `PADDING | PUBLISHED` and every other field 0. Word 0 is the
+/// frame's publication (see [`PUBLISHED`]); it is never 0 in a published
+/// frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FrameHeader {
     /// Payload bytes in this frame.
     pub len: u32,
-    /// [`FIRST`], [`LAST`], [`PADDING`].
+    /// [`FIRST`], [`LAST`], [`PADDING`], [`PUBLISHED`].
     pub flags: u8,
     /// The message's wire opcode.
     pub opcode: u8,
@@ -70,7 +76,14 @@ impl FrameHeader {
     }
 
     /// Splits the four words read from the ring into fields (no checks).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn from_words(w: [u64; 4]) -> Self {
+        Self::from_parts(w[0], [w[1], w[2], w[3]])
+    }
+
+    /// Splits word 0 and words 1 to 3 into fields (no checks).
+    pub fn from_parts(word0: u64, rest: [u64; 3]) -> Self {
+        let w = [word0, rest[0], rest[1], rest[2]];
         Self {
             len: w[0] as u32,
             flags: (w[0] >> 32) as u8,

@@ -22,37 +22,55 @@
 //! messages are never split: the producer waits for room for the whole
 //! frame.
 //!
+//! # Publication: in the frame
+//! A frame's first header word is its publication. The producer writes the
+//! rest of the frame, clears the *slot* after it (the first word of where
+//! the next frame will start, so whatever an earlier lap left there reads
+//! 0), and stores the first word last, with `Release` and the
+//! [`PUBLISHED`](frame::PUBLISHED) flag set. The consumer polls the slot
+//! at its head with `Acquire`: 0 means nothing yet, a published word means
+//! a frame whose bytes are all visible. So one cache line crosses per small
+//! message, the frame's own, where an index-then-frame ring moves two (the
+//! index's line, then the frame's, fetched only once the index arrived:
+//! 64 B round trip about 100 ns less here, `docs/BENCHMARKS.md`). Every
+//! frame needs the slot after it free, so a ring holds 16 bytes less than
+//! its capacity. The producer may write several frames and publish them
+//! with one store: it holds back the first unpublished frame's word and
+//! stores the others' at once, and the consumer cannot reach them before
+//! the held one.
+//!
 //! # Indices
 //! `head` and `tail` are byte positions in `0 .. 2 * capacity` (the extra
-//! bit tells a full ring from an empty one), multiples of 16. The producer
-//! owns `tail`, the consumer `head`; each keeps its own index privately and
-//! a cached copy of the other's, re-reading the shared one only when the
-//! cached copy says the ring is full (producer) or empty (consumer). The
-//! producer may write several frames and publish `tail` once.
+//! bit tells a full ring from an empty one), multiples of 16. The consumer
+//! stores `head` after consuming, and the producer re-reads it only when
+//! its cached copy says the ring is full. The producer stores `tail` after
+//! each publication for its own restart and for `orcwire inspect`; the
+//! consumer does not read it.
 //!
 //! # Cache hints
 //! Each frame crosses cores, so where its cache lines are decides the
-//! latency. After publishing, the producer *demotes* the lines it just
-//! wrote and the tail's line to the shared cache (`cldemote`), so the
-//! consumer's first reads are served from there rather than by snooping
-//! the producer's core, and fetches the lines the next frame goes to for
-//! writing (`prefetchw`), so the next frame's stores, and the tail
-//! published behind them in store order, do not wait on the consumer's
-//! core. When the tail moves, the consumer fetches the new frame's first
-//! lines together rather than header, then payload. All are hints: no
-//! access, no fault, nothing under loom, no-ops on CPUs without them.
-//! Measured: 64 B round trip p50 1.25 → 0.94 µs (`docs/BENCHMARKS.md`).
-//!
+//! latency. After publishing to a consumer that waits for it (the peer
+//! answers one message at a time), the producer *demotes* the lines it
+//! just wrote to the shared cache (`cldemote`), so the consumer's reads are
+//! served from there rather than by snooping the producer's core; while
+//! the consumer works through a backlog it does not, since the next frame's
+//! stores would fetch the demoted line back. It fetches the lines the next
+//! frame goes to for writing (`prefetchw`), so the next frame's stores do
+//! not wait on the consumer's core then. When a frame is published, the
+//! consumer fetches its first lines together rather than header, then
+//! payload. All are hints: no access, no fault, nothing under loom, no-ops
+//! on CPUs without them.
+
 //! # The peer is hostile
 //! Every index, length, flag and opcode the peer wrote is read once into a
-//! local, checked (indices in range, aligned and within one capacity of
-//! ours; a frame inside the published bytes and inside the ring; fragments
-//! consistent; totals within `max_message_size`), and payload bytes are
-//! copied into private buffers before anyone parses them. No `&[u8]` or
-//! `&T` of a non-atomic type is ever made over ring memory: indices and
-//! frame headers are read and written with atomic loads and stores
-//! (`Relaxed` for headers: the index pair orders them), payloads are
-//! copied with `ptr::copy_nonoverlapping`. A violation is a
+//! local, checked (a head in range, aligned and not past our published
+//! tail; a slot either 0 or a published frame; a frame inside the ring;
+//! fragments consistent; totals within `max_message_size`), and payload
+//! bytes are copied into private buffers before anyone parses them. No
+//! `&[u8]` or `&T` of a non-atomic type is ever made over ring memory:
+//! indices and frame headers are read and written with atomic loads and
+//! stores (a header's first word with `Release`/`Acquire`, the rest
+//! `Relaxed`), payloads are copied with `ptr::copy_nonoverlapping`. A violation is a
 //! [`RingError::Corrupt`], never a panic, a hang or an allocation above
 //! the limit; the reassembly buffer grows with the bytes actually
 //! received, with fallible allocation.
@@ -93,10 +111,10 @@ mod memory;
 mod pair;
 mod producer;
 
-pub use consumer::RingConsumer;
+pub use consumer::{RingConsumer, RingPeek};
 // The frame format, for orcwire's own tests and the loom backing.
 #[cfg(any(test, feature = "internals", orcwire_loom))]
-pub use frame::{FrameHeader, FIRST, FRAME_ALIGN, FRAME_HEADER_SIZE, LAST, PADDING};
+pub use frame::{FrameHeader, FIRST, FRAME_ALIGN, FRAME_HEADER_SIZE, LAST, PADDING, PUBLISHED};
 #[cfg(any(test, feature = "internals", orcwire_loom))]
 pub use pair::{heap_ring, ring_pair};
 pub use producer::{OutgoingMessage, RingProducer};
@@ -185,7 +203,9 @@ mod tests {
     #[test]
     fn full_ring_would_block_and_push_is_all_or_nothing() {
         let (mut tx, mut rx) = heap_ring(256, 1 << 20).unwrap();
-        // 256-byte ring: frames of 32 + 16.
+        // 256-byte ring: frames of 32 + 16, and each needs the slot after
+        // it free (16 bytes; a fifth frame would end 16 bytes before the
+        // end, a gap it must skip too: 48 + 16 + 16 > the 64 left).
         let mut sent = 0u64;
         while tx
             .try_send(Opcode::Result, sent, 0, &[sent as u8; 16])
@@ -194,7 +214,7 @@ mod tests {
         {
             sent += 1;
         }
-        assert_eq!(sent, 5);
+        assert_eq!(sent, 4);
         for seq in 0..sent {
             let m = rx.try_recv().unwrap().unwrap();
             assert_eq!((m.seq, m.payload.as_slice()), (seq, &[seq as u8; 16][..]));

@@ -1,7 +1,12 @@
 //! The producing end of a ring: [`RingProducer`] writes frames into free
 //! space (a message whole, or fragment by fragment as
 //! [`OutgoingMessage`] tracks), and publishes them with one `Release`
-//! store of `tail`.
+//! store: the first unpublished frame's first header word. Each frame
+//! clears the slot after it before it can be published, so the consumer,
+//! polling the slot at its head, finds 0 there until the next frame is
+//! published. `tail` is still stored after each publication, for the
+//! producer's own restart and for `orcwire inspect`; the consumer does
+//! not read it.
 //!
 //! Relies on: `memory/` for the ring's bytes and control block, `frame.rs`
 //! for the header format, `indices.rs` for positions; the consumer's
@@ -13,7 +18,9 @@ use std::sync::Arc;
 
 use orcwire::Opcode;
 
-use super::frame::{frame_size, FrameHeader, FIRST, FRAME_HEADER_SIZE, HEADER, LAST, PADDING};
+use super::frame::{
+    frame_size, FrameHeader, ALIGN, FIRST, FRAME_HEADER_SIZE, HEADER, LAST, PADDING, PUBLISHED,
+};
 use super::indices::Indices;
 use super::memory::{hint, RingBytes, RingMemory};
 use super::{corrupt, RingError, WriteStatus};
@@ -99,6 +106,11 @@ pub struct RingProducer {
     max_frame_payload: usize,
     /// A message has its first frame written but not its last.
     mid_message: bool,
+    /// The first written but unpublished frame: its offset and the first
+    /// header word that publishes it (and every frame written after it,
+    /// whose first words are already stored). `None` when everything
+    /// written is published.
+    held: Option<(usize, u64)>,
 }
 
 impl fmt::Debug for RingProducer {
@@ -144,6 +156,7 @@ impl RingProducer {
             cached_head: idx.advance(tail, idx.capacity),
             max_message_size,
             mid_message: false,
+            held: None,
         })
     }
 
@@ -191,31 +204,33 @@ impl RingProducer {
         }
         loop {
             let (step, contiguous, frame, len) = self.next_step(msg);
-            if !self.has_room(step)? {
+            if !self.has_room(self.room_for(step))? {
                 return Ok(WriteStatus::WouldBlock);
             }
             let offset = self.idx.offset(self.tail);
             if contiguous < HEADER {
-                // Too short for a header: both ends skip it.
+                // Too short for a header: both ends skip it. (The producer
+                // skips such a gap as soon as a frame ends at it, so only
+                // a ring left so by another producer gets here.)
                 self.tail = self.idx.advance(self.tail, contiguous);
                 continue;
             }
             if contiguous < frame {
                 let padding = FrameHeader {
                     len: (contiguous - HEADER) as u32,
-                    flags: PADDING,
+                    flags: PADDING | PUBLISHED,
                     ..FrameHeader::default()
                 };
                 // SAFETY: `offset + 32 <= capacity` (contiguous >= HEADER),
-                // 16-aligned, and `has_room` made these bytes free.
-                unsafe { self.mem.data.write_header(offset, padding.to_words()) };
-                self.tail = self.idx.advance(self.tail, contiguous);
+                // 16-aligned, and `has_room` made these bytes and the next
+                // slot free.
+                unsafe { self.put_frame(offset, padding, &[], contiguous) };
                 continue;
             }
             let last = msg.written + len == msg.payload.len();
             let header = FrameHeader {
                 len: len as u32,
-                flags: if msg.started { 0 } else { FIRST } | if last { LAST } else { 0 },
+                flags: if msg.started { 0 } else { FIRST } | if last { LAST } else { 0 } | PUBLISHED,
                 opcode: msg.opcode.to_wire() as u8,
                 reserved: 0,
                 seq: msg.seq,
@@ -224,12 +239,9 @@ impl RingProducer {
             };
             let payload = &msg.payload[msg.written..msg.written + len];
             // SAFETY: the frame fits before the end of the ring (contiguous
-            // >= frame) and in the free space (`has_room`); 16-aligned.
-            unsafe {
-                self.mem.data.write_header(offset, header.to_words());
-                self.mem.data.write(offset + FRAME_HEADER_SIZE, payload);
-            }
-            self.tail = self.idx.advance(self.tail, frame);
+            // >= frame) and, with the slot after it, in the free space
+            // (`has_room`); 16-aligned.
+            unsafe { self.put_frame(offset, header, payload, frame) };
             msg.written += len;
             msg.started = true;
             self.mid_message = !last;
@@ -239,6 +251,61 @@ impl RingProducer {
             }
             return Ok(WriteStatus::Partial);
         }
+    }
+
+    /// Writes a frame of `size` bytes at `offset` (the tail's), clears the
+    /// slot after it, and moves the tail past it (and past a gap too short
+    /// for a header that follows it). Its first word, which publishes it,
+    /// is held back if it is the first unpublished frame (`publish` stores
+    /// it) and stored now otherwise (the held one publishes it).
+    ///
+    /// # Safety
+    /// `offset .. offset + size` lies before the end of the ring and, with
+    /// the slot after it, in free space (`room_for(size)` bytes free).
+    unsafe fn put_frame(&mut self, offset: usize, header: FrameHeader, payload: &[u8], size: u64) {
+        let [word0, seq, tag, total] = header.to_words();
+        // SAFETY: in free space before the end of the ring (our contract).
+        unsafe {
+            self.mem.data.write_header_rest(offset, [seq, tag, total]);
+            if !payload.is_empty() {
+                self.mem.data.write(offset + FRAME_HEADER_SIZE, payload);
+            }
+        }
+        let after = self.idx.advance(self.tail, size);
+        self.tail = self.idx.advance(after, self.gap_at(after));
+        // The slot after this frame reads 0 until a frame is published
+        // there: whatever an earlier lap left in those bytes is cleared
+        // before this frame can be seen. `Relaxed`: this frame's (or the
+        // held frame's) `Release` store orders it.
+        // SAFETY: the slot is free (`room_for` counted it) and 16-aligned.
+        unsafe {
+            self.mem
+                .data
+                .store_commit(self.idx.offset(self.tail), 0, Ordering::Relaxed)
+        };
+        if self.held.is_none() {
+            self.held = Some((offset, word0));
+        } else {
+            // SAFETY: the frame just written; published by the held one.
+            unsafe { self.mem.data.store_commit(offset, word0, Ordering::Relaxed) };
+        }
+    }
+
+    /// Bytes from `pos` to the end of the ring if too few for a header
+    /// (skipped by both ends), else 0.
+    fn gap_at(&self, pos: u64) -> u64 {
+        let rest = self.idx.capacity - self.idx.offset(pos) as u64;
+        if rest < HEADER {
+            rest
+        } else {
+            0
+        }
+    }
+
+    /// Free bytes a step of `step` bytes needs: the step, a gap after it,
+    /// and the slot after that, which the step clears.
+    fn room_for(&self, step: u64) -> u64 {
+        step + self.gap_at(self.idx.advance(self.tail, step)) + ALIGN
     }
 
     /// The next indivisible step for `msg`: `(bytes it needs, bytes to the
@@ -266,7 +333,7 @@ impl RingProducer {
         }
         let (step, ..) = self.next_step(msg);
         self.refresh_head()?;
-        Ok(self.free() >= step)
+        Ok(self.free() >= self.room_for(step))
     }
 
     /// Writes a whole message, or nothing, without publishing it: several
@@ -286,15 +353,27 @@ impl RingProducer {
             return Err(RingError::Unfinished);
         }
         let start = self.tail;
+        let held_before = self.held.is_some();
         let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
         let mut status = self.try_write(&mut msg)?;
         while status == WriteStatus::Partial {
             status = self.try_write(&mut msg)?;
         }
         if status == WriteStatus::WouldBlock {
-            // Nothing was published, so the frames can be taken back.
+            // Nothing was published, so the frames can be taken back: the
+            // slot at `start` must read 0 again.
             self.tail = start;
             self.mid_message = false;
+            if held_before {
+                // SAFETY: `start` was the tail: a free, 16-aligned slot.
+                unsafe {
+                    self.mem
+                        .data
+                        .store_commit(self.idx.offset(start), 0, Ordering::Relaxed)
+                };
+            } else {
+                self.held = None;
+            }
         }
         Ok(status)
     }
@@ -330,6 +409,7 @@ impl RingProducer {
     /// Makes every written frame visible to the consumer, with one store.
     /// Returns whether there was anything new (then wake the consumer).
     /// [`publish_with`](Self::publish_with)`(true)`.
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
     #[inline]
     pub fn publish(&mut self) -> bool {
         self.publish_with(true)
@@ -340,30 +420,39 @@ impl RingProducer {
     ///
     /// `hand_over`: whether the consumer is probably waiting for these
     /// frames (it answers one message at a time). Then the published lines
-    /// and the tail's are demoted (`cldemote`) to the cache both cores
-    /// share, where the consumer's next read finds them sooner. While the
+    /// are demoted (`cldemote`) to the cache both cores share, where the
+    /// consumer's next read finds them sooner. While the
     /// consumer works through a backlog, pass `false`: demoting then gains
     /// nothing (it reads these frames later anyway) and costs the producer,
-    /// whose next tail store and next frame (sharing the last line of this
-    /// one) must fetch the demoted lines back. Measured in
+    /// whose next frame (sharing the last line of this one) must fetch the
+    /// demoted line back. Measured in
     /// `docs/BENCHMARKS.md` ("2026-11-30 (3)").
     #[inline]
     pub fn publish_with(&mut self, hand_over: bool) -> bool {
         if self.tail == self.published_tail {
             return false;
         }
-        // SYNC POINT: frames published. Pairs with the consumer's `Acquire`
-        // load of `tail` (`refresh_tail`, `has_frames`): every frame byte
-        // written above is visible to a consumer that sees this tail.
-        let order = if crate::sync::is_broken("ring") {
-            // Loom must-fail variant: the tail published without `Release`.
-            Ordering::Relaxed
-        } else {
-            Ordering::Release
-        };
-        self.mem.control.tail.store(self.tail, order);
+        if let Some((offset, word0)) = self.held.take() {
+            // SYNC POINT: frames published. Pairs with the consumer's
+            // `Acquire` load of the slot (`load_commit` in `read_frames`,
+            // `has_frames`): every frame byte written above, the later
+            // frames' first words and the cleared slot after the last are
+            // visible to a consumer that sees this word.
+            let order = if crate::sync::is_broken("ring") {
+                // Loom must-fail variant: the frame published without
+                // `Release`.
+                Ordering::Relaxed
+            } else {
+                Ordering::Release
+            };
+            // SAFETY: the held frame's slot, written by `put_frame`.
+            unsafe { self.mem.data.store_commit(offset, word0, order) };
+        }
+        // SYNC POINT: none on the consumer's path (it polls the frames);
+        // `Release` so that `orcwire inspect`'s reading of head and tail
+        // sees frames that are there.
+        self.mem.control.tail.store(self.tail, Ordering::Release);
         if hand_over {
-            hint::demote(std::ptr::from_ref(&*self.mem.control.tail).cast());
             let written = self.idx.distance(self.published_tail, self.tail) as usize;
             let from = self.idx.offset(self.published_tail);
             self.mem.data.hint_lines(
@@ -374,8 +463,7 @@ impl RingProducer {
         }
         self.published_tail = self.tail;
         // Where the next frames go: fetch those lines for writing now, so
-        // the next send's stores (and the tail published behind them, in
-        // store order) do not wait on the consumer's core then.
+        // the next send's stores do not wait on the consumer's core then.
         let offset = self.idx.offset(self.tail);
         self.mem.data.hint_lines(
             offset,

@@ -48,11 +48,11 @@ use orcwire::transport::{Transport, TransportError};
 pub use config::{required_size, ShmConfig};
 
 use crate::layout::{
-    self, state, Attached, HeaderWords, LayoutError, RingControl, SegmentLayout, SharedRef, Side,
+    self, state, Attached, HeaderWords, LayoutError, SegmentLayout, SharedRef, Side,
 };
 use crate::liveness::{LivenessError, LivenessWatcher};
 use crate::mapping::SharedMapping;
-use crate::ring::{RingConsumer, RingProducer};
+use crate::ring::{RingConsumer, RingPeek, RingProducer};
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::wait::{WaitStrategy, WakeWord};
 
@@ -121,10 +121,10 @@ pub struct ShmTransport {
     peer: WakeWord,
     producer: Mutex<RingProducer>,
     consumer: Mutex<RingConsumer>,
-    /// The inbound ring's indices, read without the consumer's lock by
+    /// The inbound ring's next slot, read without the consumer's lock by
     /// `try_recv`'s emptiness hint (only a hint: a wrong one, which only
     /// the peer could cause, skips a look or takes the checked path).
-    inbound: SharedRef<RingControl>,
+    inbound: RingPeek,
     /// [`CLOSED`], [`PEER_DEAD`], [`FAILED`]; only ever set.
     local: AtomicU32,
     /// Sticky until a `recv` consumes it.
@@ -216,9 +216,7 @@ impl ShmTransport {
         let producer = RingProducer::new(Arc::clone(&mapping), layout.ring_from(side), limit)?;
         let inbound_region = layout.ring_from(side.peer());
         let consumer = RingConsumer::new(Arc::clone(&mapping), inbound_region, limit)?;
-        // SAFETY: `RingConsumer::new` checked the region against the
-        // mapping just above.
-        let inbound = unsafe { layout::ring_control(&mapping, &inbound_region) };
+        let inbound = RingPeek::new(&mapping, inbound_region)?;
         // SAFETY: `init`/`validate` checked the mapping holds a whole header.
         let HeaderWords {
             magic: _,

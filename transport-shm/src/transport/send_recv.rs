@@ -222,15 +222,15 @@ impl Transport for ShmTransport {
 
     fn try_recv(&self) -> Result<Option<Message>, TransportError> {
         // A hint first, with two loads and no lock: the peer has published
-        // nothing past what we consumed (our published head; one caller at
-        // a time, so nobody is mid-receive). A lone caller's drain after
-        // its round trip then costs almost nothing. Only a hint: a hostile
-        // peer writing the indices makes us skip a look or take the
+        // nothing at the slot past what we consumed (our stored head; one
+        // caller at a time, so nobody is mid-receive). A lone caller's
+        // drain after its round trip then costs almost nothing: the slot
+        // is usually on the line of the frame it just read. Only a hint: a
+        // hostile peer writing the ring makes us skip a look or take the
         // checked path below, nothing more.
-        // SYNC POINT: frames published (Acquire half; pairs with the
-        // producer's Release store of `tail`; `try_take` re-reads it).
-        let inbound = &*self.inbound;
-        if inbound.tail.load(Ordering::Acquire) == inbound.head.load(Ordering::Relaxed) {
+        // SYNC POINT: frames published (the slot's `Acquire` load pairs
+        // with the producer's `Release` store; `try_take` reads it again).
+        if self.inbound.is_empty() {
             return Ok(None);
         }
         let mut consumer = self.consumer.lock();

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use super::RingBytes;
 use crate::layout::{loom_shared, RingRegion};
 use crate::mapping::SharedMapping;
-use crate::ring::{FRAME_ALIGN, FRAME_HEADER_SIZE};
+use crate::ring::FRAME_ALIGN;
+use crate::sync::Ordering;
 
 /// Ring data as loom cells: one `UnsafeCell` per 16 bytes, so loom checks
 /// that every payload access is ordered by the index protocol.
@@ -19,7 +20,13 @@ pub(crate) struct LoomCells {
     chunks: Arc<LoomChunks>,
 }
 
-struct LoomChunks(Box<[loom::cell::UnsafeCell<[u8; FRAME_ALIGN]>]>);
+/// The cells, and beside each one the atomic that stands for its first
+/// word when a frame header starts there (its publication word, which the
+/// consumer polls while the producer may write it).
+struct LoomChunks(
+    Box<[loom::cell::UnsafeCell<[u8; FRAME_ALIGN]>]>,
+    Box<[loom::sync::atomic::AtomicU64]>,
+);
 
 // SAFETY: every access goes through loom's `UnsafeCell::with{,_mut}`, which
 // loom checks for races; that is the point of this backing.
@@ -37,6 +44,9 @@ impl RingBytes for LoomCells {
                 LoomChunks(
                     (0..chunks)
                         .map(|_| loom::cell::UnsafeCell::new([0; FRAME_ALIGN]))
+                        .collect(),
+                    (0..chunks)
+                        .map(|_| loom::sync::atomic::AtomicU64::new(0))
                         .collect(),
                 )
             }),
@@ -70,25 +80,52 @@ impl RingBytes for LoomCells {
         }
     }
 
-    unsafe fn write_header(&self, offset: usize, words: [u64; 4]) {
-        let mut bytes = [0u8; FRAME_HEADER_SIZE];
-        for (out, w) in bytes.chunks_mut(8).zip(words) {
-            out.copy_from_slice(&w.to_ne_bytes());
-        }
-        // SAFETY: forwarded contract.
-        unsafe { self.write(offset, &bytes) }
+    unsafe fn load_commit(&self, offset: usize) -> u64 {
+        // SYNC POINT: frames published (Acquire half; see the mapped
+        // backing).
+        self.chunks.1[offset / FRAME_ALIGN].load(Ordering::Acquire)
     }
 
-    unsafe fn read_header(&self, offset: usize) -> [u64; 4] {
-        let mut bytes = [0u8; FRAME_HEADER_SIZE];
-        // SAFETY: forwarded contract; `bytes` is a private 32-byte buffer.
-        unsafe { self.read(offset, bytes.as_mut_ptr(), FRAME_HEADER_SIZE) };
-        let mut words = [0u64; 4];
-        for (w, b) in words.iter_mut().zip(bytes.chunks(8)) {
+    unsafe fn store_commit(&self, offset: usize, word: u64, order: Ordering) {
+        // SYNC POINT: frames published (Release half when `order` is).
+        self.chunks.1[offset / FRAME_ALIGN].store(word, order);
+    }
+
+    unsafe fn write_header_rest(&self, offset: usize, words: [u64; 3]) {
+        debug_assert_eq!(offset % FRAME_ALIGN, 0);
+        let [w1, w2, w3] = words.map(u64::to_ne_bytes);
+        // Word 1 is the second half of the first chunk (the first half is
+        // word 0, kept in the chunk's atomic); words 2 and 3 fill the next.
+        self.chunks.0[offset / FRAME_ALIGN].with_mut(|chunk| {
+            // SAFETY: loom hands out the chunk exclusively (and reports a
+            // race if the protocol does not make it so).
+            unsafe { (&mut *chunk)[8..].copy_from_slice(&w1) }
+        });
+        self.chunks.0[offset / FRAME_ALIGN + 1].with_mut(|chunk| {
+            // SAFETY: as above.
+            unsafe {
+                let chunk = &mut *chunk;
+                chunk[..8].copy_from_slice(&w2);
+                chunk[8..].copy_from_slice(&w3);
+            }
+        });
+    }
+
+    unsafe fn read_header_rest(&self, offset: usize) -> [u64; 3] {
+        debug_assert_eq!(offset % FRAME_ALIGN, 0);
+        let word = |b: &[u8]| {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
-            *w = u64::from_ne_bytes(a);
-        }
-        words
+            u64::from_ne_bytes(a)
+        };
+        // SAFETY: the chunks are readable under loom's checks.
+        let w1 = self.chunks.0[offset / FRAME_ALIGN].with(|chunk| word(unsafe { &(&*chunk)[8..] }));
+        let (w2, w3) = self.chunks.0[offset / FRAME_ALIGN + 1]
+            .with(|chunk| {
+                // SAFETY: as above.
+                let chunk = unsafe { &*chunk };
+                (word(&chunk[..8]), word(&chunk[8..]))
+            });
+        [w1, w2, w3]
     }
 }

@@ -1,7 +1,8 @@
 //! The production backing of ring data: the bytes of the mapping itself.
 //!
-//! Frame headers are read and written as four atomic `u64` words
-//! (`Relaxed`: the index pair orders them); payloads are copied with
+//! Frame headers are read and written as four atomic `u64` words (the
+//! first, a frame's publication, with `Release`/`Acquire`; the rest
+//! `Relaxed`, ordered by it); payloads are copied with
 //! `ptr::copy_nonoverlapping`, never through a `&[u8]` over the ring (the
 //! one remaining gap, a plain copy of bytes a hostile peer may write at the
 //! same time, is described in the [ring docs](super::super)). The atomics
@@ -16,6 +17,7 @@ use super::hint::{each_line, LineHint};
 use super::RingBytes;
 use crate::layout::RingRegion;
 use crate::mapping::SharedMapping;
+use crate::sync::Ordering;
 
 /// Ring data laid over the mapping.
 pub(crate) struct MappedBytes {
@@ -55,23 +57,32 @@ impl RingBytes for MappedBytes {
         unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), dst, len) }
     }
 
-    /// Four atomic words: the peer may read (or, if hostile, write) them at
-    /// any time, and atomic accesses keep that defined behaviour on both
-    /// sides.
-    unsafe fn write_header(&self, offset: usize, words: [u64; 4]) {
+    unsafe fn load_commit(&self, offset: usize) -> u64 {
+        // SYNC POINT: frames published (Acquire half; pairs with the
+        // producer's `Release` store in `store_commit`).
+        // SAFETY: in bounds by the caller's contract; base and offset are
+        // 16-aligned, so the word is 8-aligned; ring bytes are only ever
+        // accessed through atomics (headers) or raw copies (payloads).
+        unsafe { self.word(offset, 0) }.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    unsafe fn store_commit(&self, offset: usize, word: u64, order: Ordering) {
+        // SYNC POINT: frames published (Release half, when `order` is
+        // `Release`; see `load_commit`).
+        // SAFETY: as in `load_commit`.
+        unsafe { self.word(offset, 0) }.store(word, order);
+    }
+
+    /// Three atomic words: the peer may read (or, if hostile, write) them
+    /// at any time, and atomic accesses keep that defined behaviour on
+    /// both sides.
+    unsafe fn write_header_rest(&self, offset: usize, words: [u64; 3]) {
         for (i, w) in words.into_iter().enumerate() {
-            // SYNC POINT: none of its own; `Relaxed` because the tail's
-            // `Release` store (`publish`) orders the header before the
-            // consumer reads it.
-            // SAFETY: in bounds; base and offset are 16-aligned, so each
-            // word is 8-aligned; ring bytes are only ever accessed through
-            // atomics (headers) or raw copies (payloads).
-            unsafe {
-                std::sync::atomic::AtomicU64::from_ptr(
-                    self.base.as_ptr().add(offset).cast::<u64>().add(i),
-                )
-            }
-            .store(w, std::sync::atomic::Ordering::Relaxed);
+            // SYNC POINT: none of its own; `Relaxed` because the frame's
+            // publication (`store_commit`, `Release`) orders the header
+            // before the consumer reads it.
+            // SAFETY: as in `load_commit`.
+            unsafe { self.word(offset, i + 1) }.store(w, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -79,19 +90,28 @@ impl RingBytes for MappedBytes {
         each_line(self.base.as_ptr().wrapping_add(offset), len, hint);
     }
 
-    unsafe fn read_header(&self, offset: usize) -> [u64; 4] {
-        let mut words = [0u64; 4];
+    unsafe fn read_header_rest(&self, offset: usize) -> [u64; 3] {
+        let mut words = [0u64; 3];
         for (i, w) in words.iter_mut().enumerate() {
-            // SYNC POINT: none of its own; `Relaxed` because the tail's
-            // `Acquire` load (`refresh_tail`) made the header visible.
-            // SAFETY: in bounds and aligned as in `write_header`.
-            *w = unsafe {
-                std::sync::atomic::AtomicU64::from_ptr(
-                    self.base.as_ptr().add(offset).cast::<u64>().add(i),
-                )
-            }
-            .load(std::sync::atomic::Ordering::Relaxed);
+            // SYNC POINT: none of its own; `Relaxed` because the frame's
+            // publication (`load_commit`, `Acquire`) made the header visible.
+            // SAFETY: as in `load_commit`.
+            *w = unsafe { self.word(offset, i + 1) }.load(std::sync::atomic::Ordering::Relaxed);
         }
         words
+    }
+}
+
+impl MappedBytes {
+    /// Word `i` of the header at `offset`, as an atomic.
+    ///
+    /// # Safety
+    /// `offset + 8 * (i + 1) <= capacity`, `offset` a multiple of 8.
+    unsafe fn word(&self, offset: usize, i: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: in bounds and 8-aligned by the caller's contract; the
+        // mapping outlives `self`; ring bytes are only ever accessed through
+        // atomics (headers) or raw copies (payloads), never through a
+        // reference of a non-atomic type.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.base.as_ptr().add(offset).cast::<u64>().add(i)) }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::layout::{self, LayoutError, RingControl, RingRegion, SharedRef};
 use crate::mapping::SharedMapping;
+use crate::sync::Ordering;
 
 pub(super) mod hint;
 #[cfg(orcwire_loom)]
@@ -60,17 +61,35 @@ pub(super) trait RingBytes: Send + Sized {
     /// private memory.
     unsafe fn read(&self, offset: usize, dst: *mut u8, len: usize);
 
-    /// Writes a frame header, as four words.
+    /// Loads a frame slot's first header word, its publication
+    /// (`Acquire`): 0 while no frame is published there.
+    ///
+    /// # Safety
+    /// `offset + 8 <= capacity` and `offset` a multiple of 16.
+    unsafe fn load_commit(&self, offset: usize) -> u64;
+
+    /// Stores a frame slot's first header word: with `Release` to publish
+    /// the frame (and every frame written after it), `Relaxed` to clear a
+    /// slot or to write a frame that an earlier frame's `Release` store
+    /// will publish.
+    ///
+    /// # Safety
+    /// As for [`write`](Self::write), for 8 bytes.
+    unsafe fn store_commit(&self, offset: usize, word: u64, order: Ordering);
+
+    /// Writes the rest of a frame header (words 1 to 3) at the frame's
+    /// `offset`.
     ///
     /// # Safety
     /// As for [`write`](Self::write), for 32 bytes.
-    unsafe fn write_header(&self, offset: usize, words: [u64; 4]);
+    unsafe fn write_header_rest(&self, offset: usize, words: [u64; 3]);
 
-    /// Reads a frame header once, word by word, into a local.
+    /// Reads the rest of a frame header (words 1 to 3) once, word by word,
+    /// into a local.
     ///
     /// # Safety
     /// As for [`read`](Self::read), for 32 bytes.
-    unsafe fn read_header(&self, offset: usize) -> [u64; 4];
+    unsafe fn read_header_rest(&self, offset: usize) -> [u64; 3];
 
     /// Applies a cache hint ([`hint`]) to the lines of
     /// `offset .. offset + len`. Only a hint: no access is made and
