@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orcwire::{ControllerBuilder, ExecutorBuilder, WrapperFunctionBuffer};
 use orcwire_shm::ShmConfig;
@@ -62,4 +62,51 @@ fn no_worker_thread_outlives_disconnect() {
         0,
         "worker threads outlived disconnect()"
     );
+
+    // A handler that has answered is still in its handler while it
+    // returns, and its caller may disconnect at once: disconnect waits a
+    // little for it (its thread must not outlive the disconnect either),
+    // but not for a handler that runs on.
+    for (after_answer, outlives) in [
+        (Duration::from_millis(10), false),
+        (Duration::from_millis(600), true),
+    ] {
+        let (controller, executor) = common::connect_pair(
+            common::shm_pair(ShmConfig::default()),
+            ExecutorBuilder::new().function("answer_then_linger", move |args, r| {
+                r.respond(args);
+                std::thread::sleep(after_answer);
+            }),
+            ControllerBuilder::new(),
+            None,
+        );
+        let tag = controller.function_tag("answer_then_linger").unwrap();
+        let mut call = controller.call(tag, b"y").unwrap();
+        assert_eq!(
+            call.wait_timeout(Duration::from_secs(20))
+                .unwrap()
+                .as_slice(),
+            b"y"
+        );
+        let start = Instant::now();
+        controller.disconnect();
+        executor.disconnect();
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "disconnect waited {took:?} for a handler that runs on"
+        );
+        let left = threads_named("orcwire-rx");
+        if outlives {
+            assert_eq!(left, 1, "the lingering handler's worker");
+            // It leaves on its own once its handler returns.
+            let until = Instant::now() + Duration::from_secs(20);
+            while threads_named("orcwire-rx") > 0 {
+                assert!(Instant::now() < until, "the lingering worker never left");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            assert_eq!(left, 0, "a worker that had answered outlived disconnect()");
+        }
+    }
 }

@@ -140,24 +140,39 @@ impl Inner {
     /// Step 6: waits (bounded by `hangup_timeout`) until every worker has
     /// left its loop but those inside a handler and this thread itself,
     /// then joins those, so that no idle worker thread outlives the
-    /// disconnect. Workers still in a handler finish on their own.
+    /// disconnect. Workers in a handler get [`BUSY_GRACE`] to finish and
+    /// leave too (one that has just answered is still "in" its handler
+    /// while it returns: its caller may already be disconnecting); after
+    /// that they finish on their own.
     pub(super) fn wait_for_idle_workers_to_exit(&self) {
-        let me = usize::from(IDLE_WORKER_OF.with(|c| c.get()) == self.id());
-        let deadline = Instant::now() + self.config.hangup_timeout;
+        // This thread, if it is one of our workers: idle (in its loop), or
+        // in a handler (then counted in `busy`).
+        let in_handler = usize::from(IN_HANDLER_OF.with(|c| c.get()) == self.id());
+        let me = usize::from(IDLE_WORKER_OF.with(|c| c.get()) == self.id()) + in_handler;
+        let start = Instant::now();
+        let deadline = start + self.config.hangup_timeout;
+        let grace_end = start + BUSY_GRACE.min(self.config.hangup_timeout);
         let exited = {
             let mut exited = self.exits.threads.lock();
             loop {
                 // Read afresh on every wake: a worker whose handler just
                 // returned stops being busy, then exits and wakes us. (Lock
                 // order: exits, then work; workers never hold both.)
-                let enough = {
+                let (all, idle) = {
                     let w = self.work.lock();
-                    w.spawned.saturating_sub(w.busy + me)
+                    let all = w.spawned.saturating_sub(me);
+                    (all, all.saturating_sub(w.busy.saturating_sub(in_handler)))
                 };
-                if exited.len() >= enough {
+                let now = Instant::now();
+                if exited.len() >= all || (exited.len() >= idle && now >= grace_end) {
                     break;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
+                let until = if exited.len() >= idle {
+                    grace_end // only busy workers left: wait for them briefly
+                } else {
+                    deadline
+                };
+                let left = until.saturating_duration_since(now);
                 if left.is_zero() {
                     break; // a worker is stuck somewhere; do not hang on it
                 }

@@ -151,15 +151,9 @@ impl RingConsumer {
         unsafe { self.mem.data.load_commit(self.slot()) != 0 }
     }
 
-    /// The offset where the next frame starts: the head's, or the start of
-    /// the ring when a gap too short for a header is left before its end.
+    /// The offset where the next frame starts.
     fn slot(&self) -> usize {
-        let offset = self.idx.offset(self.head);
-        if self.idx.capacity - (offset as u64) < HEADER {
-            0
-        } else {
-            offset
-        }
+        slot_at(self.idx, self.head)
     }
 
     /// Whether a message is partly received.
@@ -406,14 +400,8 @@ impl RingPeek {
         if !self.idx.is_valid(head) {
             return false; // let the checked path report it
         }
-        let offset = self.idx.offset(head);
-        let slot = if self.idx.capacity - (offset as u64) < HEADER {
-            0
-        } else {
-            offset
-        };
         // SAFETY: a 16-aligned position of this ring.
-        unsafe { self.mem.data.load_commit(slot) == 0 }
+        unsafe { self.mem.data.load_commit(slot_at(self.idx, head)) == 0 }
     }
 }
 
@@ -438,6 +426,18 @@ impl RingConsumer {
         // contract); `grow` reserved `len` bytes of spare capacity.
         unsafe { copy_into(&self.mem.data, &mut data, offset, len) };
         Ok(data)
+    }
+}
+
+/// The offset where the frame at `pos` starts: `pos`'s, or the start of
+/// the ring when a gap too short for a header is left before its end (both
+/// ends skip it).
+fn slot_at(idx: Indices, pos: u64) -> usize {
+    let offset = idx.offset(pos);
+    if idx.capacity - (offset as u64) < HEADER {
+        0
+    } else {
+        offset
     }
 }
 
