@@ -11,7 +11,12 @@
 //! [`INLINE_CAPACITY`] bytes (orc-rt stores 8). The value is 80 bytes, so
 //! a typical small call — a few scalars, an address and a length, up to a
 //! 64-byte record — crosses the connection with no allocation at all on
-//! either side.
+//! either side. The inline bytes start on an 8-byte boundary, after the
+//! variant tag's word, and their length comes last: a buffer just filled
+//! with a copy then moves as whole words, where bytes starting right after
+//! the one-byte tag made each move's loads straddle the copy's stores and
+//! stall (store forwarding; 35–50 ns a call for the transport's two
+//! receives, `docs/BENCHMARKS.md`).
 //!
 //! [`CWrapperFunctionBuffer`] is the `#[repr(C)]` twin with exactly the
 //! layout of orc-rt's `orc_rt_WrapperFunctionBuffer`, for the C ABI.
@@ -20,15 +25,23 @@ use std::ffi::{c_char, CStr};
 use std::fmt;
 
 /// Payloads of at most this many bytes are stored inline.
-pub const INLINE_CAPACITY: usize = 78;
+pub const INLINE_CAPACITY: usize = 71;
+
+/// Inline bytes: 8-aligned (so they start after the tag's word) and the
+/// length last, 72 bytes in all (the whole value stays 80).
+#[derive(Clone)]
+#[repr(C, align(8))]
+struct InlineBytes {
+    /// `len` bytes, then zeros.
+    data: [u8; INLINE_CAPACITY],
+    /// In `0..=INLINE_CAPACITY`.
+    len: u8,
+}
 
 #[derive(Clone)]
 enum Repr {
     /// `len` is in `0..=INLINE_CAPACITY`; bytes past `len` are zero.
-    Inline {
-        len: u8,
-        data: [u8; INLINE_CAPACITY],
-    },
+    Inline(InlineBytes),
     /// Always longer than `INLINE_CAPACITY` bytes.
     Heap(Vec<u8>),
     /// An out-of-band error message.
@@ -62,10 +75,10 @@ impl WrapperFunctionBuffer {
     #[inline]
     pub const fn new() -> Self {
         Self {
-            repr: Repr::Inline {
+            repr: Repr::Inline(InlineBytes {
                 len: 0,
                 data: [0; INLINE_CAPACITY],
-            },
+            }),
         }
     }
 
@@ -76,10 +89,10 @@ impl WrapperFunctionBuffer {
             let mut data = [0u8; INLINE_CAPACITY];
             data[..bytes.len()].copy_from_slice(bytes);
             Self {
-                repr: Repr::Inline {
+                repr: Repr::Inline(InlineBytes {
                     len: bytes.len() as u8,
                     data,
-                },
+                }),
             }
         } else {
             Self {
@@ -110,10 +123,10 @@ impl WrapperFunctionBuffer {
     pub fn try_zeroed(len: usize) -> Result<Self, AllocError> {
         if len <= INLINE_CAPACITY {
             return Ok(Self {
-                repr: Repr::Inline {
+                repr: Repr::Inline(InlineBytes {
                     len: len as u8,
                     data: [0; INLINE_CAPACITY],
-                },
+                }),
             });
         }
         // Zeroed straight from the allocator (calloc-like): large buffers
@@ -146,7 +159,7 @@ impl WrapperFunctionBuffer {
     #[inline]
     pub fn as_slice(&self) -> &[u8] {
         match &self.repr {
-            Repr::Inline { len, data } => &data[..usize::from(*len)],
+            Repr::Inline(InlineBytes { len, data }) => &data[..usize::from(*len)],
             Repr::Heap(v) => v,
             Repr::Error(_) => &[],
         }
@@ -156,7 +169,7 @@ impl WrapperFunctionBuffer {
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.repr {
-            Repr::Inline { len, data } => &mut data[..usize::from(*len)],
+            Repr::Inline(InlineBytes { len, data }) => &mut data[..usize::from(*len)],
             Repr::Heap(v) => v,
             Repr::Error(_) => &mut [],
         }
@@ -183,7 +196,7 @@ impl WrapperFunctionBuffer {
     /// Whether the bytes are stored inline (no heap allocation).
     #[inline]
     pub fn is_inline(&self) -> bool {
-        matches!(self.repr, Repr::Inline { .. })
+        matches!(self.repr, Repr::Inline(_))
     }
 
     /// The out-of-band error message, if this buffer carries one.
@@ -201,7 +214,7 @@ impl WrapperFunctionBuffer {
     pub fn into_vec(self) -> Vec<u8> {
         match self.repr {
             Repr::Heap(v) => v,
-            Repr::Inline { len, data } => data[..usize::from(len)].to_vec(),
+            Repr::Inline(InlineBytes { len, data }) => data[..usize::from(len)].to_vec(),
             Repr::Error(_) => Vec::new(),
         }
     }

@@ -39,7 +39,7 @@ const PREFETCH: usize = 128;
 /// Single-frame payloads up to this size are received with
 /// `WrapperFunctionBuffer::try_zeroed`, which keeps those that fit inline
 /// off the heap; longer ones are copied into uninitialised capacity.
-/// Above `orcwire`'s inline capacity (78 bytes), so `from_vec` never copies
+/// Above `orcwire`'s inline capacity (71 bytes), so `from_vec` never copies
 /// a longer payload again.
 const SMALL: usize = 128;
 
