@@ -187,16 +187,22 @@ fn p50_ns(times: &mut [Duration]) -> f64 {
     percentile(times, 0.5).as_nanos() as f64
 }
 
+/// The two ends of a fresh heap-backed shm segment: (controller, executor).
+fn heap_transports(config: ShmConfig) -> Result<(ShmTransport, ShmTransport), String> {
+    let mapping: Arc<dyn SharedMapping> =
+        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
+    let ours = ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?;
+    let theirs = ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?;
+    Ok((ours, theirs))
+}
+
 /// Two shm transports over one heap segment; the second echoes every call
 /// from a thread pinned to the executor's CPU until it reads `Hangup`.
 fn transport_pair(
     config: ShmConfig,
     cpus: Pinning,
 ) -> Result<(ShmTransport, std::thread::JoinHandle<Result<(), String>>), String> {
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
-    let ours = ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?;
-    let theirs = ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?;
+    let (ours, theirs) = heap_transports(config)?;
     let peer = std::thread::spawn(move || -> Result<(), String> {
         pin_current_thread(cpus.child)?;
         loop {
@@ -305,10 +311,7 @@ fn endpoint_pipelined(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> 
 /// (two sends and two receives), with no cache line crossing a core: the
 /// code's own cost.
 fn one_thread(config: ShmConfig, calls: u64) -> Result<f64, String> {
-    let mapping: Arc<dyn SharedMapping> =
-        Arc::new(HeapMapping::new(required_size(&config)).map_err(|e| e.to_string())?);
-    let a = ShmTransport::create(Arc::clone(&mapping), config).map_err(|e| e.to_string())?;
-    let b = ShmTransport::attach(mapping, config).map_err(|e| e.to_string())?;
+    let (a, b) = heap_transports(config)?;
     let fail = |e: orcwire::transport::TransportError| e.to_string();
     let start = Instant::now();
     let mut i = 0;
