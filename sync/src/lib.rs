@@ -84,6 +84,9 @@ mod imp {
 
 pub use imp::*;
 
+mod end_lock;
+pub use end_lock::{EndGuard, EndLock};
+
 /// Deliberate bugs for the loom models' must-fail tests.
 ///
 /// Only built with `--cfg orcwire_loom_broken` (which `.ci/loom` turns on

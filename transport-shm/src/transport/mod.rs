@@ -53,7 +53,7 @@ use crate::layout::{
 use crate::liveness::{LivenessError, LivenessWatcher};
 use crate::mapping::SharedMapping;
 use crate::ring::{RingConsumer, RingPeek, RingProducer};
-use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, EndLock, Mutex, Ordering};
 use crate::wait::{WaitStrategy, WakeWord};
 
 /// Local flag: [`Transport::close`] was called (or a fault closed us).
@@ -119,8 +119,8 @@ pub struct ShmTransport {
     own: WakeWord,
     /// The peer's futex word: we wake it.
     peer: WakeWord,
-    producer: Mutex<RingProducer>,
-    consumer: Mutex<RingConsumer>,
+    producer: EndLock<RingProducer>,
+    consumer: EndLock<RingConsumer>,
     /// The inbound ring's next slot, read without the consumer's lock by
     /// `try_recv`'s emptiness hint (only a hint: a wrong one, which only
     /// the peer could cause, skips a look or takes the checked path).
@@ -236,8 +236,8 @@ impl ShmTransport {
             state,
             own: WakeWord::new(own),
             peer: WakeWord::new(peer),
-            producer: Mutex::new(producer),
-            consumer: Mutex::new(consumer),
+            producer: EndLock::new(producer),
+            consumer: EndLock::new(consumer),
             inbound,
             local: AtomicU32::new(0),
             interrupted: AtomicBool::new(false),

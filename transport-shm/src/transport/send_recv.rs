@@ -103,8 +103,7 @@ impl Transport for ShmTransport {
                 on_wait();
             }
         };
-        let Some(mut producer) = crate::sync::lock_until(&self.producer, deadline, &behind_holder)
-        else {
+        let Some(mut producer) = self.producer.lock_until(deadline, &behind_holder) else {
             return Err(TransportError::TimedOut);
         };
         let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
