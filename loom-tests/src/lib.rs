@@ -39,7 +39,8 @@
 //! the passing models run without the bug hooks. The bugs: `gate` (check
 //! closed, then add, in two steps), `ring` (tail published `Relaxed`),
 //! `futex` (the wake word read after the last check), `pending` (register
-//! ignores a closed table), `session` (callbacks drained and completion
+//! ignores a closed table), `waker` (the owner announces its waker with a
+//! load and a store), `session` (callbacks drained and completion
 //! marked in two critical sections), `handshake` (`recv` reports the hang-up
 //! as soon as it sees the peer's bit, without draining first), `handles`
 //! (a release frees the value whatever its count).

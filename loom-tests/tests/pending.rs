@@ -79,7 +79,7 @@ impl Watched {
                 }
                 r
             }
-            Poll::Pending => panic!("lost call: left waiting after the disconnect"),
+            Poll::Pending => panic!("lost call: left waiting after every completer finished"),
         }
     }
 }
@@ -137,4 +137,43 @@ fn pending_result_races_disconnect() {
 #[should_panic(expected = "Causality violation")]
 fn broken_pending_is_caught() {
     orcwire_loom_tests::model_with_bug("pending", result_races_disconnect);
+}
+
+/// A future polled for the first time (it registers its waker and raises
+/// `WAKER`) while a reader delivers its result. Proves: a poll that
+/// returned `Pending` is woken exactly once, and the call completes with
+/// the result either way (the completer sees the owner's waker, or the
+/// owner sees the result and does not wait).
+fn first_poll_races_result() {
+    let table = Table::new(2);
+    let call = table.register().unwrap();
+    let seq = call.seq();
+    let mut call = Watched::new(call);
+    let reader = {
+        let table = table.clone();
+        thread::spawn(move || table.complete(seq, Ok(WrapperFunctionBuffer::from(&b"r"[..]))))
+    };
+    let first = call.poll();
+    let delivered = reader.join().unwrap();
+    assert_eq!(delivered, Some(true));
+    let r = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => call.settled(true),
+    };
+    assert_eq!(r.unwrap().as_slice(), b"r");
+    assert!(table.is_empty(), "the slot was not freed");
+}
+
+#[test]
+fn pending_first_poll_races_result() {
+    orcwire_loom_tests::model(first_poll_races_result);
+}
+
+/// The bug: the owner raises `WAKER` with a load and a plain store, so a
+/// result that lands between them is erased and the call never completes.
+#[cfg(orcwire_loom_broken)]
+#[test]
+#[should_panic(expected = "lost call")]
+fn broken_waker_is_caught() {
+    orcwire_loom_tests::model_with_bug("waker", first_poll_races_result);
 }

@@ -10,7 +10,7 @@
 //! # The slot's state word
 //! ```text
 //!  63 ............................ 8   7 .. 5   4          3        2       1       0
-//! [ sequence number of the owner     ][  0   ][ABANDONED][CLAIMED][ (0) ][VALUE][OCCUPIED]
+//! [ sequence number of the owner     ][  0   ][ABANDONED][CLAIMED][WAKER][VALUE][OCCUPIED]
 //! ```
 //! * `OCCUPIED`: a call owns the slot. Set by `PendingTable::register`
 //!   (CAS from 0), cleared (store 0) by whoever frees the slot: the owner
@@ -22,6 +22,9 @@
 //!   (or, if `ABANDONED`, the completer) touches the cell.
 //! * `ABANDONED`: the handle was dropped before the outcome came; the
 //!   completer drops the outcome and frees the slot.
+//! * `WAKER`: the owner has put a waker in the slot (set once per call,
+//!   with a read-modify-write after the first registration). A completer
+//!   wakes only if it sees the bit.
 //!
 //! Every call therefore completes exactly once: the claim is one CAS, so a
 //! result racing a disconnect wins or loses but never completes a call
@@ -30,7 +33,14 @@
 //!
 //! Waiting: each slot embeds an `AtomicWaker`. A
 //! future registers its task's waker; a synchronous waiter registers a
-//! waker that unparks its thread. A completer sets `VALUE` and then wakes.
+//! waker that unparks its thread; then it raises `WAKER`. A completer sets
+//! `VALUE` and then wakes, if `WAKER` was up. Both bits are set by
+//! read-modify-writes of the one state word, so one of the two comes
+//! first: the completer's `fetch_or` sees `WAKER` (and the waker, stored
+//! before it), or the owner's sees `VALUE` and does not sleep. Most calls
+//! are completed by a thread that reads results while their owner is
+//! still busy (a pipelining caller, a lead draining a batch) and never
+//! register a waker: they skip the waker's two read-modify-writes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -109,6 +119,8 @@ pub const VALUE: u64 = 1 << 1;
 pub const CLAIMED: u64 = 1 << 3;
 /// The handle was dropped; the completer frees the slot.
 pub const ABANDONED: u64 = 1 << 4;
+/// The owner registered a waker: the completer wakes it.
+pub const WAKER: u64 = 1 << 2;
 const SEQ_SHIFT: u32 = 8;
 /// Sequence numbers stay below this (they fit the state word's seq field).
 const SEQ_LIMIT: u64 = 1 << (64 - SEQ_SHIFT);
@@ -283,6 +295,8 @@ impl PendingTable {
         // SYNC POINT: outcome stored. Release pairs with the owner's
         // Acquire loads (`try_take`, `abandon`): the cell write above is
         // visible to whoever sees VALUE.
+        // SYNC POINT: waker announced. The same read-modify-write learns
+        // whether the owner registered a waker (see `register_waker`).
         let prev = slot.state.fetch_or(VALUE, Ordering::AcqRel);
         if prev & ABANDONED != 0 {
             // The owner left before the outcome came: drop it, free the slot.
@@ -291,7 +305,9 @@ impl PendingTable {
             slot.state.store(0, Ordering::Release);
             return false;
         }
-        slot.waker.wake();
+        if prev & WAKER != 0 {
+            slot.waker.wake();
+        }
         true
     }
 
@@ -339,7 +355,26 @@ impl PendingTable {
     /// Registers `waker` for call `seq`. Owner only; re-check
     /// [`is_done`](Self::is_done) afterwards.
     pub(crate) fn register_waker(&self, seq: u64, waker: &Waker) {
-        self.slot(seq).waker.register(waker);
+        let slot = self.slot(seq);
+        slot.waker.register(waker);
+        // Relaxed: only the owner sets the bit, so our own earlier RMW is
+        // what this load may see.
+        if slot.state.load(Ordering::Relaxed) & WAKER != 0 {
+            return; // announced already: completers wake the cell
+        }
+        if crate::sync::is_broken("waker") {
+            // Loom must-fail variant: announce with a load and a plain
+            // store, not one read-modify-write: a completer's `fetch_or`
+            // that falls between the two is erased (its `VALUE` lost).
+            let cur = slot.state.load(Ordering::Relaxed);
+            slot.state.store(cur | WAKER, Ordering::Relaxed);
+            return;
+        }
+        // SYNC POINT: waker announced. Pairs with the completer's
+        // `fetch_or(VALUE)` in `fill`: the state word's modification
+        // order puts one of the two first. Release: the waker stored above
+        // is visible to a completer that sees the bit.
+        slot.state.fetch_or(WAKER, Ordering::AcqRel);
     }
 
     /// Frees the slot of call `seq`, which was never sent (so no result
