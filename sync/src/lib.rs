@@ -22,9 +22,7 @@
 
 #[cfg(not(orcwire_loom))]
 mod imp {
-    pub use std::sync::atomic::{
-        compiler_fence, fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-    };
+    pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Condvar as RawCondvar, Mutex as RawMutex};
     pub use std::sync::{MutexGuard, WaitTimeoutResult};
     pub use std::thread;
@@ -76,10 +74,6 @@ mod imp {
     pub use loom::sync::{MutexGuard, WaitTimeoutResult};
     pub use loom::thread;
     pub use loom::thread_local;
-
-    /// Loom models the memory model, not the compiler: nothing to do.
-    #[inline(always)]
-    pub fn compiler_fence(_order: Ordering) {}
 
     /// Under loom a spin is a yield, or the model would never terminate.
     #[inline(always)]

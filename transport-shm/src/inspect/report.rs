@@ -27,11 +27,6 @@ const WAITING_BITS: &[(u32, &str, &str)] = &[
         "SPACE",
         "its producer sleeps until the peer frees room",
     ),
-    (
-        waiting::ASYMMETRIC,
-        "ASYMMETRIC",
-        "it sleeps with membarrier(2): the peer notifies without a fence",
-    ),
 ];
 
 /// Whether the process a side block names is running.

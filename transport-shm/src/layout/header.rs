@@ -94,11 +94,6 @@ pub mod waiting {
     /// outbound ring. Set and cleared only by that producer (one at a time:
     /// senders are serialised).
     pub const SPACE: u32 = 1 << 1;
-    /// Not a reason to sleep: this side sleeps with an asymmetric barrier
-    /// (`membarrier`), so a notifier whose own process is registered may
-    /// skip its fence (`wait::barrier`). Set once by the side when it
-    /// joins; never cleared.
-    pub const ASYMMETRIC: u32 = 1 << 31;
 }
 
 /// One end of the connection.

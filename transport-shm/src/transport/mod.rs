@@ -228,17 +228,13 @@ impl ShmTransport {
             Side::Executor => (executor, controller),
         };
         own.pid.store(std::process::id(), Ordering::Relaxed);
-        let own = WakeWord::new(own);
-        // Before any wait of ours: from here on we sleep with `membarrier`
-        // (if this process can), so the peer may skip its fences.
-        own.announce_asymmetric();
         Ok(Self {
             mapping: Arc::clone(&mapping),
             side,
             attached,
             wait,
             state,
-            own,
+            own: WakeWord::new(own),
             peer: WakeWord::new(peer),
             producer: EndLock::new(producer),
             consumer: EndLock::new(consumer),

@@ -29,11 +29,8 @@
 //! So the word changes on every publish a sleeper could miss (those that
 //! see its announcement), not on every publish: a publish that happens
 //! before the announcement is caught by the re-check instead, and the fast
-//! path of a busy connection costs one relaxed load, no read-modify-write
-//! on a shared line, and no fence either where the kernel allows: the
-//! sleeper's fence (2) is then `membarrier`, which executes a barrier on
-//! the notifier's CPU for it, and the notifier drops (b). See `barrier.rs`
-//! for the argument and who may skip.
+//! path of a busy connection costs one fence and one relaxed load, no
+//! read-modify-write on a shared line.
 //!
 //! Local events (interrupt, close, peer death) use [`WakeWord::wake_all`]:
 //! set a flag, then bump and wake unconditionally.
@@ -68,8 +65,6 @@
 //! * `strategy.rs`: [`WaitStrategy`], the spin budget before sleeping.
 //! * `wake_word.rs`: [`WakeWord`], the protocol above: announce, re-check,
 //!   sleep; notify.
-//! * `barrier.rs`: the asymmetric barrier (`membarrier`) and the rule for
-//!   when a notifier may skip its fence.
 //! * The futex itself, chosen here and nowhere else: `futex.rs` (the
 //!   system calls, Linux only) or, under `--cfg orcwire_loom`,
 //!   `loom_futex.rs` (the mock). Both are reached as `wait::futex`.
@@ -77,7 +72,6 @@
 //! Relies on: the `sync` shim, `layout::SharedRef` for the words, `libc`
 //! for the futex system call.
 
-pub(crate) mod barrier;
 mod strategy;
 mod wake_word;
 

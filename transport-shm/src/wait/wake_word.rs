@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use super::futex;
 use super::strategy::{SpinBudget, WaitStrategy};
-use super::{barrier, futex};
 use crate::layout::{waiting, SharedRef, SideBlock};
-use crate::sync::{compiler_fence, fence, spin_loop, thread, Ordering};
+use crate::sync::{fence, spin_loop, thread, Ordering};
 
 /// Polls a timed spin makes before it first reads the clock: a clock read
 /// costs more than a poll, and a wait that ends this early (a whole round
@@ -24,10 +24,6 @@ const UNTIMED_POLLS: u32 = 64;
 /// Spinning longer than this yields the CPU at every clock check (every
 /// 16 polls). A round trip of small messages ends long before it.
 const YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(20);
-
-/// The longest sleep of a waiter whose `membarrier` failed (it never does
-/// once the process registered): notifiers may skip their fence for it.
-const NAP: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What a wait ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,22 +117,12 @@ impl WakeWord {
         }
         before_sleep();
         let block = &*self.block;
-        // Whether this side sleeps with `membarrier` (it announced so when
-        // it joined, see `barrier`).
-        let asymmetric = barrier::enabled();
-        let mut heavy_failed = false;
         let result = loop {
             block.waiting.fetch_or(reason, Ordering::Relaxed);
             // SYNC POINT: sleeper announcement. Pairs with the fence in
-            // `notify` (or, asymmetric, with the barrier `membarrier`
-            // executes on the notifier's CPU): either the notifier sees our
-            // bit, or our re-check below sees its publication.
-            if !asymmetric || !barrier::heavy() {
-                fence(Ordering::SeqCst);
-                // A notifier that relies on our `membarrier` skips its
-                // fence: should the call ever fail, sleep in short naps.
-                heavy_failed = asymmetric;
-            }
+            // `notify`: either the notifier sees our bit, or our re-check
+            // below sees its publication.
+            fence(Ordering::SeqCst);
             // SYNC POINT: wake word bump. Pairs with the `Release` increment
             // in `notify` / `wake_all`: reading a bumped value makes the
             // publication that preceded the bump visible to the re-check.
@@ -156,16 +142,13 @@ impl WakeWord {
                 // check, so a bump in between is slept through.
                 seen = block.futex.load(Ordering::Acquire);
             }
-            let mut timeout = match deadline {
+            let timeout = match deadline {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
                     _ => break Ok(WaitOutcome::TimedOut),
                 },
             };
-            if heavy_failed {
-                timeout = Some(timeout.map_or(NAP, |t| t.min(NAP)));
-            }
             futex::wait(&block.futex, seen, timeout);
         };
         block.waiting.fetch_and(!reason, Ordering::Relaxed);
@@ -237,31 +220,11 @@ impl WakeWord {
     #[inline]
     pub fn notify(&self, reason: u32) {
         let block = &*self.block;
-        // The compiler must not move the look below above the caller's
-        // publication. (The CPU may still let the load pass the store:
-        // that is what the sleeper's `membarrier` covers, see `barrier`.)
-        compiler_fence(Ordering::SeqCst);
-        let mut announced = block.waiting.load(Ordering::Relaxed);
-        if announced & waiting::ASYMMETRIC == 0 || !barrier::enabled() {
-            // SYNC POINT: sleeper announcement. Pairs with the fence in
-            // `wait_until`. Skipped when the owner sleeps with
-            // `membarrier` and its barrier reaches us (`barrier`): the
-            // load above then already is the look after our publication.
-            fence(Ordering::SeqCst);
-            announced = block.waiting.load(Ordering::Relaxed);
-        }
-        if announced & reason != 0 {
+        // SYNC POINT: sleeper announcement. Pairs with the fence in
+        // `wait_until`.
+        fence(Ordering::SeqCst);
+        if block.waiting.load(Ordering::Relaxed) & reason != 0 {
             self.bump_and_wake();
-        }
-    }
-
-    /// Announces, once, that the owner sleeps with `membarrier`, if this
-    /// process can; see `barrier`. Called by the owner when it joins.
-    pub(crate) fn announce_asymmetric(&self) {
-        if barrier::enabled() {
-            self.block
-                .waiting
-                .fetch_or(waiting::ASYMMETRIC, Ordering::Relaxed);
         }
     }
 
@@ -300,7 +263,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sync::{thread, Arc, AtomicBool, AtomicU64};
+    use crate::sync::{thread, Arc, AtomicBool};
     use std::sync::mpsc;
 
     fn flag_poll(flag: &AtomicBool) -> impl FnMut() -> Result<Poll<()>, ()> + '_ {
@@ -348,59 +311,6 @@ mod tests {
             t.join().unwrap();
             assert_eq!(word.waiting_bits(), 0);
         }
-    }
-
-    #[test]
-    fn asymmetric_sleepers_miss_no_notification() {
-        // Linux has had `membarrier` since 4.14: the fast path this
-        // machine runs must be the asymmetric one.
-        assert!(barrier::enabled(), "membarrier(2) registration failed");
-        // A ping-pong of counters, each side sleeping at once (the
-        // low-CPU preset) on a word that announced `ASYMMETRIC`, so every
-        // notify skips its fence. A lost wake-up stalls one side until
-        // its deadline: the test fails instead of hanging.
-        const ROUNDS: u64 = 20_000;
-        let words = Arc::new([WakeWord::standalone(), WakeWord::standalone()]);
-        for w in words.iter() {
-            w.announce_asymmetric();
-            assert_ne!(w.waiting_bits() & waiting::ASYMMETRIC, 0);
-        }
-        let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let side = |me: usize| {
-            let (words, counters) = (Arc::clone(&words), Arc::clone(&counters));
-            thread::spawn(move || {
-                for round in 0..ROUNDS {
-                    // Wait for the peer's counter to reach `round` (side 0
-                    // goes first), then bump ours and notify the peer.
-                    let want = if me == 0 { round } else { round + 1 };
-                    let peer = &counters[1 - me];
-                    let r = words[me].wait_until(
-                        &WaitStrategy::low_cpu(),
-                        waiting::DATA,
-                        Some(deadline),
-                        || {
-                            Ok::<_, ()>(if peer.load(Ordering::Acquire) >= want {
-                                Poll::Ready(())
-                            } else {
-                                Poll::Pending
-                            })
-                        },
-                    );
-                    if r != Ok(WaitOutcome::Ready(())) {
-                        return Err(format!("side {me} stalled in round {round}"));
-                    }
-                    counters[me].store(round + 1, Ordering::Release);
-                    words[1 - me].notify(waiting::DATA);
-                }
-                Ok(())
-            })
-        };
-        let (a, b) = (side(0), side(1));
-        assert_eq!(a.join().unwrap(), Ok(()));
-        assert_eq!(b.join().unwrap(), Ok(()));
-        assert_eq!(counters[0].load(Ordering::Relaxed), ROUNDS);
-        assert_eq!(counters[1].load(Ordering::Relaxed), ROUNDS);
     }
 
     #[test]
