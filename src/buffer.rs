@@ -148,6 +148,57 @@ impl WrapperFunctionBuffer {
         })
     }
 
+    /// Makes this buffer hold `len` bytes of plain data, reusing its
+    /// storage where it can (the inline bytes, or a heap buffer whose
+    /// capacity suffices), and returns them to be overwritten. For a
+    /// receiver that fills one buffer per message in place rather than
+    /// building a new one and moving it (each move of a buffer just filled
+    /// reloads bytes still in the store buffer; see the module docs).
+    ///
+    /// The returned bytes hold whatever was there before (zero, or earlier
+    /// data): the caller overwrites all of them. An out-of-band error the
+    /// buffer held is dropped.
+    ///
+    /// # Errors
+    /// [`AllocError`] when a larger heap buffer cannot be allocated; the
+    /// buffer is then empty.
+    ///
+    /// ```
+    /// use orcwire::WrapperFunctionBuffer;
+    ///
+    /// let mut b = WrapperFunctionBuffer::from_slice(b"earlier");
+    /// b.refill(3).unwrap().copy_from_slice(b"new");
+    /// assert_eq!(b.as_slice(), b"new");
+    /// ```
+    #[inline]
+    pub fn refill(&mut self, len: usize) -> Result<&mut [u8], AllocError> {
+        if len <= INLINE_CAPACITY {
+            if !matches!(self.repr, Repr::Inline(_)) {
+                *self = Self::new();
+            }
+            let Repr::Inline(inline) = &mut self.repr else {
+                unreachable!("the buffer was just made inline")
+            };
+            let old = usize::from(inline.len);
+            if old > len {
+                // Bytes past `len` stay zero.
+                inline.data[len..old].fill(0);
+            }
+            inline.len = len as u8;
+            return Ok(&mut inline.data[..len]);
+        }
+        let reusable = matches!(&self.repr, Repr::Heap(v) if v.capacity() >= len);
+        if reusable {
+            if let Repr::Heap(v) = &mut self.repr {
+                v.resize(len, 0);
+            }
+        } else {
+            *self = Self::new();
+            *self = Self::try_zeroed(len)?;
+        }
+        Ok(self.as_mut_slice())
+    }
+
     /// A buffer that carries an out-of-band error instead of bytes.
     pub fn out_of_band_error(message: impl Into<String>) -> Self {
         Self {
@@ -456,6 +507,37 @@ impl AsRef<[u8]> for WrapperFunctionBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refill_reuses_storage_and_keeps_bytes_past_len_zero() {
+        let mut b = WrapperFunctionBuffer::from_slice(b"abcdef");
+        b.refill(2).unwrap().copy_from_slice(b"xy");
+        assert_eq!(b.as_slice(), b"xy");
+        // Growing again shows what lies past the length: zeros, not "cdef".
+        assert_eq!(b.refill(6).unwrap(), b"xy\0\0\0\0");
+        // A heap buffer with room is reused, not reallocated.
+        let mut b = WrapperFunctionBuffer::from_vec(vec![7u8; 500]);
+        let before = b.as_slice().as_ptr();
+        let bytes = b.refill(300).unwrap();
+        assert_eq!(bytes.len(), 300);
+        assert_eq!(bytes.as_ptr(), before);
+        assert!(!b.is_inline());
+        // Small again: inline. Larger than any storage: a new allocation.
+        b.refill(INLINE_CAPACITY).unwrap().fill(1);
+        assert!(b.is_inline());
+        assert_eq!(b.as_slice(), &[1u8; INLINE_CAPACITY][..]);
+        assert_eq!(b.refill(1000).unwrap().len(), 1000);
+        assert!(!b.is_inline());
+        // An out-of-band error becomes plain bytes.
+        let mut b = WrapperFunctionBuffer::out_of_band_error("boom");
+        b.refill(3).unwrap().copy_from_slice(b"abc");
+        assert!(!b.is_error());
+        assert_eq!(b.as_slice(), b"abc");
+        // Too large for the allocator: an error, and an empty buffer.
+        let mut b = WrapperFunctionBuffer::from_slice(b"x");
+        assert_eq!(b.refill(usize::MAX).unwrap_err(), AllocError { len: usize::MAX });
+        assert!(b.is_empty());
+    }
 
     #[test]
     fn inline_boundary_and_heap() {

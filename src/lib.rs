@@ -109,4 +109,4 @@ pub use pending::{CallError, CallResult, PendingCall};
 pub use session::{ControllerAccess, Service, Session, SessionError};
 #[cfg(not(orcwire_loom))]
 pub use stream::{StreamConfig, StreamError, StreamTransport};
-pub use transport::{Received, Transport, TransportError};
+pub use transport::{Arrival, Received, Transport, TransportError};

@@ -39,6 +39,19 @@ pub enum Received {
     Interrupted,
 }
 
+/// What [`Transport::recv_into`] did with the caller's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next inbound message, validated and copied out of the
+    /// transport, is in the caller's message.
+    Message,
+    /// The deadline passed with nothing to read.
+    TimedOut,
+    /// [`Transport::interrupt_recv`] was called (before or during this
+    /// receive); the interrupt is consumed.
+    Interrupted,
+}
+
 /// Why a transport cannot carry messages any more.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
@@ -156,6 +169,45 @@ pub trait Transport: Send + Sync + 'static {
             Received::Message(m) => Ok(Some(m)),
             Received::TimedOut | Received::Interrupted => Ok(None),
         }
+    }
+
+    /// [`recv`](Transport::recv), into `into`: the message's fields and
+    /// payload overwrite it, reusing its buffer where the transport can.
+    /// The endpoint reads every message so; a transport that copies out of
+    /// shared memory overrides it to fill the caller's message in place
+    /// (the default receives and moves). `into` is unspecified when no
+    /// message arrived.
+    ///
+    /// # Errors
+    /// As [`recv`](Transport::recv).
+    fn recv_into(
+        &self,
+        deadline: Option<Instant>,
+        into: &mut Message,
+    ) -> Result<Arrival, TransportError> {
+        Ok(match self.recv(deadline)? {
+            Received::Message(m) => {
+                *into = m;
+                Arrival::Message
+            }
+            Received::TimedOut => Arrival::TimedOut,
+            Received::Interrupted => Arrival::Interrupted,
+        })
+    }
+
+    /// [`try_recv`](Transport::try_recv), into `into` (see
+    /// [`recv_into`](Transport::recv_into)): `true` when a message arrived.
+    ///
+    /// # Errors
+    /// As [`recv`](Transport::recv).
+    fn try_recv_into(&self, into: &mut Message) -> Result<bool, TransportError> {
+        Ok(match self.try_recv()? {
+            Some(m) => {
+                *into = m;
+                true
+            }
+            None => false,
+        })
     }
 
     /// Makes the current or next [`recv`](Transport::recv) return

@@ -14,7 +14,9 @@
 //! * malformed messages from a raw peer (a `Result` of an unknown kind,
 //!   for a sequence number never used, a second `Setup`): a clean
 //!   disconnect with a protocol error;
-//! * `Transport::try_recv` takes whole messages in order and never waits.
+//! * `Transport::try_recv` takes whole messages in order and never waits;
+//!   `recv_into`/`try_recv_into` overwrite one reused message across sizes
+//!   (small after large, fragmented, empty) with nothing stale left.
 //!
 //! Byte-level garbage below the message layer is transport-specific and
 //! is tested with each transport (`tests/malformed.rs`, `tests/stream.rs`
@@ -444,6 +446,74 @@ fn try_recv_takes_what_has_arrived_and_never_waits() {
             Err(e) => assert!(e.is_peer_gone(), "{kind:?}: {e:?}"),
             Ok(other) => panic!("{kind:?}: expected the hang-up, got {other:?}"),
         }
+        rx.close();
+    }
+}
+
+#[test]
+fn recv_into_overwrites_one_message_across_sizes() {
+    // One `Message` receives everything: small after large (a stale tail
+    // must not show), large after small, empty, fragmented, and through
+    // `try_recv_into` too. Every field and byte is compared.
+    let sizes = [64, 3, 0, RING + 1, 70, 71, 72, 5000, 1];
+    for kind in ALL {
+        let pair = pair(kind);
+        let (tx, rx) = (Arc::clone(&pair.controller), Arc::clone(&pair.executor));
+        let sender = thread::spawn(move || {
+            for (i, &n) in sizes.iter().enumerate() {
+                let payload = pseudo_random(i as u64, n);
+                tx.send(Opcode::CallWrapper, i as u64 + 1, 100 + i as u64, &payload)
+                    .unwrap();
+            }
+            tx
+        });
+        let mut m = orcwire::Message::new(
+            Opcode::Result,
+            0,
+            0,
+            WrapperFunctionBuffer::out_of_band_error("stale"),
+        );
+        for (i, &n) in sizes.iter().enumerate() {
+            let deadline = Instant::now() + LIMIT;
+            if i % 2 == 0 {
+                assert_eq!(
+                    rx.recv_into(Some(deadline), &mut m).unwrap(),
+                    orcwire::Arrival::Message,
+                    "{kind:?}: message {i}"
+                );
+            } else {
+                while !rx.try_recv_into(&mut m).unwrap() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{kind:?}: message {i} never taken"
+                    );
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            assert_eq!(
+                (m.opcode, m.seq, m.tag, m.payload.is_error()),
+                (Opcode::CallWrapper, i as u64 + 1, 100 + i as u64, false),
+                "{kind:?}: message {i}"
+            );
+            assert!(
+                m.payload.as_slice() == pseudo_random(i as u64, n).as_slice(),
+                "{kind:?}: message {i} ({n} B) differs"
+            );
+        }
+        assert_eq!(
+            rx.recv_into(Some(Instant::now() + Duration::from_millis(20)), &mut m)
+                .unwrap(),
+            orcwire::Arrival::TimedOut,
+            "{kind:?}"
+        );
+        rx.interrupt_recv();
+        assert_eq!(
+            rx.recv_into(Some(Instant::now() + LIMIT), &mut m).unwrap(),
+            orcwire::Arrival::Interrupted,
+            "{kind:?}"
+        );
+        let tx = sender.join().unwrap();
+        tx.close();
         rx.close();
     }
 }

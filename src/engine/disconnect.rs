@@ -212,9 +212,9 @@ impl Inner {
             }
             loop {
                 match self.transport.recv(Some(deadline)) {
-                    Ok(Received::Message(m)) => match m.opcode {
+                    Ok(Received::Message(mut m)) => match m.opcode {
                         Opcode::Result => {
-                            if let Ok((seq, outcome)) = self.outcome_of(m) {
+                            if let Ok((seq, outcome)) = self.outcome_of(&mut m) {
                                 let _ = self.pending.complete(seq, Ok(outcome));
                             }
                         }

@@ -37,23 +37,26 @@ impl Inner {
     /// the lead.
     pub(super) fn lead_turn(self: &Arc<Self>, own: Option<u64>, deadline: Option<Instant>) -> Turn {
         let mut turn = Turn::default();
+        // Every message of the turn lands here, in place (see
+        // `Transport::recv_into`); routing takes its payload out.
+        let mut msg = Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
         loop {
             match own {
                 Some(seq) if self.pending.is_done(seq) => {
-                    self.drain_ready(&mut turn);
+                    self.drain_ready(&mut turn, &mut msg);
                     return turn;
                 }
                 None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
                 _ => {}
             }
-            match self.transport.recv(deadline) {
-                Ok(Received::Message(msg)) => {
-                    self.route(msg, own.is_none(), &mut turn);
+            match self.transport.recv_into(deadline, &mut msg) {
+                Ok(Arrival::Message) => {
+                    self.route(&mut msg, own.is_none(), &mut turn);
                     if turn.call.is_some() || turn.disconnect.is_some() || turn.saw_call {
                         return turn;
                     }
                 }
-                Ok(Received::TimedOut) | Ok(Received::Interrupted) => return turn,
+                Ok(Arrival::TimedOut) | Ok(Arrival::Interrupted) => return turn,
                 Err(e) => {
                     self.reading_failed(e, &mut turn);
                     return turn;
@@ -67,16 +70,16 @@ impl Inner {
     /// first incoming call): one lead turn then completes a batch of
     /// pipelined calls, and the waits behind it find their results done
     /// without leading at all.
-    fn drain_ready(self: &Arc<Self>, turn: &mut Turn) {
+    fn drain_ready(self: &Arc<Self>, turn: &mut Turn, msg: &mut Message) {
         for _ in 0..DRAIN_BATCH {
-            match self.transport.try_recv() {
-                Ok(Some(msg)) => {
+            match self.transport.try_recv_into(msg) {
+                Ok(true) => {
                     self.route(msg, false, turn);
                     if turn.disconnect.is_some() || turn.saw_call {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(false) => return,
                 Err(e) => {
                     self.reading_failed(e, turn);
                     return;
@@ -94,15 +97,16 @@ impl Inner {
         turn.disconnect = Some(DisconnectReason::from_transport(e));
     }
 
-    /// The outcome a `Result` message carries, or why it is malformed.
+    /// The outcome a `Result` message carries (its payload is taken out
+    /// of `msg`), or why it is malformed.
     pub(super) fn outcome_of(
         &self,
-        msg: Message,
+        msg: &mut Message,
     ) -> Result<(u64, WrapperFunctionBuffer), String> {
         if self.dialect.is_llvm() {
             // LLVM sends every result, errors included, under tag 0.
             return match msg.tag {
-                0 => Ok((msg.seq, msg.payload)),
+                0 => Ok((msg.seq, std::mem::take(&mut msg.payload))),
                 other => Err(format!(
                     "result for sequence number {} has tag {other}; LLVM's protocol sends results with tag 0",
                     msg.seq
@@ -110,7 +114,7 @@ impl Inner {
             };
         }
         match msg.tag {
-            RESULT_OK => Ok((msg.seq, msg.payload)),
+            RESULT_OK => Ok((msg.seq, std::mem::take(&mut msg.payload))),
             RESULT_ERROR => Ok((
                 msg.seq,
                 WrapperFunctionBuffer::out_of_band_error(
@@ -124,8 +128,8 @@ impl Inner {
         }
     }
 
-    /// Routes one message. Never blocks.
-    pub(super) fn route(self: &Arc<Self>, msg: Message, worker: bool, turn: &mut Turn) {
+    /// Routes one message (taking its payload out). Never blocks.
+    pub(super) fn route(self: &Arc<Self>, msg: &mut Message, worker: bool, turn: &mut Turn) {
         match msg.opcode {
             Opcode::Result => match self.outcome_of(msg) {
                 Ok((seq, outcome)) => {
@@ -142,7 +146,7 @@ impl Inner {
                 let call = Incoming {
                     seq: msg.seq,
                     tag: msg.tag,
-                    args: msg.payload,
+                    args: std::mem::take(&mut msg.payload),
                 };
                 if worker {
                     turn.call = Some(call);

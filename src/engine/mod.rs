@@ -20,7 +20,7 @@ use crate::sync::{
     fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
     Ordering,
 };
-use crate::transport::{Received, Transport, TransportError};
+use crate::transport::{Arrival, Received, Transport, TransportError};
 
 mod caller;
 mod disconnect;

@@ -126,16 +126,29 @@ impl RingConsumer {
     /// writing cannot keep the caller here), then publishes the new head.
     ///
     /// # Errors
+    /// As [`try_recv_into`](Self::try_recv_into).
+    #[cfg(any(test, feature = "internals", orcwire_loom))]
+    pub fn try_recv(&mut self) -> Result<Option<Message>, RingError> {
+        let mut m = Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        Ok(self.try_recv_into(&mut m)?.then_some(m))
+    }
+
+    /// [`try_recv`](Self::try_recv), into `into`: `true` when a message
+    /// arrived, its fields and payload written over `into`'s (a small
+    /// payload straight into its buffer, which is reused; nothing is moved
+    /// after the copy). `into` is unspecified otherwise.
+    ///
+    /// # Errors
     /// [`RingError::Corrupt`] when the producer broke the protocol, or
     /// [`RingError::OutOfMemory`] when a message's buffer cannot be
     /// allocated. The ring is then unusable: every later call returns the
     /// same error.
     #[inline(always)]
-    pub fn try_recv(&mut self) -> Result<Option<Message>, RingError> {
+    pub fn try_recv_into(&mut self, into: &mut Message) -> Result<bool, RingError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let result = self.read_frames();
+        let result = self.read_frames(into);
         self.publish_head();
         if let Err(e) = &result {
             self.failed = Some(e.clone());
@@ -179,7 +192,7 @@ impl RingConsumer {
     }
 
     #[inline(always)]
-    fn read_frames(&mut self) -> Result<Option<Message>, RingError> {
+    fn read_frames(&mut self, into: &mut Message) -> Result<bool, RingError> {
         let cap = self.idx.capacity;
         let mut consumed = 0u64;
         while consumed < cap {
@@ -195,7 +208,7 @@ impl RingConsumer {
             // SAFETY: `offset + 32 <= capacity`, 16-aligned.
             let word0 = unsafe { self.mem.data.load_commit(offset) };
             if word0 == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             let len = word0 as u32;
             let size = frame_size(u64::from(len));
@@ -242,20 +255,26 @@ impl RingConsumer {
                 continue;
             }
             // Copy out before the head moves past the frame.
-            let done = self.take_frame(&h, offset)?;
+            let done = self.take_frame(&h, offset, into)?;
             self.head = self.idx.advance(self.head, size);
             consumed += size;
-            if done.is_some() {
-                return Ok(done);
+            if done {
+                return Ok(true);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 
     /// Checks a message frame against the message in progress and copies
-    /// its payload out. `Some` when this frame completes a message.
+    /// its payload out. `true` when this frame completes a message, which
+    /// is then in `into`.
     #[inline(always)]
-    fn take_frame(&mut self, h: &FrameHeader, offset: usize) -> Result<Option<Message>, RingError> {
+    fn take_frame(
+        &mut self,
+        h: &FrameHeader,
+        offset: usize,
+        into: &mut Message,
+    ) -> Result<bool, RingError> {
         let opcode = Opcode::from_wire(u64::from(h.opcode)).map_err(|e| corrupt(e.to_string()))?;
         let len = h.len as usize;
         let payload_at = offset + FRAME_HEADER_SIZE;
@@ -280,23 +299,28 @@ impl RingConsumer {
                         h.total
                     )));
                 }
+                into.opcode = opcode;
+                into.seq = h.seq;
+                into.tag = h.tag;
                 if len <= SMALL {
-                    // Inline in the buffer itself: no allocation at all.
-                    let mut buf = WrapperFunctionBuffer::try_zeroed(len)
+                    // Straight into the caller's buffer, inline or reused:
+                    // no allocation, and nothing moves the bytes again.
+                    let dst = into
+                        .payload
+                        .refill(len)
                         .map_err(|e| RingError::OutOfMemory { len: e.len })?;
-                    let dst = buf.as_mut_slice();
                     // SAFETY: the payload lies inside the checked, published
                     // frame; `dst` is a private buffer of `len` bytes.
                     unsafe { self.mem.data.read(payload_at, dst.as_mut_ptr(), len) };
-                    return Ok(Some(Message::new(opcode, h.seq, h.tag, buf)));
+                    return Ok(true);
                 }
                 // Larger: copied into uninitialised capacity, not zeroed
                 // first and then overwritten.
                 // SAFETY: the payload lies inside the checked, published
                 // frame.
                 let data = unsafe { self.first_bytes(payload_at, len, len)? };
-                let buf = WrapperFunctionBuffer::from_vec(data);
-                return Ok(Some(Message::new(opcode, h.seq, h.tag, buf)));
+                into.payload = WrapperFunctionBuffer::from_vec(data);
+                return Ok(true);
             }
             if len == 0 || u64::from(h.len) >= h.total {
                 return Err(corrupt(format!(
@@ -317,7 +341,7 @@ impl RingConsumer {
                 total: h.total,
                 data,
             });
-            return Ok(None);
+            return Ok(false);
         }
         let Some(p) = self.partial.as_mut() else {
             return Err(corrupt(format!(
@@ -352,16 +376,17 @@ impl RingConsumer {
         // reserved `len` bytes of spare capacity.
         unsafe { copy_into(&self.mem.data, &mut p.data, payload_at, len) };
         if !last {
-            return Ok(None);
+            return Ok(false);
         }
-        Ok(self.partial.take().map(|p| {
-            Message::new(
+        if let Some(p) = self.partial.take() {
+            *into = Message::new(
                 p.opcode,
                 p.seq,
                 p.tag,
                 WrapperFunctionBuffer::from_vec(p.data),
-            )
-        }))
+            );
+        }
+        Ok(true)
     }
 }
 

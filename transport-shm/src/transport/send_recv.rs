@@ -9,8 +9,8 @@ use std::convert::Infallible;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use orcwire::transport::{Received, Transport, TransportError};
-use orcwire::{Message, Opcode};
+use orcwire::transport::{Arrival, Received, Transport, TransportError};
+use orcwire::{Message, Opcode, WrapperFunctionBuffer};
 
 use super::{ShmTransport, BULK_BYTES_PER_NS, BULK_MAX_SPIN, BULK_MIN, CLOSED, PEER_DEAD};
 use crate::layout::{state, waiting};
@@ -19,29 +19,31 @@ use crate::sync::Ordering;
 use crate::wait::{WaitOutcome, WaitStrategy};
 
 impl ShmTransport {
-    /// One `try_recv`, waking a peer waiting for space if it freed some.
-    /// `waited`: whether the caller waited for this message (see
+    /// One `try_recv_into`, waking a peer waiting for space if it freed
+    /// some. `waited`: whether the caller waited for this message (see
     /// `in_step`).
     #[inline(always)]
     fn try_take(
         &self,
         consumer: &mut RingConsumer,
         waited: bool,
-    ) -> Result<Option<Message>, TransportError> {
-        let result = consumer.try_recv();
+        into: &mut Message,
+    ) -> Result<bool, TransportError> {
+        let result = consumer.try_recv_into(into);
         if consumer.take_freed_space() {
             self.peer.notify(waiting::SPACE);
         }
         match result {
-            Ok(Some(m)) => {
-                self.note_size(m.payload.len());
+            Ok(true) => {
+                self.note_size(into.payload.len());
                 // Relaxed: only a hint for how to publish.
                 if self.in_step.load(Ordering::Relaxed) != waited {
                     self.in_step.store(waited, Ordering::Relaxed);
                 }
-                Ok(Some(m))
+                Ok(true)
             }
-            other => other.map_err(|e| self.ring_failed(e)),
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.ring_failed(e)),
         }
     }
 
@@ -160,6 +162,19 @@ impl Transport for ShmTransport {
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError> {
+        let mut m = Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        Ok(match self.recv_into(deadline, &mut m)? {
+            Arrival::Message => Received::Message(m),
+            Arrival::TimedOut => Received::TimedOut,
+            Arrival::Interrupted => Received::Interrupted,
+        })
+    }
+
+    fn recv_into(
+        &self,
+        deadline: Option<Instant>,
+        into: &mut Message,
+    ) -> Result<Arrival, TransportError> {
         let mut consumer = self.consumer.lock();
         let mut waited = false;
         loop {
@@ -171,10 +186,10 @@ impl Transport for ShmTransport {
             if self.interrupted.load(Ordering::Relaxed)
                 && self.interrupted.swap(false, Ordering::Acquire)
             {
-                return Ok(Received::Interrupted);
+                return Ok(Arrival::Interrupted);
             }
-            if let Some(m) = self.try_take(&mut consumer, waited)? {
-                return Ok(Received::Message(m));
+            if self.try_take(&mut consumer, waited, into)? {
+                return Ok(Arrival::Message);
             }
             if self.peer_state()? {
                 if crate::sync::is_broken("handshake") {
@@ -183,8 +198,8 @@ impl Transport for ShmTransport {
                     return Err(TransportError::PeerHungUp);
                 }
                 // Everything the peer published before its bit is visible.
-                if let Some(m) = self.try_take(&mut consumer, waited)? {
-                    return Ok(Received::Message(m));
+                if self.try_take(&mut consumer, waited, into)? {
+                    return Ok(Arrival::Message);
                 }
                 if consumer.has_frames() {
                     continue;
@@ -213,13 +228,18 @@ impl Transport for ShmTransport {
             waited = true;
             match outcome {
                 Ok(WaitOutcome::Ready(())) => {}
-                Ok(WaitOutcome::TimedOut) => return Ok(Received::TimedOut),
+                Ok(WaitOutcome::TimedOut) => return Ok(Arrival::TimedOut),
                 Err(never) => match never {},
             }
         }
     }
 
     fn try_recv(&self) -> Result<Option<Message>, TransportError> {
+        let mut m = Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        Ok(self.try_recv_into(&mut m)?.then_some(m))
+    }
+
+    fn try_recv_into(&self, into: &mut Message) -> Result<bool, TransportError> {
         // A hint first, with two loads and no lock: the peer has published
         // nothing at the slot past what we consumed (our stored head; one
         // caller at a time, so nobody is mid-receive). A lone caller's
@@ -230,7 +250,7 @@ impl Transport for ShmTransport {
         // SYNC POINT: frames published (the slot's `Acquire` load pairs
         // with the producer's `Release` store; `try_take` reads it again).
         if self.inbound.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         let mut consumer = self.consumer.lock();
         if self.is_terminated() {
@@ -238,7 +258,7 @@ impl Transport for ShmTransport {
         }
         // Nothing whole yet, or the peer hung up: `recv` finds out which
         // (it drains what the peer published before its bit first).
-        self.try_take(&mut consumer, false)
+        self.try_take(&mut consumer, false, into)
     }
 
     fn interrupt_recv(&self) {
