@@ -21,8 +21,9 @@
 //! check process death (covered by the `kill -9` tests in
 //! `tests/shm_process.rs`), nor a missing `Release` on the state word:
 //! loom makes every `Mutex` operation a `SeqCst` point, and `send`/`recv`
-//! each take their end's lock, so such a bug would be invisible to it; the
-//! `SYNC POINT` comments carry that argument instead.
+//! each take their end's lock (an `EndLock`, which is a loom `Mutex` under
+//! loom), so such a bug would be invisible to it; the `SYNC POINT`
+//! comments carry that argument instead.
 //!
 //! # Files
 //! * `mod.rs`: the type, joining a segment, accessors.
@@ -76,12 +77,16 @@ const BULK_MAX_SPIN: Duration = Duration::from_millis(1);
 /// A [`Transport`] over a shared-memory segment.
 ///
 /// # Threads
-/// * `send` may be called by any number of threads: a `Mutex` around the
+/// * `send` may be called by any number of threads: a lock around the
 ///   producer end serialises them, so a message (all its fragments) goes
 ///   out whole. A sender that finds the ring full waits *holding* that
-///   mutex (the others queue behind it, in the order the lock grants).
+///   lock (the others queue behind it: they spin briefly, then sleep).
 /// * `recv` has one caller at a time (the endpoint guarantees it); its
-///   consumer end sits behind an uncontended `Mutex` for `Sync`.
+///   consumer end sits behind an uncontended lock for `Sync`.
+/// * Both locks are `EndLock`s (`orcwire-sync`): their uncontended
+///   release is a plain store, so a message costs one locked instruction
+///   per end instead of two, and the release does not wait for the frame
+///   just written to reach the peer's core.
 ///
 /// # Ending
 /// * [`close`](Transport::close) sets our `*_DISCONNECTING` bit in the
