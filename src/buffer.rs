@@ -193,6 +193,7 @@ impl WrapperFunctionBuffer {
                 v.resize(len, 0);
             }
         } else {
+            // Free the old storage first: empty, should the allocation fail.
             *self = Self::new();
             *self = Self::try_zeroed(len)?;
         }

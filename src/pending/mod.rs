@@ -115,12 +115,12 @@ pub type CallResult = Result<WrapperFunctionBuffer, CallError>;
 pub const OCCUPIED: u64 = 1 << 0;
 /// The outcome is in the value cell.
 pub const VALUE: u64 = 1 << 1;
+/// The owner registered a waker: the completer wakes it.
+pub const WAKER: u64 = 1 << 2;
 /// A completer won the right to write the outcome.
 pub const CLAIMED: u64 = 1 << 3;
 /// The handle was dropped; the completer frees the slot.
 pub const ABANDONED: u64 = 1 << 4;
-/// The owner registered a waker: the completer wakes it.
-pub const WAKER: u64 = 1 << 2;
 const SEQ_SHIFT: u32 = 8;
 /// Sequence numbers stay below this (they fit the state word's seq field).
 const SEQ_LIMIT: u64 = 1 << (64 - SEQ_SHIFT);
