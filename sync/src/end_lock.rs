@@ -356,6 +356,26 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_that_panics_releases_the_lock() {
+        // No poisoning (as the shim's `Mutex`): the guard's drop runs as
+        // the panic unwinds, and the next taker gets the value as it was.
+        let lock = Arc::new(EndLock::new(5u32));
+        let holder = {
+            let lock = Arc::clone(&lock);
+            std::thread::spawn(move || {
+                let mut g = lock.lock();
+                *g = 6;
+                panic!("a handler bug");
+            })
+        };
+        assert!(holder.join().is_err());
+        let g = lock
+            .lock_until(Some(Instant::now() + Duration::from_secs(5)), &|| {})
+            .expect("the panicking holder left the lock held");
+        assert_eq!(*g, 6);
+    }
+
+    #[test]
     fn many_waiters_all_get_through_a_held_lock() {
         // Waiters pile up asleep behind a long holder; each release must
         // get the next one in, woken or by its timeout, within bounds.
