@@ -10,28 +10,43 @@
 //! readable when the process exits even if it leaked its socket end into
 //! a child of its own.
 //!
-//! A dedicated thread (`orcwire-liveness`) sleeps in `poll` on the socket,
-//! the optional pidfd and an internal eventfd that [`LivenessWatcher::stop`]
-//! writes to. On death it publishes [`LivenessWatcher::is_peer_dead`] and
-//! calls the `on_death` callback once; the shm transport passes one that
-//! marks the segment dead and wakes every waiter.
+//! One thread per process (`orcwire-liveness`, started with the first
+//! watcher) sleeps in `epoll_wait` on the sockets and pidfds of every
+//! watched connection: a process with many connections pays one thread
+//! and one `epoll` fd for all of them, not a thread and an `eventfd` each.
+//! On a death it publishes [`LivenessWatcher::is_peer_dead`] and calls that
+//! watcher's `on_death` once; the shm transport passes one that marks the
+//! segment dead and wakes every waiter. `on_death` runs on that shared
+//! thread, so it must be quick (the transport's only sets flags and wakes
+//! futex words); a panic in it is caught, and the thread watches on.
+//!
+//! A watcher is an entry in the thread's table: [`LivenessWatcher::stop`]
+//! (or dropping the watcher) takes the entry out and its fds out of the
+//! `epoll` set, and if the thread took it out first to report a death,
+//! waits for that `on_death` to return. A child made by `fork` without
+//! `exec` has no such thread: its first watcher starts its own.
 //!
 //! Both ends must keep their socket fds close-on-exec: a copy inherited by
 //! an unrelated child would keep the socket open and hide the death.
 
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use crate::sync::thread::{self, JoinHandle, ThreadId};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::thread::{self, ThreadId};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 
-/// Most stray bytes drained from the socket per wake-up, so a peer that
-/// floods the channel cannot keep the watcher from seeing a stop request.
+/// Most stray bytes drained from a socket per wake-up, so a peer that
+/// floods its channel cannot keep the watcher thread on it.
 const DRAIN_PER_WAKEUP: usize = 64 * 1024;
+
+/// Events the watcher thread takes from `epoll_wait` at once.
+const EVENTS_PER_WAIT: usize = 64;
 
 /// The callback run once when the peer dies.
 pub type OnDeath = Box<dyn FnOnce() + Send + 'static>;
@@ -53,23 +68,182 @@ pub enum LivenessError {
     Spawn(#[source] io::Error),
 }
 
-/// What the watcher thread and the handle share.
+/// Where a watcher stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// In the thread's table.
+    Watching,
+    /// Taken out by the thread, which runs (or is about to run) `on_death`.
+    Reporting,
+    /// `on_death` returned, or `stop` took the entry out first.
+    Done,
+}
+
+/// What one watcher's handle and the thread share.
 struct Shared {
     /// Our end of the liveness channel (non-blocking).
     sock: OwnedFd,
     /// The peer's pidfd, when we have one.
     pidfd: Option<OwnedFd>,
-    /// Written by `stop` to wake the thread and make it leave.
-    stop: EventFd,
     /// Set, before `on_death` runs, once the peer is known dead.
     dead: AtomicBool,
+    state: Mutex<State>,
+    /// Notified when `state` becomes `Done`.
+    done: Condvar,
+}
+
+/// One watched connection in the thread's table.
+struct Entry {
+    shared: Arc<Shared>,
+    on_death: OnDeath,
+}
+
+/// The process's watcher thread and its table.
+struct Hub {
+    epoll: Epoll,
+    entries: Mutex<HashMap<u64, Entry>>,
+    next_id: AtomicU64,
+    /// The thread's id, so `stop` called from `on_death` does not wait for
+    /// itself.
+    thread: ThreadId,
+    /// The process that started the thread (a forked child must start its
+    /// own).
+    pid: u32,
+    /// Set if `epoll_wait` failed for good; the next watcher starts a new
+    /// thread.
+    broken: AtomicBool,
+}
+
+/// The `epoll` data of a watcher's socket (its id shifted, low bit 0) and
+/// pidfd (low bit 1).
+fn token(id: u64, pidfd: bool) -> u64 {
+    id << 1 | u64::from(pidfd)
+}
+
+/// The process's hub, started on first use (or again after a `fork`, or if
+/// the last one broke).
+fn hub() -> Result<Arc<Hub>, LivenessError> {
+    static HUB: OnceLock<Mutex<Option<Arc<Hub>>>> = OnceLock::new();
+    let mut slot = HUB.get_or_init(|| Mutex::new(None)).lock();
+    if let Some(h) = slot.as_ref() {
+        // SYNC POINT: hub broken. Pairs with the store in `run_hub`.
+        if h.pid == std::process::id() && !h.broken.load(Ordering::Acquire) {
+            return Ok(Arc::clone(h));
+        }
+    }
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|source| {
+        LivenessError::Os {
+            op: "epoll_create1",
+            source,
+        }
+    })?;
+    // The thread needs the hub and the hub the thread's id: the thread
+    // waits on a channel for its hub.
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<Hub>>();
+    let handle = thread::Builder::new()
+        .name("orcwire-liveness".to_owned())
+        .spawn(move || {
+            if let Ok(hub) = rx.recv() {
+                run_hub(&hub);
+            }
+        })
+        .map_err(LivenessError::Spawn)?;
+    let hub = Arc::new(Hub {
+        epoll,
+        entries: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        thread: handle.thread().id(),
+        pid: std::process::id(),
+        broken: AtomicBool::new(false),
+    });
+    // The thread lives as long as the process (detached: dropping the
+    // handle does not stop it).
+    drop(handle);
+    // A send fails only if the thread is gone, which it is not before it
+    // receives: it waits for this.
+    let _ = tx.send(Arc::clone(&hub));
+    *slot = Some(Arc::clone(&hub));
+    Ok(hub)
+}
+
+/// The watcher thread's body: forever, wait for events and report deaths.
+fn run_hub(hub: &Hub) {
+    let mut events = [EpollEvent::empty(); EVENTS_PER_WAIT];
+    loop {
+        let n = match hub.epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => {
+                // EBADF/EFAULT/EINVAL cannot happen with our own epoll fd;
+                // if one does we can no longer watch, and a silently
+                // stopped watcher would leave callers hanging on a dead
+                // peer: report every watched peer dead, and let the next
+                // watcher start a new thread.
+                // SYNC POINT: hub broken (Release half, see `hub`).
+                hub.broken.store(true, Ordering::Release);
+                let ids: Vec<u64> = hub.entries.lock().keys().copied().collect();
+                for id in ids {
+                    report(hub, id);
+                }
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let (id, is_pidfd) = (ev.data() >> 1, ev.data() & 1 == 1);
+            let Some(shared) = hub.entries.lock().get(&id).map(|e| Arc::clone(&e.shared)) else {
+                continue; // stopped since the event
+            };
+            let flags = ev.events();
+            let died = is_pidfd
+                || flags.intersects(
+                    EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR,
+                )
+                || (flags.contains(EpollFlags::EPOLLIN) && drain(&shared));
+            if died {
+                report(hub, id);
+            }
+        }
+    }
+}
+
+/// Takes watcher `id` out of the table (unless `stop` did first) and runs
+/// its `on_death`.
+fn report(hub: &Hub, id: u64) {
+    let entry = {
+        let mut entries = hub.entries.lock();
+        let Some(entry) = entries.remove(&id) else {
+            return;
+        };
+        unwatch(hub, &entry.shared);
+        // Under the table's lock: a `stop` that finds the entry gone then
+        // sees `Reporting` and waits for `Done`.
+        *entry.shared.state.lock() = State::Reporting;
+        entry
+    };
+    // SYNC POINT: peer death published (Release half, see `is_peer_dead`).
+    entry.shared.dead.store(true, Ordering::Release);
+    let Entry { shared, on_death } = entry;
+    // A panicking callback must not end the thread every connection of the
+    // process relies on; there is nobody to report the panic to.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(on_death));
+    *shared.state.lock() = State::Done;
+    shared.done.notify_all();
+}
+
+/// Takes a watcher's fds out of the `epoll` set. Errors mean the fd is not
+/// in the set any more, which is what we want.
+fn unwatch(hub: &Hub, shared: &Shared) {
+    let _ = hub.epoll.delete(&shared.sock);
+    if let Some(p) = &shared.pidfd {
+        let _ = hub.epoll.delete(p);
+    }
 }
 
 /// Watches the peer process and calls a callback once when it dies.
 ///
 /// The fds handed to [`spawn`](Self::spawn) stay open until the watcher
-/// is dropped (and its thread has finished), so stopping the watcher does
-/// not by itself hang up on the peer.
+/// is dropped, so stopping the watcher does not by itself hang up on the
+/// peer.
 ///
 /// # Examples
 /// ```
@@ -92,11 +266,8 @@ struct Shared {
 /// ```
 pub struct LivenessWatcher {
     shared: Arc<Shared>,
-    /// The thread, until someone joins it.
-    handle: Mutex<Option<JoinHandle<()>>>,
-    /// The thread's id, so `stop` called from `on_death` does not join
-    /// itself.
-    thread_id: ThreadId,
+    hub: Arc<Hub>,
+    id: u64,
 }
 
 impl std::fmt::Debug for LivenessWatcher {
@@ -113,17 +284,19 @@ impl LivenessWatcher {
     /// Starts watching: `sock` is our end of the liveness socket pair (any
     /// pollable fd whose hang-up means the peer is gone also works, e.g. a
     /// pipe's read end), `pidfd` optionally the peer's pidfd
-    /// ([`pidfd_open`]). `on_death` runs on the watcher thread, once, as
-    /// soon as either shows the peer gone — EOF, hang-up, error, or the
-    /// peer half-closing its end all count. Bytes the peer writes are
-    /// drained and ignored.
+    /// ([`pidfd_open`]). `on_death` runs on the process's watcher thread,
+    /// once, as soon as either shows the peer gone — EOF, hang-up, error,
+    /// or the peer half-closing its end all count. It must be quick: the
+    /// thread watches every connection of the process. Bytes the peer
+    /// writes are drained and ignored.
     ///
     /// `on_death` may call [`stop`](Self::stop) or drop the watcher.
     ///
     /// # Errors
-    /// [`LivenessError::Os`] when the eventfd cannot be made or `sock`
-    /// cannot be set non-blocking (a closed fd), [`LivenessError::Spawn`]
-    /// when the thread cannot be started.
+    /// [`LivenessError::Os`] when `sock` cannot be set non-blocking (a
+    /// closed fd) or the fds cannot be watched (`epoll_create1`,
+    /// `epoll_ctl`), [`LivenessError::Spawn`] when the process's watcher
+    /// thread cannot be started.
     pub fn spawn(
         sock: OwnedFd,
         pidfd: Option<OwnedFd>,
@@ -144,28 +317,45 @@ impl LivenessWatcher {
             op: "fcntl(F_SETFL)",
             source,
         })?;
-        let stop = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|source| LivenessError::Os {
-                op: "eventfd",
-                source,
-            })?;
+        let hub = hub()?;
         let shared = Arc::new(Shared {
             sock,
             pidfd,
-            stop,
             dead: AtomicBool::new(false),
+            state: Mutex::new(State::Watching),
+            done: Condvar::new(),
         });
-        let for_thread = Arc::clone(&shared);
-        let handle = thread::Builder::new()
-            .name("orcwire-liveness".to_owned())
-            .spawn(move || watch(&for_thread, on_death))
-            .map_err(LivenessError::Spawn)?;
-        let thread_id = handle.thread().id();
-        Ok(Self {
-            shared,
-            handle: Mutex::new(Some(handle)),
-            thread_id,
-        })
+        // Relaxed: only unique.
+        let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
+        // In the table before the fds are in the set: an event for them
+        // finds the entry.
+        hub.entries.lock().insert(
+            id,
+            Entry {
+                shared: Arc::clone(&shared),
+                on_death,
+            },
+        );
+        let add = |fd: &OwnedFd, events, pidfd| {
+            hub.epoll
+                .add(fd, EpollEvent::new(events, token(id, pidfd)))
+                .map_err(|source| LivenessError::Os {
+                    op: "epoll_ctl(EPOLL_CTL_ADD)",
+                    source,
+                })
+        };
+        let added = add(
+            &shared.sock,
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+            false,
+        )
+        .and_then(|()| match &shared.pidfd {
+            Some(p) => add(p, EpollFlags::EPOLLIN, true),
+            None => Ok(()),
+        });
+        let watcher = Self { shared, hub, id };
+        // On failure, dropping the watcher takes the entry out again.
+        added.map(|()| watcher)
     }
 
     /// Whether the peer has been seen dead. Once true, stays true.
@@ -174,24 +364,31 @@ impl LivenessWatcher {
         self.shared.dead.load(Ordering::Acquire)
     }
 
-    /// Stops watching and joins the thread, without calling `on_death`.
+    /// Stops watching, without calling `on_death`.
     ///
     /// If the peer died just before, `on_death` may already be running;
     /// `stop` then waits for it to return. Once `stop` has returned,
     /// `on_death` will never run. Idempotent; concurrent callers all
-    /// return only after the thread is gone. Called from inside `on_death`
-    /// it only asks the thread to leave (which it is doing anyway).
+    /// return only after that. Called from inside `on_death` it returns at
+    /// once (the callback is finishing anyway).
     pub fn stop(&self) {
-        // EAGAIN (counter saturated) means a stop is already pending.
-        let _ = self.shared.stop.write(1);
-        if thread::current().id() == self.thread_id {
+        let taken = {
+            let mut entries = self.hub.entries.lock();
+            let taken = entries.remove(&self.id);
+            if let Some(e) = &taken {
+                unwatch(&self.hub, &e.shared);
+                *e.shared.state.lock() = State::Done;
+            }
+            taken
+        };
+        // The callback, never run, is dropped here, outside the lock.
+        drop(taken);
+        if thread::current().id() == self.hub.thread {
             return;
         }
-        let mut handle = self.handle.lock();
-        if let Some(h) = handle.take() {
-            // A panic in `on_death` ended the thread; it has nothing more
-            // to report, and re-raising it here could abort in `Drop`.
-            let _ = h.join();
+        let mut state = self.shared.state.lock();
+        while *state == State::Reporting {
+            state = self.shared.done.wait(state);
         }
     }
 }
@@ -199,65 +396,6 @@ impl LivenessWatcher {
 impl Drop for LivenessWatcher {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The watcher thread's body.
-fn watch(shared: &Shared, on_death: OnDeath) {
-    if wait_for_death(shared) {
-        // SYNC POINT: peer death published
-        shared.dead.store(true, Ordering::Release);
-        on_death();
-    }
-}
-
-/// Sleeps until the peer dies (`true`) or a stop is requested (`false`).
-fn wait_for_death(shared: &Shared) -> bool {
-    const SOCK: usize = 0;
-    const STOP: usize = 1;
-    const PIDFD: usize = 2;
-    let pollfd = |fd: libc::c_int, events| libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    loop {
-        let mut fds = [
-            pollfd(shared.sock.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP),
-            pollfd(shared.stop.as_fd().as_raw_fd(), libc::POLLIN),
-            // A negative fd is ignored by poll.
-            pollfd(
-                shared.pidfd.as_ref().map_or(-1, AsRawFd::as_raw_fd),
-                libc::POLLIN,
-            ),
-        ];
-        // SAFETY: `fds` is an array of valid pollfd structs and we pass its
-        // length; every fd in it is owned by `shared`, which outlives this.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if rc < 0 {
-            if Errno::last() == Errno::EINTR {
-                continue;
-            }
-            // EBADF/EFAULT/EINVAL/ENOMEM cannot happen with three fds we
-            // own; if one does we can no longer watch, and a silently
-            // stopped watcher would leave callers hanging on a dead peer.
-            return true;
-        }
-        // Stop wins over a simultaneous death: the caller asked not to be
-        // called any more.
-        if fds[STOP].revents != 0 {
-            return false;
-        }
-        if fds[PIDFD].revents != 0 {
-            return true;
-        }
-        let ev = fds[SOCK].revents;
-        if ev & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            return true;
-        }
-        if ev & libc::POLLIN != 0 && drain(shared) {
-            return true;
-        }
     }
 }
 

@@ -189,6 +189,11 @@ fn on_death_may_stop_and_drop_its_own_watcher() {
 #[test]
 fn no_fd_leaks_and_every_child_reaped() {
     let _g = serial();
+    // The process's watcher thread and its epoll fd are made by the first
+    // watcher and live as long as the process: start them before counting.
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    drop(LivenessWatcher::spawn(r, None, Box::new(|| {})).unwrap());
+    drop(wr);
     let before = open_fd_count();
     let mut pids = Vec::new();
     for round in 0..3 {
@@ -213,8 +218,8 @@ fn no_fd_leaks_and_every_child_reaped() {
         w.stop();
         drop(w);
         drop(child);
-        // A watcher on a pipe, dropped while the writer lives: its fds
-        // (pipe end, eventfd) close with it.
+        // A watcher on a pipe, dropped while the writer lives: its fd
+        // closes with it.
         let (r, wr) = nix::unistd::pipe().unwrap();
         drop(LivenessWatcher::spawn(r, None, Box::new(|| {})).unwrap());
         drop(wr);
@@ -226,4 +231,86 @@ fn no_fd_leaks_and_every_child_reaped() {
         let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
         assert_eq!(rc, -1, "child {pid} still exists (not reaped?)");
     }
+}
+
+/// Threads of this process named `name` (the kernel keeps 15 bytes of a
+/// thread's name: `orcwire-liveness` reads `orcwire-livenes`).
+fn threads_named(name: &str) -> usize {
+    let name = &name[..name.len().min(15)];
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .map(|c| c.trim_end() == name)
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn one_thread_watches_every_connection_and_reports_each_death_to_its_own_callback() {
+    let _g = serial();
+    const N: usize = 12;
+    let (tx, rx) = mpsc::channel();
+    let mut peers = Vec::new();
+    let mut watchers = Vec::new();
+    for i in 0..N {
+        let (ours, theirs) = socket_pair().unwrap();
+        let tx = tx.clone();
+        watchers.push(
+            LivenessWatcher::spawn(ours, None, Box::new(move || tx.send(i).unwrap())).unwrap(),
+        );
+        peers.push(Some(theirs));
+    }
+    assert_eq!(
+        threads_named("orcwire-liveness"),
+        1,
+        "watchers must share the process's one watcher thread"
+    );
+    // Every third is stopped; of the rest, the odd ones' peers die.
+    for (i, w) in watchers.iter().enumerate() {
+        if i % 3 == 0 {
+            w.stop();
+        }
+    }
+    for (i, peer) in peers.iter_mut().enumerate() {
+        if i % 2 == 1 || i % 3 == 0 {
+            drop(peer.take());
+        }
+    }
+    let mut expected: Vec<usize> = (0..N).filter(|i| i % 2 == 1 && i % 3 != 0).collect();
+    let mut seen = Vec::new();
+    for _ in 0..expected.len() {
+        seen.push(rx.recv_timeout(PATIENCE).expect("a death was not reported"));
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "a callback ran twice, or for a stopped watcher or a live peer"
+    );
+    seen.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(seen, expected);
+    for (i, w) in watchers.iter().enumerate() {
+        assert_eq!(w.is_peer_dead(), i % 2 == 1 && i % 3 != 0, "watcher {i}");
+    }
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_shared_thread() {
+    let _g = serial();
+    let (a_ours, a_theirs) = socket_pair().unwrap();
+    let (b_ours, b_theirs) = socket_pair().unwrap();
+    let a = LivenessWatcher::spawn(a_ours, None, Box::new(|| panic!("a buggy callback"))).unwrap();
+    let (b, rx) = watch(b_ours, None);
+    drop(a_theirs);
+    let deadline = Instant::now() + PATIENCE;
+    while !a.is_peer_dead() {
+        assert!(Instant::now() < deadline, "the first death was not seen");
+        orcwire_sync::thread::sleep(Duration::from_millis(1));
+    }
+    drop(b_theirs);
+    rx.recv_timeout(PATIENCE)
+        .expect("the watcher thread stopped after a callback panicked");
+    assert!(b.is_peer_dead());
 }

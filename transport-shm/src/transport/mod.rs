@@ -257,14 +257,16 @@ impl ShmTransport {
     /// Watches the peer process: when `sock` (our end of the liveness
     /// socket) hangs up or `pidfd` turns readable, the transport is
     /// [marked dead](Self::mark_peer_dead), which wakes every waiter. The
-    /// watcher lives as long as the transport.
+    /// watch lives as long as the transport; one thread per process
+    /// (`orcwire-liveness`, over `epoll`) watches every connection.
     ///
     /// Every connection made by [`ExecutorCommand`](crate::ExecutorCommand),
     /// [`ShmListener`](crate::ShmListener) or [`NamedOffer`](crate::NamedOffer)
     /// is watched so already.
     ///
     /// # Errors
-    /// [`LivenessError`] when the watcher thread cannot be started.
+    /// [`LivenessError`] when the process's watcher thread cannot be
+    /// started or the fds cannot be added to its `epoll` set.
     pub fn watch_peer(
         self: &Arc<Self>,
         sock: std::os::fd::OwnedFd,
