@@ -319,8 +319,9 @@ impl Endpoint {
         timeout: std::time::Duration,
     ) -> Result<WrapperFunctionBuffer, CallError> {
         let deadline = Instant::now() + timeout;
-        self.call_deadline(tag, args, deadline)?
-            .wait_deadline(deadline)
+        self.send_releases(Some(deadline));
+        let seq = self.inner.call(tag.get(), args, Some(deadline))?;
+        self.inner.wait_own(seq, Some(deadline))
     }
 
     /// Calls `tag` and waits for the result: `call(tag, args)?.wait()`.
@@ -332,7 +333,9 @@ impl Endpoint {
         tag: HandlerTag,
         args: &[u8],
     ) -> Result<WrapperFunctionBuffer, CallError> {
-        self.call(tag, args)?.wait()
+        self.send_releases(None);
+        let seq = self.inner.call(tag.get(), args, None)?;
+        self.inner.wait_own(seq, None)
     }
 
     /// Disconnects. Safe to call from many threads at once and from inside

@@ -14,7 +14,7 @@ use crate::dispatch::TaskDispatcher;
 use crate::gate::Gate;
 use crate::handler::{HandlerTable, Responder, ResultSink};
 use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
-use crate::pending::{CallError, CallHost, PendingTable};
+use crate::pending::{take_or_wait, CallError, CallHost, CallResult, PendingTable};
 use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::{
     fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
@@ -509,6 +509,46 @@ impl Inner {
             return Err(err);
         }
         Ok(seq)
+    }
+}
+
+impl Inner {
+    /// Waits on this thread for call `seq`, which this thread made and
+    /// owns, as [`PendingCall::wait`](crate::PendingCall::wait) does but
+    /// without a handle: a synchronous call then takes and drops no
+    /// reference count (a locked instruction on its path between a result
+    /// and the next call). The slot is abandoned if the wait ends without
+    /// the outcome (a timeout, an error, or a panic unwinding through).
+    pub(crate) fn wait_own(self: &Arc<Self>, seq: u64, deadline: Option<Instant>) -> CallResult {
+        /// Abandons the slot unless the outcome was taken.
+        struct Owned<'a> {
+            table: &'a PendingTable,
+            seq: u64,
+            registered: bool,
+            taken: bool,
+        }
+        impl Drop for Owned<'_> {
+            fn drop(&mut self) {
+                if !self.taken {
+                    self.table.abandon(self.seq, self.registered);
+                }
+            }
+        }
+        let mut own = Owned {
+            table: &self.pending,
+            seq,
+            registered: false,
+            taken: false,
+        };
+        let (r, taken) = take_or_wait(
+            &self.pending,
+            seq,
+            deadline,
+            &mut own.registered,
+            |seq, deadline, registered| self.wait_for_call(seq, deadline, registered),
+        );
+        own.taken = taken;
+        r
     }
 }
 

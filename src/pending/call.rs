@@ -24,6 +24,32 @@ pub(crate) trait CallHost: Send + Sync {
     ) -> Result<(), CallError>;
 }
 
+/// The owner's wait for call `seq`: takes the outcome if it is there,
+/// else waits through `wait_for` (see [`CallHost::wait_for`]) and looks
+/// again, until `deadline`. Returns the outcome ([`CallError::TimedOut`]
+/// when the deadline passed, or the wait's error) and whether the outcome
+/// was taken (the slot is then no longer the owner's; otherwise the owner
+/// still holds it, to wait again or abandon).
+pub(crate) fn take_or_wait(
+    table: &PendingTable,
+    seq: u64,
+    deadline: Option<Instant>,
+    registered: &mut bool,
+    wait_for: impl Fn(u64, Option<Instant>, &mut bool) -> Result<(), CallError>,
+) -> (CallResult, bool) {
+    loop {
+        if let Some(r) = table.try_take(seq, *registered) {
+            return (r, true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return (Err(CallError::TimedOut), false);
+        }
+        if let Err(e) = wait_for(seq, deadline, registered) {
+            return (Err(e), false);
+        }
+    }
+}
+
 /// The handle of one call in flight.
 ///
 /// It is a [`Future`] (with no runtime dependency: any executor can poll
@@ -84,16 +110,19 @@ impl PendingCall {
     }
 
     fn wait_until(&mut self, deadline: Option<Instant>) -> CallResult {
-        loop {
-            if let Some(r) = self.try_take() {
-                return r;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(CallError::TimedOut);
-            }
-            self.host
-                .wait_for(self.seq, deadline, &mut self.registered)?;
+        if self.taken {
+            return Err(CallError::AlreadyTaken);
         }
+        let host = &self.host;
+        let (r, taken) = take_or_wait(
+            host.table(),
+            self.seq,
+            deadline,
+            &mut self.registered,
+            |seq, deadline, registered| host.wait_for(seq, deadline, registered),
+        );
+        self.taken = taken;
+        r
     }
 
     /// Waits for the outcome.

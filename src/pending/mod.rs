@@ -59,7 +59,7 @@ pub mod model;
 mod tests;
 
 pub use call::PendingCall;
-pub(crate) use call::CallHost;
+pub(crate) use call::{take_or_wait, CallHost};
 use crate::transport::TransportError;
 use crate::waker::AtomicWaker;
 
