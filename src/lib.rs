@@ -81,6 +81,7 @@ internal! {
 }
 pub mod endpoint;
 pub mod handles;
+mod pipeline;
 pub mod session;
 pub mod sps;
 #[cfg(not(orcwire_loom))]
@@ -106,7 +107,8 @@ pub use handler::{HandlerTag, Responder};
 pub use handles::{HandleError, HandleId, RemoteHandle};
 pub use message::{Message, Opcode, UnknownOpcode};
 pub use pending::{CallError, CallResult, PendingCall};
+pub use pipeline::Pipeline;
 pub use session::{ControllerAccess, Service, Session, SessionError};
 #[cfg(not(orcwire_loom))]
 pub use stream::{StreamConfig, StreamError, StreamTransport};
-pub use transport::{Arrival, Received, Transport, TransportError};
+pub use transport::{Arrival, BatchError, Outgoing, Received, Transport, TransportError};

@@ -98,6 +98,30 @@ impl TransportError {
     }
 }
 
+/// One message of a [`Transport::send_batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing<'a> {
+    /// What the message is.
+    pub opcode: Opcode,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its tag (handler tag of a call, result kind of a result).
+    pub tag: u64,
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+/// Why a [`Transport::send_batch`] stopped before the end of its batch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{error} (after {sent} messages of the batch were sent)")]
+pub struct BatchError {
+    /// Messages sent whole, from the start of the batch; none of the rest
+    /// was sent.
+    pub sent: usize,
+    /// Why message `sent` was not: as for [`Transport::send_until`].
+    pub error: TransportError,
+}
+
 /// Moves messages between the two processes. See the [module
 /// docs](self) for the threading rules.
 pub trait Transport: Send + Sync + 'static {
@@ -208,6 +232,64 @@ pub trait Transport: Send + Sync + 'static {
             }
             None => false,
         })
+    }
+
+    /// Sends `messages` in order, each whole, as
+    /// [`send_until`](Transport::send_until) would one by one, but as one
+    /// batch: a transport that can make a batch visible to the peer at once
+    /// (one publication, one wake-up check) overrides it; the default sends
+    /// them one at a time. `deadline` bounds each message's wait for room
+    /// before its first byte, as for `send_until`.
+    ///
+    /// # Errors
+    /// [`BatchError`]: how many messages went out whole (from the start)
+    /// and why the next did not; none after it was sent.
+    fn send_batch(
+        &self,
+        messages: &[Outgoing<'_>],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
+    ) -> Result<(), BatchError> {
+        for (sent, m) in messages.iter().enumerate() {
+            self.send_until(m.opcode, m.seq, m.tag, m.payload, deadline, on_wait)
+                .map_err(|error| BatchError { sent, error })?;
+        }
+        Ok(())
+    }
+
+    /// Receives every message that has already arrived, at most `max`,
+    /// waiting until `deadline` for the first one if none has (as
+    /// [`recv_into`](Transport::recv_into)). Each lands in `into` (reused)
+    /// and is handed to `each`, which takes what it needs out of it and
+    /// returns whether to go on. The endpoint reads so: a transport that
+    /// copies out of shared memory overrides it to take a whole batch under
+    /// one lock and free its room once; the default receives one message at
+    /// a time.
+    ///
+    /// Returns [`Arrival::Message`] when at least one message was handed
+    /// over. `each` must not receive from this transport (it may run while
+    /// the transport's receiving end is locked).
+    ///
+    /// # Errors
+    /// As [`recv`](Transport::recv), also after some messages were handed
+    /// over (they were delivered; the error is about what comes next).
+    fn recv_batch(
+        &self,
+        deadline: Option<Instant>,
+        max: usize,
+        into: &mut Message,
+        each: &mut dyn FnMut(&mut Message) -> bool,
+    ) -> Result<Arrival, TransportError> {
+        let first = self.recv_into(deadline, into)?;
+        if first != Arrival::Message || !each(into) {
+            return Ok(first);
+        }
+        for _ in 1..max {
+            if !self.try_recv_into(into)? || !each(into) {
+                break;
+            }
+        }
+        Ok(Arrival::Message)
     }
 
     /// Makes the current or next [`recv`](Transport::recv) return

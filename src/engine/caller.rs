@@ -84,7 +84,7 @@ impl Inner {
             }
             if self.try_lead(CALLER) {
                 interrupted = false;
-                let turn = self.lead_turn(Some(seq), deadline);
+                let turn = self.lead_turn(Some(seq), deadline, &mut Vec::new());
                 self.release_lead();
                 let saw_call = turn.saw_call;
                 self.after_caller_turn(turn);
@@ -158,6 +158,16 @@ impl Inner {
     /// Queues an incoming call for a worker, or refuses it as busy when the
     /// queue is full; `false` when even the refusals overflow.
     pub(super) fn enqueue(self: &Arc<Self>, w: &mut Work, call: Incoming) -> bool {
+        let queued = self.enqueue_quietly(w, call);
+        if queued {
+            self.wake_or_spawn(w);
+        }
+        queued
+    }
+
+    /// [`enqueue`](Self::enqueue) without waking a worker: for calls the
+    /// worker queueing them runs itself next.
+    pub(super) fn enqueue_quietly(&self, w: &mut Work, call: Incoming) -> bool {
         if w.queue.len() < self.config.max_queued_calls.max(1) {
             w.queue.push_back(call);
         } else if w.refusals.len() < MAX_REFUSALS {
@@ -165,7 +175,6 @@ impl Inner {
         } else {
             return false;
         }
-        self.wake_or_spawn(w);
         true
     }
 

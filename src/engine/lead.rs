@@ -31,27 +31,39 @@ impl Inner {
         }
     }
 
-    /// Reads and routes messages while leading. A caller (`own` is its
-    /// call) stops once its result is in or `deadline` passes; a worker
-    /// stops at the first call it reads (to run it) or when a caller wants
-    /// the lead.
-    pub(super) fn lead_turn(self: &Arc<Self>, own: Option<u64>, deadline: Option<Instant>) -> Turn {
+    /// Reads and routes messages while leading, a batch at a time (see
+    /// [`Transport::recv_batch`]). A caller (`own` is its call) stops once
+    /// its result is in (after the rest of the batch it came in, at most
+    /// [`DRAIN_BATCH`] messages: the waits behind a pipelined call then
+    /// find their results done without leading at all) or `deadline`
+    /// passes. A worker stops once it has read calls to run (up to
+    /// [`WORKER_BATCH`]: the first in `turn.call`, the rest in `more`) or
+    /// when a caller wants the lead.
+    pub(super) fn lead_turn(
+        self: &Arc<Self>,
+        own: Option<u64>,
+        deadline: Option<Instant>,
+        more: &mut Vec<Incoming>,
+    ) -> Turn {
         let mut turn = Turn::default();
         // Every message of the turn lands here, in place (see
         // `Transport::recv_into`); routing takes its payload out.
         let mut msg = Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        let worker = own.is_none();
+        let max = if worker { WORKER_BATCH + 1 } else { DRAIN_BATCH };
         loop {
             match own {
-                Some(seq) if self.pending.is_done(seq) => {
-                    self.drain_ready(&mut turn, &mut msg);
-                    return turn;
-                }
+                Some(seq) if self.pending.is_done(seq) => return turn,
                 None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
                 _ => {}
             }
-            match self.transport.recv_into(deadline, &mut msg) {
+            let arrival = self.transport.recv_batch(deadline, max, &mut msg, &mut |m| {
+                self.route(m, worker, &mut turn, more);
+                let read_calls = turn.call.is_some() && (more.len() >= WORKER_BATCH);
+                !(read_calls || turn.disconnect.is_some() || turn.saw_call)
+            });
+            match arrival {
                 Ok(Arrival::Message) => {
-                    self.route(&mut msg, own.is_none(), &mut turn);
                     if turn.call.is_some() || turn.disconnect.is_some() || turn.saw_call {
                         return turn;
                     }
@@ -60,29 +72,6 @@ impl Inner {
                 Err(e) => {
                     self.reading_failed(e, &mut turn);
                     return turn;
-                }
-            }
-        }
-    }
-
-    /// A caller that has its result reads on, without waiting, what has
-    /// already arrived (at most [`DRAIN_BATCH`] messages, stopping at the
-    /// first incoming call): one lead turn then completes a batch of
-    /// pipelined calls, and the waits behind it find their results done
-    /// without leading at all.
-    fn drain_ready(self: &Arc<Self>, turn: &mut Turn, msg: &mut Message) {
-        for _ in 0..DRAIN_BATCH {
-            match self.transport.try_recv_into(msg) {
-                Ok(true) => {
-                    self.route(msg, false, turn);
-                    if turn.disconnect.is_some() || turn.saw_call {
-                        return;
-                    }
-                }
-                Ok(false) => return,
-                Err(e) => {
-                    self.reading_failed(e, turn);
-                    return;
                 }
             }
         }
@@ -129,7 +118,13 @@ impl Inner {
     }
 
     /// Routes one message (taking its payload out). Never blocks.
-    pub(super) fn route(self: &Arc<Self>, msg: &mut Message, worker: bool, turn: &mut Turn) {
+    pub(super) fn route(
+        self: &Arc<Self>,
+        msg: &mut Message,
+        worker: bool,
+        turn: &mut Turn,
+        more: &mut Vec<Incoming>,
+    ) {
         match msg.opcode {
             Opcode::Result => match self.outcome_of(msg) {
                 Ok((seq, outcome)) => {
@@ -149,7 +144,11 @@ impl Inner {
                     args: std::mem::take(&mut msg.payload),
                 };
                 if worker {
-                    turn.call = Some(call);
+                    if turn.call.is_none() {
+                        turn.call = Some(call);
+                    } else {
+                        more.push(call);
+                    }
                     return;
                 }
                 turn.saw_call = true;

@@ -20,7 +20,7 @@ use crate::sync::{
     fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
     Ordering,
 };
-use crate::transport::{Arrival, Received, Transport, TransportError};
+use crate::transport::{Arrival, Outgoing, Received, Transport, TransportError};
 
 mod caller;
 mod disconnect;
@@ -70,10 +70,15 @@ impl Timing {
     }
 }
 
-/// Most messages a caller that has its result reads on without waiting
-/// (see `drain_ready`): enough for a window of pipelined calls, few enough
-/// that a caller never reads for long after its own result is in.
+/// Most messages a caller reads in one batch (see `lead_turn`): enough
+/// for a window of pipelined calls, few enough that a caller never reads
+/// for long after its own result is in.
 const DRAIN_BATCH: usize = 64;
+
+/// Most calls a worker reads in one lead turn beyond the first: it runs
+/// them one after the other (each is queued, so that another worker takes
+/// over the rest if a handler blocks).
+const WORKER_BATCH: usize = 15;
 
 /// How long `disconnect` waits for workers still in a handler to finish
 /// and leave, before it returns without them. A worker that has just
@@ -86,6 +91,9 @@ const BUSY_GRACE: Duration = Duration::from_millis(50);
 /// disconnect never waits on a handler, which the grace only delays).
 #[cfg(orcwire_loom)]
 const BUSY_GRACE: Duration = Duration::ZERO;
+
+/// Most calls [`Inner::call_batch`] writes with one publication.
+const CALL_BATCH: usize = 16;
 
 /// Refusals waiting to be sent beyond this mean the peer floods calls
 /// without reading our results: a protocol error.
@@ -497,18 +505,111 @@ impl Inner {
         let _inside = self.gate.enter().map_err(|_| self.closed_error())?;
         let seq = self.pending.register()?;
         if let Err(e) = self.send(Opcode::CallWrapper, seq, tag, args, deadline) {
-            let err = match &e {
-                TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
-                TransportError::TimedOut => CallError::TimedOut,
-                _ => {
-                    self.transport_ended(e);
-                    self.closed_error()
-                }
-            };
             self.pending.free_unsent(seq);
-            return Err(err);
+            return Err(self.send_failed(e));
         }
         Ok(seq)
+    }
+
+    /// The error a call that could not be sent fails with; a transport
+    /// that ended starts the disconnect.
+    fn send_failed(self: &Arc<Self>, e: TransportError) -> CallError {
+        match &e {
+            TransportError::TooLarge { .. } | TransportError::Io(_) => CallError::Send(e),
+            TransportError::TimedOut => CallError::TimedOut,
+            _ => {
+                self.transport_ended(e);
+                self.closed_error()
+            }
+        }
+    }
+
+    /// Sends `calls` (tag, arguments) in order as batches of up to
+    /// [`CALL_BATCH`]: a slot for each, then their frames with one
+    /// publication and one wake-up check per batch (the fast path of
+    /// [`Pipeline`](crate::Pipeline)). Reports each call to `done`, in
+    /// order: its sequence number, or why it was not sent. Returns how many
+    /// calls were reported; fewer than all when `deadline` passed with the
+    /// transport full (the rest are untouched, not sent).
+    pub(crate) fn call_batch(
+        self: &Arc<Self>,
+        calls: &[(u64, &[u8])],
+        deadline: Option<Instant>,
+        done: &mut dyn FnMut(Result<u64, CallError>),
+    ) -> usize {
+        let Ok(_inside) = self.gate.enter() else {
+            let err = self.closed_error();
+            calls.iter().for_each(|_| done(Err(err.clone())));
+            return calls.len();
+        };
+        let mut handled = 0;
+        while handled < calls.len() {
+            let chunk = &calls[handled..calls.len().min(handled + CALL_BATCH)];
+            let mut seqs = [0u64; CALL_BATCH];
+            let mut frames = [Outgoing {
+                opcode: Opcode::CallWrapper,
+                seq: 0,
+                tag: 0,
+                payload: &[],
+            }; CALL_BATCH];
+            let mut n = 0;
+            for &(tag, args) in chunk {
+                match self.pending.register() {
+                    Ok(seq) => {
+                        seqs[n] = seq;
+                        frames[n] = Outgoing {
+                            opcode: Opcode::CallWrapper,
+                            seq,
+                            tag,
+                            payload: args,
+                        };
+                        n += 1;
+                    }
+                    // Every slot is taken: this call fails (the ones
+                    // registered before it still go out).
+                    Err(e) if n == 0 => {
+                        done(Err(e));
+                        handled += 1;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            let (sent, error) = match self
+                .transport
+                .send_batch(&frames[..n], deadline, &|| self.ensure_reader())
+            {
+                Ok(()) => (n, None),
+                Err(e) => (e.sent.min(n), Some(e.error)),
+            };
+            for &seq in &seqs[..sent] {
+                done(Ok(seq));
+            }
+            for &seq in &seqs[sent..n] {
+                self.pending.free_unsent(seq);
+            }
+            handled += sent;
+            let Some(error) = error else {
+                continue;
+            };
+            // Call `handled` was not sent, nor anything after it.
+            match self.send_failed(error) {
+                CallError::TimedOut => return handled,
+                e @ CallError::Send(_) => {
+                    // Its own fault (too large): the rest may go.
+                    done(Err(e));
+                    handled += 1;
+                }
+                e => {
+                    calls[handled..].iter().for_each(|_| done(Err(e.clone())));
+                    return calls.len();
+                }
+            }
+        }
+        handled
     }
 }
 
@@ -540,15 +641,27 @@ impl Inner {
             registered: false,
             taken: false,
         };
-        let (r, taken) = take_or_wait(
+        let (r, taken) = self.take_or_wait(seq, deadline, &mut own.registered);
+        own.taken = taken;
+        r
+    }
+
+    /// The owner's wait for call `seq` ([`take_or_wait`] on this
+    /// connection): the outcome, and whether it was taken (else the slot is
+    /// still the owner's, to wait again or abandon).
+    pub(crate) fn take_or_wait(
+        self: &Arc<Self>,
+        seq: u64,
+        deadline: Option<Instant>,
+        registered: &mut bool,
+    ) -> (CallResult, bool) {
+        take_or_wait(
             &self.pending,
             seq,
             deadline,
-            &mut own.registered,
+            registered,
             |seq, deadline, registered| self.wait_for_call(seq, deadline, registered),
-        );
-        own.taken = taken;
-        r
+        )
     }
 }
 

@@ -8,6 +8,9 @@ impl Inner {
         let mut last_epoch = self.caller_epoch.load(Ordering::Relaxed);
         let base = self.config.reader_grace.max(Duration::from_micros(50));
         let mut poll = base;
+        // The calls a lead turn read beyond the first (reused: no
+        // allocation per turn).
+        let mut more = Vec::with_capacity(WORKER_BATCH);
         let mut w = self.work.lock();
         loop {
             if w.stop {
@@ -42,11 +45,23 @@ impl Inner {
             if !dead && callers == 0 && epoch == last_epoch && self.try_lead(WORKER) {
                 drop(w);
                 poll = base;
-                let turn = self.lead_turn(None, None);
+                let turn = self.lead_turn(None, None, &mut more);
                 self.release_lead();
                 w = self.work.lock();
                 if let Some(r) = turn.disconnect {
                     w.disconnect.get_or_insert(r);
+                }
+                // This worker runs them next, unless a handler blocks it:
+                // then another takes them from the queue (nobody is woken
+                // for them now; an idle worker looks at the queue within
+                // `HANDOVER` while handlers run).
+                for call in more.drain(..) {
+                    if !self.enqueue_quietly(&mut w, call) {
+                        w.disconnect.get_or_insert(DisconnectReason::Protocol(
+                            "the peer keeps sending calls while it does not read their results"
+                                .into(),
+                        ));
+                    }
                 }
                 if let Some(call) = turn.call {
                     if self.may_run_handler(&w) {

@@ -7,10 +7,11 @@
 //! compare a layer with the floor of the same round.
 //!
 //! ```text
-//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [transport|one-thread]
+//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [transport|one-thread|pipeline]
 //! ```
 //! With `transport` only the transport's loops run, with `one-thread` only
-//! the one-thread loop (for a profile of them alone).
+//! the one-thread loop, with `pipeline` only the `Pipeline` loop (for a
+//! profile of them alone).
 //! Every reply is checked against its argument.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,14 @@ fn main() -> Result<(), String> {
     }
     let cpus = Pinning::choose().ok_or("needs two CPUs")?;
     let pair = PinnedEchoPair::connect(config)?;
+    if only.as_deref() == Some("pipeline") {
+        for round in 1..=rounds {
+            let pp = endpoint_pipeline(&pair, calls)?;
+            println!("round {round}: Pipeline 1 thread x {WINDOW}: {pp:.2} M/s");
+        }
+        pair.disconnect();
+        return Ok(());
+    }
     let (transport, transport_peer) = transport_pair(config, cpus)?;
     println!(
         "controller on CPU {}, executor on CPU {}, {calls} calls of {BYTES} B per layer and round",
@@ -74,10 +83,13 @@ fn main() -> Result<(), String> {
             f64::NAN
         };
         let tp = transport_pipelined(&transport, calls)?;
-        let ep = if all {
-            endpoint_pipelined(&pair, calls)?
+        let (ep, pp) = if all {
+            (
+                endpoint_pipelined(&pair, calls)?,
+                endpoint_pipeline(&pair, calls)?,
+            )
         } else {
-            f64::NAN
+            (f64::NAN, f64::NAN)
         };
         // The transport's code alone: both ends on this thread, no cache
         // line crossing a core.
@@ -85,7 +97,8 @@ fn main() -> Result<(), String> {
         println!(
             "round {round}: round trip p50: floor {f:.0} ns (two lines each way {f2:.0} ns), \
              transport {t:.0} ns ({:.2}x), endpoint {e:.0} ns ({:.2}x); \
-             pipelined 1 thread x {WINDOW}: transport {tp:.2} M/s, endpoint {ep:.2} M/s; \
+             pipelined 1 thread x {WINDOW}: transport {tp:.2} M/s, endpoint {ep:.2} M/s, \
+             Pipeline {pp:.2} M/s; \
              transport on one thread {code:.0} ns a call (2 sends, 2 receives)",
             t / f,
             e / f,
@@ -302,6 +315,27 @@ fn endpoint_pipelined(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> 
     }
     while let Some((call, j)) = in_flight.pop_front() {
         check(call.wait().map_err(|e| e.to_string())?.as_slice(), j)?;
+    }
+    Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// The same window of calls through a [`orcwire::Pipeline`]: sent in
+/// batches, results taken in order.
+fn endpoint_pipeline(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut pipe = pair.controller.pipeline();
+    let mut taken = 0;
+    for i in 0..calls {
+        if pipe.in_flight() as u64 == WINDOW {
+            let r = pipe.next().ok_or("a call went missing")?;
+            check(r.map_err(|e| e.to_string())?.as_slice(), taken)?;
+            taken += 1;
+        }
+        pipe.submit(pair.echo, &argument(i));
+    }
+    for r in pipe {
+        check(r.map_err(|e| e.to_string())?.as_slice(), taken)?;
+        taken += 1;
     }
     Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
 }

@@ -116,7 +116,6 @@ impl RingConsumer {
     }
 
     /// Data bytes of the ring.
-    #[cfg(any(test, feature = "internals", orcwire_loom))]
     pub fn capacity(&self) -> usize {
         self.mem.capacity
     }
@@ -145,16 +144,43 @@ impl RingConsumer {
     /// same error.
     #[inline(always)]
     pub fn try_recv_into(&mut self, into: &mut Message) -> Result<bool, RingError> {
+        let result = self.try_recv_into_held(into);
+        self.publish_head();
+        result
+    }
+
+    /// [`try_recv_into`](Self::try_recv_into), but the frames read stay
+    /// counted as used (the head is not published) until
+    /// [`publish_consumed`](Self::publish_consumed): a batch of messages
+    /// then frees its room with one store. Publish before waiting for the
+    /// producer: it may be waiting for that room.
+    ///
+    /// # Errors
+    /// As [`try_recv_into`](Self::try_recv_into).
+    #[inline(always)]
+    pub fn try_recv_into_held(&mut self, into: &mut Message) -> Result<bool, RingError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         let result = self.read_frames(into);
-        self.publish_head();
         if let Err(e) = &result {
             self.failed = Some(e.clone());
             self.partial = None;
         }
         result
+    }
+
+    /// Publishes the head past every frame read (see
+    /// [`try_recv_into_held`](Self::try_recv_into_held)).
+    #[inline]
+    pub fn publish_consumed(&mut self) {
+        self.publish_head();
+    }
+
+    /// Bytes read but not yet published as free.
+    #[inline]
+    pub fn held_bytes(&self) -> u64 {
+        self.idx.distance(self.published_head, self.head)
     }
 
     /// Whether a frame is published at the head (polls its slot). For a

@@ -9,28 +9,34 @@ use std::convert::Infallible;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use orcwire::transport::{Arrival, Received, Transport, TransportError};
+use orcwire::transport::{Arrival, BatchError, Outgoing, Received, Transport, TransportError};
 use orcwire::{Message, Opcode, WrapperFunctionBuffer};
 
 use super::{ShmTransport, BULK_BYTES_PER_NS, BULK_MAX_SPIN, BULK_MIN, CLOSED, PEER_DEAD};
 use crate::layout::{state, waiting};
-use crate::ring::{OutgoingMessage, RingConsumer, WriteStatus};
+use crate::ring::{OutgoingMessage, RingConsumer, RingProducer, WriteStatus};
 use crate::sync::Ordering;
 use crate::wait::{WaitOutcome, WaitStrategy};
 
 impl ShmTransport {
     /// One `try_recv_into`, waking a peer waiting for space if it freed
-    /// some. `waited`: whether the caller waited for this message (see
-    /// `in_step`).
+    /// some (unless `hold`: then the room stays unpublished, see
+    /// [`Self::release_held`]). `waited`: whether the caller waited for
+    /// this message (see `in_step`).
     #[inline(always)]
     fn try_take(
         &self,
         consumer: &mut RingConsumer,
         waited: bool,
+        hold: bool,
         into: &mut Message,
     ) -> Result<bool, TransportError> {
-        let result = consumer.try_recv_into(into);
-        if consumer.take_freed_space() {
+        let result = if hold {
+            consumer.try_recv_into_held(into)
+        } else {
+            consumer.try_recv_into(into)
+        };
+        if !hold && consumer.take_freed_space() {
             self.peer.notify(waiting::SPACE);
         }
         match result {
@@ -43,7 +49,93 @@ impl ShmTransport {
                 Ok(true)
             }
             Ok(false) => Ok(false),
-            Err(e) => Err(self.ring_failed(e)),
+            Err(e) => {
+                self.release_held(consumer);
+                Err(self.ring_failed(e))
+            }
+        }
+    }
+
+    /// Publishes the room of frames read under `hold`, and wakes a peer
+    /// waiting for it.
+    #[inline]
+    fn release_held(&self, consumer: &mut RingConsumer) {
+        consumer.publish_consumed();
+        if consumer.take_freed_space() {
+            self.peer.notify(waiting::SPACE);
+        }
+    }
+
+    /// `recv_into` with the receiving end locked. With `hold`, the room of
+    /// the message taken stays unpublished (the caller releases it); room
+    /// held is always released before a wait.
+    fn recv_locked(
+        &self,
+        consumer: &mut RingConsumer,
+        deadline: Option<Instant>,
+        hold: bool,
+        into: &mut Message,
+    ) -> Result<Arrival, TransportError> {
+        let mut waited = false;
+        loop {
+            if self.is_terminated() {
+                self.release_held(consumer);
+                return Err(self.terminal_error());
+            }
+            // SYNC POINT: local flags. Pairs with `interrupt_recv`. A load
+            // first: no read-modify-write per receive.
+            if self.interrupted.load(Ordering::Relaxed)
+                && self.interrupted.swap(false, Ordering::Acquire)
+            {
+                self.release_held(consumer);
+                return Ok(Arrival::Interrupted);
+            }
+            if self.try_take(consumer, waited, hold, into)? {
+                return Ok(Arrival::Message);
+            }
+            // A message may be partly read: free its room before waiting
+            // for the rest (the peer may be waiting for that room).
+            self.release_held(consumer);
+            if self.peer_state()? {
+                if crate::sync::is_broken("handshake") {
+                    // Loom must-fail variant: hang up without draining what
+                    // the peer published before its bit.
+                    return Err(TransportError::PeerHungUp);
+                }
+                // Everything the peer published before its bit is visible.
+                if self.try_take(consumer, waited, false, into)? {
+                    return Ok(Arrival::Message);
+                }
+                if consumer.has_frames() {
+                    continue;
+                }
+                return Err(TransportError::PeerHungUp);
+            }
+            let consumer = &*consumer;
+            let outcome = self
+                .own
+                .wait_until(&self.strategy(), waiting::DATA, deadline, || {
+                    // SYNC POINT: local flags (interrupt) and SYNC POINT:
+                    // disconnect (the state word); `has_frames` is the
+                    // frames published point. The loop acts on what it saw.
+                    let word = self.state.load(Ordering::Acquire);
+                    let ready = self.is_terminated()
+                        || self.interrupted.load(Ordering::Acquire)
+                        || consumer.has_frames()
+                        || word & self.side.peer().disconnecting_bit() != 0
+                        || state::epoch(word) != self.attached.epoch;
+                    Ok::<_, Infallible>(if ready {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    })
+                });
+            waited = true;
+            match outcome {
+                Ok(WaitOutcome::Ready(())) => {}
+                Ok(WaitOutcome::TimedOut) => return Ok(Arrival::TimedOut),
+                Err(never) => match never {},
+            }
         }
     }
 
@@ -86,14 +178,24 @@ impl Transport for ShmTransport {
         deadline: Option<Instant>,
         on_wait: &dyn Fn(),
     ) -> Result<(), TransportError> {
+        let one = [Outgoing {
+            opcode,
+            seq,
+            tag,
+            payload,
+        }];
+        self.send_batch(&one, deadline, on_wait)
+            .map_err(|e| e.error)
+    }
+
+    fn send_batch(
+        &self,
+        messages: &[Outgoing<'_>],
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(),
+    ) -> Result<(), BatchError> {
         let limit = self.attached.layout.max_message_size;
-        if payload.len() as u64 > limit {
-            return Err(TransportError::TooLarge {
-                size: payload.len() as u64,
-                limit,
-            });
-        }
-        self.note_size(payload.len());
+        let fail = |sent: usize, error: TransportError| BatchError { sent, error };
         // Another sender may hold the producer while it waits for room:
         // wait for it only until the deadline.
         // A sender that finds the producer taken waits on the peer only if
@@ -106,59 +208,97 @@ impl Transport for ShmTransport {
             }
         };
         let Some(mut producer) = self.producer.lock_until(deadline, &behind_holder) else {
-            return Err(TransportError::TimedOut);
+            return Err(fail(0, TransportError::TimedOut));
         };
-        let mut msg = OutgoingMessage::new(opcode, seq, tag, payload);
-        loop {
-            self.check_send()?;
-            let status = producer
-                .try_write(&mut msg)
-                .map_err(|e| self.ring_failed(e))?;
+        // Frames written but not yet published: the whole batch goes out
+        // with one publication and one wake-up check at its end (or
+        // before any wait for room, and per fragment of a long message).
+        let mut unpublished = false;
+        let publish = |producer: &mut RingProducer, unpublished: &mut bool| {
+            *unpublished = false;
             if producer.publish_with(self.in_step.load(Ordering::Relaxed)) {
                 self.peer.notify(waiting::DATA);
             }
-            match status {
-                WriteStatus::Complete => return Ok(()),
-                // The next fragment goes out at once.
-                WriteStatus::Partial => continue,
-                WriteStatus::WouldBlock => {}
+        };
+        for (sent, m) in messages.iter().enumerate() {
+            if m.payload.len() as u64 > limit {
+                publish(&mut producer, &mut unpublished);
+                return Err(fail(
+                    sent,
+                    TransportError::TooLarge {
+                        size: m.payload.len() as u64,
+                        limit,
+                    },
+                ));
             }
-            // The deadline holds only until the first frame is out: a
-            // message half written must be finished.
-            let deadline = if msg.is_started() { None } else { deadline };
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(TransportError::TimedOut);
-            }
-            // SYNC POINT: room wait (Release half, see `behind_holder`).
-            self.room_wait.store(true, Ordering::Release);
-            // Ring full: spin, then sleep on our word until the peer frees
-            // space (it bumps our word when it sees our SPACE announcement)
-            // or a local event wakes us. `on_wait` runs only before the
-            // sleep: a peer that is reading frees room within the spin
-            // budget, and a peer that is not is the case `on_wait` exists
-            // for (it may wait for us to read), so it costs at most one
-            // spin budget of delay there, and nothing per fragment here.
-            let producer = &mut *producer;
-            let msg = &msg;
-            let outcome = self.own.wait_until_then(
-                &self.strategy(),
-                waiting::SPACE,
-                deadline,
-                || {
-                    self.check_send()?;
-                    // A corrupt head is reported by `try_write` next round.
-                    Ok(match producer.can_write(msg) {
-                        Ok(false) => Poll::Pending,
-                        Ok(true) | Err(_) => Poll::Ready(()),
-                    })
-                },
-                on_wait,
-            );
-            self.room_wait.store(false, Ordering::Release);
-            if outcome? == WaitOutcome::TimedOut {
-                return Err(TransportError::TimedOut);
+            self.note_size(m.payload.len());
+            let mut msg = OutgoingMessage::new(m.opcode, m.seq, m.tag, m.payload);
+            loop {
+                if let Err(e) = self.check_send() {
+                    publish(&mut producer, &mut unpublished);
+                    return Err(fail(sent, e));
+                }
+                let status = match producer.try_write(&mut msg) {
+                    Ok(status) => status,
+                    Err(e) => return Err(fail(sent, self.ring_failed(e))),
+                };
+                match status {
+                    WriteStatus::Complete => {
+                        unpublished = true;
+                        break;
+                    }
+                    // The next fragment goes out at once, this one seen
+                    // by the peer meanwhile.
+                    WriteStatus::Partial => {
+                        publish(&mut producer, &mut unpublished);
+                        continue;
+                    }
+                    WriteStatus::WouldBlock => publish(&mut producer, &mut unpublished),
+                }
+                // The deadline holds only until the first frame is out: a
+                // message half written must be finished.
+                let deadline = if msg.is_started() { None } else { deadline };
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(fail(sent, TransportError::TimedOut));
+                }
+                // SYNC POINT: room wait (Release half, see `behind_holder`).
+                self.room_wait.store(true, Ordering::Release);
+                // Ring full: spin, then sleep on our word until the peer
+                // frees space (it bumps our word when it sees our SPACE
+                // announcement) or a local event wakes us. `on_wait` runs
+                // only before the sleep: a peer that is reading frees room
+                // within the spin budget, and a peer that is not is the
+                // case `on_wait` exists for (it may wait for us to read),
+                // so it costs at most one spin budget of delay there, and
+                // nothing per fragment here.
+                let producer = &mut *producer;
+                let msg = &msg;
+                let outcome = self.own.wait_until_then(
+                    &self.strategy(),
+                    waiting::SPACE,
+                    deadline,
+                    || {
+                        self.check_send()?;
+                        // A corrupt head is reported by `try_write` next round.
+                        Ok(match producer.can_write(msg) {
+                            Ok(false) => Poll::Pending,
+                            Ok(true) | Err(_) => Poll::Ready(()),
+                        })
+                    },
+                    on_wait,
+                );
+                self.room_wait.store(false, Ordering::Release);
+                match outcome {
+                    Ok(WaitOutcome::Ready(())) => {}
+                    Ok(WaitOutcome::TimedOut) => return Err(fail(sent, TransportError::TimedOut)),
+                    Err(e) => return Err(fail(sent, e)),
+                }
             }
         }
+        if unpublished {
+            publish(&mut producer, &mut unpublished);
+        }
+        Ok(())
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Received, TransportError> {
@@ -176,62 +316,39 @@ impl Transport for ShmTransport {
         into: &mut Message,
     ) -> Result<Arrival, TransportError> {
         let mut consumer = self.consumer.lock();
-        let mut waited = false;
-        loop {
-            if self.is_terminated() {
-                return Err(self.terminal_error());
-            }
-            // SYNC POINT: local flags. Pairs with `interrupt_recv`. A load
-            // first: no read-modify-write per receive.
-            if self.interrupted.load(Ordering::Relaxed)
-                && self.interrupted.swap(false, Ordering::Acquire)
-            {
-                return Ok(Arrival::Interrupted);
-            }
-            if self.try_take(&mut consumer, waited, into)? {
-                return Ok(Arrival::Message);
-            }
-            if self.peer_state()? {
-                if crate::sync::is_broken("handshake") {
-                    // Loom must-fail variant: hang up without draining what
-                    // the peer published before its bit.
-                    return Err(TransportError::PeerHungUp);
-                }
-                // Everything the peer published before its bit is visible.
-                if self.try_take(&mut consumer, waited, into)? {
-                    return Ok(Arrival::Message);
-                }
-                if consumer.has_frames() {
-                    continue;
-                }
-                return Err(TransportError::PeerHungUp);
-            }
-            let consumer = &*consumer;
-            let outcome = self
-                .own
-                .wait_until(&self.strategy(), waiting::DATA, deadline, || {
-                    // SYNC POINT: local flags (interrupt) and SYNC POINT:
-                    // disconnect (the state word); `has_frames` is the
-                    // frames published point. The loop acts on what it saw.
-                    let word = self.state.load(Ordering::Acquire);
-                    let ready = self.is_terminated()
-                        || self.interrupted.load(Ordering::Acquire)
-                        || consumer.has_frames()
-                        || word & self.side.peer().disconnecting_bit() != 0
-                        || state::epoch(word) != self.attached.epoch;
-                    Ok::<_, Infallible>(if ready {
-                        Poll::Ready(())
-                    } else {
-                        Poll::Pending
-                    })
-                });
-            waited = true;
-            match outcome {
-                Ok(WaitOutcome::Ready(())) => {}
-                Ok(WaitOutcome::TimedOut) => return Ok(Arrival::TimedOut),
-                Err(never) => match never {},
-            }
+        self.recv_locked(&mut consumer, deadline, false, into)
+    }
+
+    fn recv_batch(
+        &self,
+        deadline: Option<Instant>,
+        max: usize,
+        into: &mut Message,
+        each: &mut dyn FnMut(&mut Message) -> bool,
+    ) -> Result<Arrival, TransportError> {
+        let mut consumer = self.consumer.lock();
+        let first = self.recv_locked(&mut consumer, deadline, true, into)?;
+        if first != Arrival::Message {
+            return Ok(first);
         }
+        // The room of the whole batch is published once, at its end (or
+        // once a quarter of the ring is held, so a producer waiting for
+        // room does not wait for the whole batch).
+        let quarter = consumer.capacity() as u64 / 4;
+        let mut go_on = each(into);
+        let mut taken = 1;
+        while go_on && taken < max {
+            if consumer.held_bytes() >= quarter {
+                self.release_held(&mut consumer);
+            }
+            if !self.try_take(&mut consumer, false, true, into)? {
+                break;
+            }
+            taken += 1;
+            go_on = each(into);
+        }
+        self.release_held(&mut consumer);
+        Ok(Arrival::Message)
     }
 
     fn try_recv(&self) -> Result<Option<Message>, TransportError> {
@@ -258,7 +375,7 @@ impl Transport for ShmTransport {
         }
         // Nothing whole yet, or the peer hung up: `recv` finds out which
         // (it drains what the peer published before its bit first).
-        self.try_take(&mut consumer, false, into)
+        self.try_take(&mut consumer, false, false, into)
     }
 
     fn interrupt_recv(&self) {
