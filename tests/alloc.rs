@@ -1,7 +1,7 @@
 //! The call path allocates nothing: with the default configuration, a
-//! 64-byte round trip in either direction makes zero heap allocations on
-//! either side once warmed up (first calls may size queues and
-//! thread-locals).
+//! 64-byte round trip in either direction, and 64-byte calls pipelined 64
+//! at a time through a `Pipeline`, make zero heap allocations on either
+//! side once warmed up (first calls may size queues and thread-locals).
 //!
 //! Both endpoints live in this process over a heap-backed shared-memory
 //! segment (the same ring code as a memfd), so one counting global
@@ -87,6 +87,29 @@ fn a_64_byte_round_trip_allocates_nothing_in_either_direction() {
         assert_eq!(
             made, 0,
             "{name}: {made} heap allocations in 10,000 round trips of 64 B"
+        );
+
+        // Pipelined, 64 in flight: staged, sent in batches, results read
+        // in batches, inline handlers' results sent together.
+        let mut pipe = ep.pipeline();
+        let mut pipelined = |calls: usize| {
+            for _ in 0..calls {
+                if pipe.in_flight() == 64 {
+                    assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &args[..]);
+                }
+                pipe.submit(tag, &args);
+            }
+            for r in pipe.by_ref() {
+                assert_eq!(r.unwrap().as_slice(), &args[..]);
+            }
+        };
+        pipelined(20_000);
+        let before = allocations();
+        pipelined(20_000);
+        let made = allocations() - before;
+        assert_eq!(
+            made, 0,
+            "{name}: {made} heap allocations in 20,000 pipelined calls of 64 B"
         );
     }
     controller.disconnect();

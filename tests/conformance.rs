@@ -517,3 +517,122 @@ fn recv_into_overwrites_one_message_across_sizes() {
         rx.close();
     }
 }
+
+#[test]
+fn batches_go_out_whole_and_in_order_and_stop_at_a_message_over_the_limit() {
+    // `send_batch`: small, empty and fragmented messages in one batch, all
+    // received in order; a message over the limit stops its batch there
+    // (the ones before it arrive, none after). `recv_batch`: at most `max`
+    // a turn, stopping when `each` says so, waiting only for the first.
+    let sizes = [64, 0, 3, RING + 1, 70, 5000, 2 * RING + 3, 1, 64];
+    for kind in ALL {
+        let pair = pair(kind);
+        let (tx, rx) = (Arc::clone(&pair.controller), Arc::clone(&pair.executor));
+        let sender = thread::spawn(move || {
+            let payloads: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| pseudo_random(i as u64, n))
+                .collect();
+            let batch: Vec<orcwire::Outgoing<'_>> = payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| orcwire::Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq: i as u64 + 1,
+                    tag: 100 + i as u64,
+                    payload: p,
+                })
+                .collect();
+            tx.send_batch(&batch, Some(Instant::now() + LIMIT), &|| {})
+                .unwrap();
+            // Over every transport's limit (1 GiB for streams); never touched.
+            let too_large = vec![0u8; (1 << 30) + 1];
+            let stopped = [
+                orcwire::Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq: 50,
+                    tag: 7,
+                    payload: b"before",
+                },
+                orcwire::Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq: 51,
+                    tag: 7,
+                    payload: &too_large,
+                },
+                orcwire::Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq: 52,
+                    tag: 7,
+                    payload: b"after",
+                },
+            ];
+            let e = tx
+                .send_batch(&stopped, Some(Instant::now() + LIMIT), &|| {})
+                .unwrap_err();
+            assert_eq!(e.sent, 1, "{kind:?}");
+            assert!(
+                matches!(e.error, orcwire::TransportError::TooLarge { .. }),
+                "{kind:?}: {e}"
+            );
+            tx
+        });
+        let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        let mut got: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut turns = 0;
+        while got.len() < sizes.len() + 1 {
+            let deadline = Instant::now() + LIMIT;
+            let mut this_turn = 0;
+            let mut said_stop = false;
+            let arrival = rx
+                .recv_batch(Some(deadline), 3, &mut m, &mut |m| {
+                    assert!(!said_stop, "{kind:?}: a message after `each` said stop");
+                    got.push((m.seq, m.tag, m.payload.as_slice().to_vec()));
+                    this_turn += 1;
+                    // Stop early once in a while.
+                    said_stop = m.seq % 4 == 0;
+                    !said_stop
+                })
+                .unwrap();
+            assert_eq!(arrival, orcwire::Arrival::Message, "{kind:?}");
+            assert!(
+                (1..=3).contains(&this_turn),
+                "{kind:?}: {this_turn} in a turn"
+            );
+            turns += 1;
+        }
+        assert!(turns >= (sizes.len() + 1).div_ceil(3), "{kind:?}");
+        for (i, &n) in sizes.iter().enumerate() {
+            assert_eq!(
+                (got[i].0, got[i].1),
+                (i as u64 + 1, 100 + i as u64),
+                "{kind:?}: message {i}"
+            );
+            assert!(
+                got[i].2 == pseudo_random(i as u64, n),
+                "{kind:?}: message {i} ({n} B) differs"
+            );
+        }
+        assert_eq!(
+            got[sizes.len()],
+            (50, 7, b"before".to_vec()),
+            "{kind:?}: the message before the one over the limit"
+        );
+        // Nothing after it.
+        assert_eq!(
+            rx.recv_batch(
+                Some(Instant::now() + Duration::from_millis(20)),
+                8,
+                &mut m,
+                &mut |_| true
+            )
+            .unwrap(),
+            orcwire::Arrival::TimedOut,
+            "{kind:?}"
+        );
+        let tx = sender.join().unwrap();
+        tx.close();
+        rx.close();
+    }
+}

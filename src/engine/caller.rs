@@ -17,6 +17,9 @@ impl Inner {
         // time it happens to park: a thread's calls then allocate nothing
         // after its first one, however the scheduler interleaves them.
         THREAD_WAKER.with(|_| {});
+        // A handler waiting inside its batch: the results before it go
+        // out first (the peer may need them to answer us).
+        self.flush_outbox();
         self.callers.fetch_add(1, Ordering::SeqCst);
         let mut active = true;
         let r = self.caller_loop(seq, deadline, &mut active, registered);

@@ -255,6 +255,14 @@ pub(crate) struct Inner {
     pub(crate) dialect: Dialect,
     /// Remote handles lent and borrowed over this connection.
     pub(crate) handles: Arc<crate::handles::Handles>,
+    /// Results of inline handlers run by a worker, to send as one batch
+    /// (see [`Inner::flush_outbox`]).
+    outbox: Mutex<Vec<(u64, WrapperFunctionBuffer)>>,
+    /// Whether `outbox` may hold results: a look without the lock.
+    outbox_full: AtomicBool,
+    /// The worker that leads gives up its turn within [`HANDOVER`] (it
+    /// led while handlers ran): it will send what the outbox holds.
+    lead_polls: AtomicBool,
     /// [`FREE`], [`WORKER`] or [`CALLER`].
     lead: AtomicU32,
     /// The transport reported a terminal error: nobody reads again (each
@@ -301,6 +309,17 @@ std::thread_local! {
 #[cfg(orcwire_loom)]
 loom::thread_local! {
     static IN_HANDLER_OF: Cell<usize> = Cell::new(0);
+}
+
+// Which endpoint's outbox the results of the handler this thread runs go
+// to (its `Inner` address; 0: sent at once).
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static OUTBOX_OF: Cell<usize> = const { Cell::new(0) };
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static OUTBOX_OF: Cell<usize> = Cell::new(0);
 }
 
 // Which endpoint this thread is an idle worker of (0 while it runs a
@@ -399,6 +418,9 @@ impl Inner {
             setup,
             dialect,
             handles,
+            outbox: Mutex::new(Vec::with_capacity(WORKER_BATCH + 1)),
+            outbox_full: AtomicBool::new(false),
+            lead_polls: AtomicBool::new(false),
             lead: AtomicU32::new(FREE),
             rx_dead: AtomicBool::new(false),
             callers: AtomicUsize::new(0),
@@ -671,6 +693,15 @@ impl ResultSink for Inner {
     }
 
     fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
+        if OUTBOX_OF.with(|o| o.get()) == self.id() {
+            // An inline handler on a worker: the worker sends its batch's
+            // results together (`flush_outbox`).
+            self.outbox.lock().push((seq, result));
+            // Relaxed: the lock orders the contents; the flag is a hint
+            // whose every reader takes the lock.
+            self.outbox_full.store(true, Ordering::Relaxed);
+            return;
+        }
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.
         };
@@ -695,5 +726,81 @@ impl ResultSink for Inner {
             ) => self.transport_ended(e),
             _ => {}
         }
+    }
+}
+
+impl Inner {
+    /// Sends the results waiting in the outbox, as batches (one
+    /// publication each). A worker flushes before it leads, waits or
+    /// disconnects, a thread before any wait for a result, and an idle
+    /// worker whenever it looks around (at least every [`HANDOVER`] while
+    /// handlers run): a result waits at most that long behind a handler of
+    /// its batch that blocks. Results of a closing connection are dropped
+    /// (their callers fail with the disconnect).
+    pub(crate) fn flush_outbox(self: &Arc<Self>) {
+        // Relaxed: a hint; the lock below orders what it guards.
+        if !self.outbox_full.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut outbox = self.outbox.lock();
+        self.outbox_full.store(false, Ordering::Relaxed);
+        if outbox.is_empty() {
+            return;
+        }
+        let Ok(_inside) = self.gate.enter() else {
+            outbox.clear();
+            return;
+        };
+        let mut at = 0;
+        while at < outbox.len() {
+            let chunk = &outbox[at..outbox.len().min(at + CALL_BATCH)];
+            let mut frames = [Outgoing {
+                opcode: Opcode::Result,
+                seq: 0,
+                tag: 0,
+                payload: &[],
+            }; CALL_BATCH];
+            for (frame, (seq, result)) in frames.iter_mut().zip(chunk) {
+                let (kind, bytes) = match result.error_message() {
+                    Some(msg) => self.error_result(msg),
+                    None => (RESULT_OK, result.as_slice()),
+                };
+                *frame = Outgoing {
+                    opcode: Opcode::Result,
+                    seq: *seq,
+                    tag: kind,
+                    payload: bytes,
+                };
+            }
+            let n = chunk.len();
+            match self
+                .transport
+                .send_batch(&frames[..n], None, &|| self.ensure_reader())
+            {
+                Ok(()) => at += n,
+                Err(e) => {
+                    let failed = at + e.sent.min(n);
+                    match e.error {
+                        TransportError::TooLarge { size, limit } => {
+                            let msg = format!(
+                                "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
+                            );
+                            let (kind, bytes) = self.error_result(&msg);
+                            let seq = outbox[failed].0;
+                            let _ = self.send(Opcode::Result, seq, kind, bytes, None);
+                            at = failed + 1;
+                        }
+                        e @ (TransportError::PeerHungUp
+                        | TransportError::PeerDied
+                        | TransportError::Protocol(_)) => {
+                            self.transport_ended(e);
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        outbox.clear();
     }
 }

@@ -20,6 +20,7 @@ impl Inner {
             }
             if let Some(reason) = w.disconnect.take() {
                 drop(w);
+                self.flush_outbox();
                 self.disconnect_with(reason, false);
                 w = self.work.lock();
                 continue;
@@ -37,15 +38,27 @@ impl Inner {
                     continue;
                 }
             }
+            // Nothing to run: the results of what ran go out now.
+            if self.outbox_full.load(Ordering::Relaxed) {
+                drop(w);
+                self.flush_outbox();
+                w = self.work.lock();
+                continue;
+            }
             // Lead if no caller wants to and none left just now.
             let callers = self.callers.load(Ordering::Relaxed);
             let epoch = self.caller_epoch.load(Ordering::Relaxed);
             // SYNC POINT: reading dead (Acquire half, see `lead_turn`).
             let dead = self.rx_dead.load(Ordering::Acquire);
             if !dead && callers == 0 && epoch == last_epoch && self.try_lead(WORKER) {
+                // While other workers run handlers, look up now and then
+                // to send their results should one of them block.
+                let deadline = (w.busy > 0).then(|| Instant::now() + HANDOVER);
+                // Relaxed: read under the work lock, as it is written.
+                self.lead_polls.store(deadline.is_some(), Ordering::Relaxed);
                 drop(w);
                 poll = base;
-                let turn = self.lead_turn(None, None, &mut more);
+                let turn = self.lead_turn(None, deadline, &mut more);
                 self.release_lead();
                 w = self.work.lock();
                 if let Some(r) = turn.disconnect {
@@ -141,15 +154,33 @@ impl Inner {
             self.work_cv.notify_one();
         }
         w.busy += 1;
+        // Its result joins the outbox if more calls wait to run after it
+        // (or results before it wait there): they go out together. Not if
+        // this is the only worker there can be: no other would send them
+        // while a later handler blocks.
+        let batch = self.config.max_workers > 1
+            && (!w.queue.is_empty() || self.outbox_full.load(Ordering::Relaxed));
+        if batch
+            && self.lead.load(Ordering::Relaxed) == WORKER
+            && !self.lead_polls.load(Ordering::Relaxed)
+        {
+            // Another worker leads and may sleep in `recv` until the peer
+            // sends something, which it may do only once it has these
+            // results: make it lead again with a deadline (`busy` is up
+            // now), so that it sends them if this handler blocks.
+            self.transport.interrupt_recv();
+        }
         drop(w);
         let idle_of = IDLE_WORKER_OF.with(|c| c.replace(0));
         let responder = Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
         match &self.dispatcher {
             None => {
                 let prev = IN_HANDLER_OF.with(|h| h.replace(self.id()));
+                let prev_outbox = OUTBOX_OF.with(|o| o.replace(if batch { self.id() } else { 0 }));
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     self.invoke(call.tag, call.args, responder)
                 }));
+                OUTBOX_OF.with(|o| o.set(prev_outbox));
                 IN_HANDLER_OF.with(|h| h.set(prev));
                 // A panicking handler's responder answered with an error
                 // as it unwound; the worker carries on.

@@ -1,0 +1,265 @@
+//! `Pipeline`: calls staged and sent in batches, results in submission
+//! order with every dispatcher and transport; calls that cannot be sent
+//! yield their error in their place; deadlines; a dropped pipeline frees
+//! its slots; and a result of a batch is not held back by a handler of the
+//! same batch that blocks.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{connect_pair, dispatchers, never_answer, pseudo_random, run_bounded, shm_pair};
+use orcwire::{
+    CallError, ControllerBuilder, Endpoint, EndpointConfig, ExecutorBuilder, HandlerTag,
+    StreamConfig, StreamTransport, Transport, TransportError, WrapperFunctionBuffer,
+};
+use orcwire_shm::{RingCapacity, ShmConfig};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A shm pair with 64 KiB rings and a 256 KiB message limit (larger
+/// messages go out in fragments), or a Unix socket pair.
+fn transports(shm: bool) -> (Arc<dyn Transport>, Arc<dyn Transport>) {
+    if shm {
+        shm_pair(ShmConfig {
+            ring_capacity: RingCapacity::new(64 << 10).unwrap(),
+            max_message_size: 256 << 10,
+            ..ShmConfig::default()
+        })
+    } else {
+        let (c, e) = StreamTransport::unix_pair(StreamConfig {
+            max_message_size: 256 << 10,
+        })
+        .unwrap();
+        (c, e)
+    }
+}
+
+/// An executor serving `echo`, `fail` (an error result) and `silent`
+/// (never answers while the test runs).
+fn pair(
+    shm: bool,
+    dispatcher: common::MakeDispatcher,
+    config: EndpointConfig,
+) -> (Endpoint, Endpoint) {
+    connect_pair(
+        transports(shm),
+        ExecutorBuilder::new()
+            .sync_function("echo", WrapperFunctionBuffer::from_slice)
+            .sync_function("fail", |_| {
+                WrapperFunctionBuffer::out_of_band_error("refused on purpose")
+            })
+            .function("silent", |_, responder| {
+                never_answer(responder, Duration::from_secs(5))
+            })
+            .config(config.clone()),
+        ControllerBuilder::new().config(config),
+        dispatcher,
+    )
+}
+
+fn tag(ep: &Endpoint, name: &str) -> HandlerTag {
+    ep.function_tag(name).unwrap()
+}
+
+/// 3,000 calls, up to 64 in flight, sizes from 0 B to 200 KiB (fragmented
+/// on shm), every 7th an error result: every result in its place.
+#[test]
+fn results_come_in_submission_order_with_every_dispatcher_and_transport() {
+    for shm in [true, false] {
+        for (name, dispatcher) in dispatchers() {
+            run_bounded(LIMIT, move || {
+                let (controller, executor) = pair(shm, dispatcher, EndpointConfig::default());
+                let (echo, fail) = (tag(&controller, "echo"), tag(&controller, "fail"));
+                let mut pipe = controller.pipeline();
+                let mut expected = std::collections::VecDeque::new();
+                let mut taken = 0;
+                let check = |r: Result<WrapperFunctionBuffer, CallError>,
+                             want: Option<Vec<u8>>,
+                             i: usize| match (r, want) {
+                    (Ok(got), Some(want)) => {
+                        assert_eq!(got.as_slice(), &want[..], "{name}, shm {shm}: call {i}")
+                    }
+                    (Ok(got), None) => assert_eq!(
+                        got.error_message(),
+                        Some("refused on purpose"),
+                        "{name}, shm {shm}: call {i}"
+                    ),
+                    (Err(e), _) => panic!("{name}, shm {shm}: call {i} failed: {e}"),
+                };
+                for i in 0..3_000usize {
+                    if pipe.in_flight() == 64 {
+                        let want = expected.pop_front().unwrap();
+                        check(pipe.next().unwrap(), want, taken);
+                        taken += 1;
+                    }
+                    if i % 7 == 3 {
+                        pipe.submit(fail, b"x");
+                        expected.push_back(None);
+                    } else {
+                        let len = match i % 50 {
+                            0 => 200 << 10,
+                            n => n * 13,
+                        };
+                        let args = pseudo_random(i as u64, len);
+                        pipe.submit(echo, &args);
+                        expected.push_back(Some(args));
+                    }
+                }
+                for r in pipe.by_ref() {
+                    let want = expected.pop_front().unwrap();
+                    check(r, want, taken);
+                    taken += 1;
+                }
+                assert_eq!((taken, pipe.in_flight()), (3_000, 0));
+                assert_eq!(controller.pending_calls(), 0);
+                controller.disconnect();
+                executor.disconnect();
+            });
+        }
+    }
+}
+
+/// A call over the transport's limit, calls beyond the pending slots and
+/// calls after disconnect: each yields its error in its place, the others
+/// their results.
+#[test]
+fn calls_that_cannot_be_sent_yield_their_error_in_their_place() {
+    run_bounded(LIMIT, || {
+        let config = EndpointConfig {
+            max_pending_calls: 4,
+            ..EndpointConfig::default()
+        };
+        let (controller, executor) = pair(true, None, config);
+        let echo = tag(&controller, "echo");
+        let mut pipe = controller.pipeline();
+        pipe.submit(echo, b"a");
+        pipe.submit(echo, &vec![0u8; 300 << 10]);
+        pipe.submit(echo, b"b");
+        assert_eq!(pipe.staged(), 3);
+        pipe.flush();
+        assert_eq!((pipe.staged(), pipe.in_flight()), (0, 3));
+        assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"a");
+        match pipe.next().unwrap() {
+            Err(CallError::Send(TransportError::TooLarge { size, .. })) => {
+                assert_eq!(size, 300 << 10)
+            }
+            other => panic!("a message over the limit gave {other:?}"),
+        }
+        assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"b");
+        assert!(pipe.next().is_none());
+
+        // Four slots: the first four go out, the other two fail at once.
+        for i in 0..6u8 {
+            pipe.submit(echo, &[i]);
+        }
+        pipe.flush();
+        for i in 0..4u8 {
+            assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &[i]);
+        }
+        for _ in 4..6 {
+            assert_eq!(pipe.next().unwrap(), Err(CallError::TooManyPending(4)));
+        }
+
+        controller.disconnect();
+        pipe.submit(echo, b"late");
+        assert_eq!(pipe.next().unwrap(), Err(CallError::Disconnected));
+        assert!(pipe.next().is_none());
+        executor.disconnect();
+    });
+}
+
+/// `next_deadline` gives up and leaves the call in flight; dropping the
+/// pipeline forgets its calls: staged ones are never sent, slots of sent
+/// ones are freed.
+#[test]
+fn deadlines_and_dropping_leave_nothing_pending() {
+    run_bounded(LIMIT, || {
+        let (controller, executor) = pair(true, None, EndpointConfig::default());
+        let (echo, silent) = (tag(&controller, "echo"), tag(&controller, "silent"));
+        let mut pipe = controller.pipeline();
+        pipe.submit(silent, b"");
+        let start = Instant::now();
+        assert_eq!(
+            pipe.next_deadline(start + Duration::from_millis(30)),
+            Some(Err(CallError::TimedOut))
+        );
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(pipe.in_flight(), 1);
+        assert_eq!(controller.pending_calls(), 1);
+        for i in 0..100u8 {
+            pipe.submit(echo, &[i]);
+        }
+        pipe.flush();
+        pipe.submit(echo, b"never sent");
+        assert_eq!(pipe.in_flight(), 102);
+        drop(pipe);
+        // The silent call's slot is abandoned now; the echoes' ones as
+        // their results arrive.
+        let start = Instant::now();
+        while controller.pending_calls() > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} calls still pending after the pipeline was dropped",
+                controller.pending_calls()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The connection still works.
+        assert_eq!(controller.call_sync(echo, b"ok").unwrap().as_slice(), b"ok");
+        controller.disconnect();
+        executor.disconnect();
+    });
+}
+
+/// Two calls sent in one batch and read by one worker in one turn: the
+/// second's handler blocks until the controller has the first's result.
+/// The first result is sent although the worker that ran its handler is
+/// stuck in the second (an idle worker sends it), rounds after round.
+#[test]
+fn a_result_is_not_held_back_by_a_blocking_handler_of_its_batch() {
+    run_bounded(LIMIT, || {
+        let seen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&seen);
+        let (controller, executor) = connect_pair(
+            shm_pair(ShmConfig::default()),
+            ExecutorBuilder::new()
+                .sync_function("echo", WrapperFunctionBuffer::from_slice)
+                .sync_function("wait_for_first", move |_| {
+                    let start = Instant::now();
+                    while !flag.swap(false, Ordering::AcqRel) {
+                        if start.elapsed() > Duration::from_secs(10) {
+                            return WrapperFunctionBuffer::out_of_band_error("never released");
+                        }
+                        thread::sleep(Duration::from_micros(100));
+                    }
+                    WrapperFunctionBuffer::from_slice(b"released")
+                }),
+            ControllerBuilder::new(),
+            None,
+        );
+        let (echo, wait) = (tag(&controller, "echo"), tag(&controller, "wait_for_first"));
+        let mut pipe = controller.pipeline();
+        let mut slowest = Duration::ZERO;
+        for round in 0..30u8 {
+            let start = Instant::now();
+            pipe.submit(echo, &[round]);
+            pipe.submit(wait, b"");
+            assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &[round]);
+            slowest = slowest.max(start.elapsed());
+            seen.store(true, Ordering::Release);
+            assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"released");
+        }
+        // An idle worker looks within its idle period (100 ms) at worst.
+        assert!(
+            slowest < Duration::from_secs(2),
+            "a result waited {slowest:?} behind a blocking handler"
+        );
+        controller.disconnect();
+        executor.disconnect();
+    });
+}
