@@ -17,8 +17,8 @@ use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
 use crate::pending::{take_or_wait, CallError, CallHost, CallResult, PendingTable};
 use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::{
-    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
-    Ordering,
+    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, EndLock, Mutex,
+    MutexGuard, Ordering,
 };
 use crate::transport::{Arrival, Outgoing, Received, Transport, TransportError};
 
@@ -257,7 +257,9 @@ pub(crate) struct Inner {
     pub(crate) handles: Arc<crate::handles::Handles>,
     /// Results of inline handlers run by a worker, to send as one batch
     /// (see [`Inner::flush_outbox`]).
-    outbox: Mutex<Vec<(u64, WrapperFunctionBuffer)>>,
+    /// (An `EndLock`: its uncontended release is a plain store, not a
+    /// second read-modify-write per result.)
+    outbox: EndLock<Vec<(u64, WrapperFunctionBuffer)>>,
     /// Whether `outbox` may hold results: a look without the lock.
     outbox_full: AtomicBool,
     /// The worker that leads gives up its turn within [`HANDOVER`] (it
@@ -418,7 +420,7 @@ impl Inner {
             setup,
             dialect,
             handles,
-            outbox: Mutex::new(Vec::with_capacity(WORKER_BATCH + 1)),
+            outbox: EndLock::new(Vec::with_capacity(WORKER_BATCH + 1)),
             outbox_full: AtomicBool::new(false),
             lead_polls: AtomicBool::new(false),
             lead: AtomicU32::new(FREE),
@@ -574,31 +576,23 @@ impl Inner {
                 tag: 0,
                 payload: &[],
             }; CALL_BATCH];
-            let mut n = 0;
-            for &(tag, args) in chunk {
-                match self.pending.register() {
-                    Ok(seq) => {
-                        seqs[n] = seq;
-                        frames[n] = Outgoing {
-                            opcode: Opcode::CallWrapper,
-                            seq,
-                            tag,
-                            payload: args,
-                        };
-                        n += 1;
-                    }
-                    // Every slot is taken: this call fails (the ones
-                    // registered before it still go out).
-                    Err(e) if n == 0 => {
-                        done(Err(e));
-                        handled += 1;
-                        break;
-                    }
-                    Err(_) => break,
+            let n = match self.pending.register_many(&mut seqs[..chunk.len()]) {
+                Ok(n) => n,
+                // Every slot is taken: this call fails (later ones may
+                // find slots freed meanwhile).
+                Err(e) => {
+                    done(Err(e));
+                    handled += 1;
+                    continue;
                 }
-            }
-            if n == 0 {
-                continue;
+            };
+            for ((frame, &seq), &(tag, args)) in frames.iter_mut().zip(&seqs[..n]).zip(chunk) {
+                *frame = Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq,
+                    tag,
+                    payload: args,
+                };
             }
             let (sent, error) = match self
                 .transport

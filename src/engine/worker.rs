@@ -138,10 +138,12 @@ impl Inner {
     ) -> MutexGuard<'a, Work> {
         // A handler starts only inside the gate: once disconnect closed
         // it, queued and just-read calls are dropped unrun.
-        let Ok(entered) = self.gate.enter() else {
+        // A load under the work lock suffices: `disconnect` closes the
+        // gate before it takes this lock (to drop the queue), and once it
+        // has taken it, it counts this worker as busy.
+        if self.gate.is_closed() {
             return w;
-        };
-        drop(entered);
+        }
         if w.workers == 1 {
             // Start the standby, once: it leads while handlers run. More
             // workers start only where they are needed (a blocked send, a

@@ -236,6 +236,51 @@ impl PendingTable {
         Err(CallError::TooManyPending(self.slots.len()))
     }
 
+    /// Takes free slots for a run of calls, filling `out` from the start:
+    /// one read-modify-write reserves a run of fresh sequence numbers
+    /// (numbers whose slot is busy are skipped, as in
+    /// [`register`](Self::register), which takes over when the run falls
+    /// short). Returns how many were taken: all of `out`, or fewer when
+    /// every slot is in use.
+    ///
+    /// # Errors
+    /// [`CallError::TooManyPending`] when not even one slot is free.
+    pub(crate) fn register_many(&self, out: &mut [u64]) -> Result<usize, CallError> {
+        let n = out.len() as u64;
+        let first = self.next_seq.fetch_add(n, Ordering::Relaxed);
+        let mut taken = 0;
+        if first != 0 && first.checked_add(n).is_some_and(|end| end <= SEQ_LIMIT) {
+            for seq in first..first + n {
+                // SYNC POINT: slot freed (as in `register`).
+                if self
+                    .slot(seq)
+                    .state
+                    .compare_exchange(
+                        0,
+                        seq << SEQ_SHIFT | OCCUPIED,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    out[taken] = seq;
+                    taken += 1;
+                }
+            }
+        }
+        while taken < out.len() {
+            match self.register() {
+                Ok(seq) => {
+                    out[taken] = seq;
+                    taken += 1;
+                }
+                Err(e) if taken == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(taken)
+    }
+
     /// Completes call `seq` with `outcome`.
     ///
     /// # Errors

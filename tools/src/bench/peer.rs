@@ -224,6 +224,9 @@ pub(super) fn pipelined_calls(
     Ok((all, elapsed))
 }
 
+/// One calling thread's window of calls, through a [`orcwire::Pipeline`]
+/// (calls sent in batches, results in order). One clock read per call: the
+/// moment a result is taken is also the moment the next call is submitted.
 fn pipelined_thread(
     ep: &Endpoint,
     tag: HandlerTag,
@@ -236,35 +239,39 @@ fn pipelined_thread(
     let mut arg = base.clone();
     let mut expected = base;
     let mut samples = Vec::with_capacity(calls);
-    let mut in_flight: VecDeque<(orcwire::PendingCall, Instant, u64)> =
-        VecDeque::with_capacity(window);
+    // Submission time and stamp of each call in flight, oldest first.
+    let mut in_flight: VecDeque<(Instant, u64)> = VecDeque::with_capacity(window);
     let stamp_of = |i: u64| (thread_no << 40) | i;
-    let mut finish_one = |in_flight: &mut VecDeque<(orcwire::PendingCall, Instant, u64)>,
-                          samples: &mut Vec<u64>|
-     -> Result<(), BenchError> {
-        let Some((call, t, n)) = in_flight.pop_front() else {
-            return Ok(());
+    let mut pipe = ep.pipeline();
+    let mut take_one = |pipe: &mut orcwire::Pipeline,
+                        in_flight: &mut VecDeque<(Instant, u64)>,
+                        samples: &mut Vec<u64>|
+     -> Result<Instant, BenchError> {
+        let got = pipe.next();
+        let now = Instant::now();
+        let Some((t, n)) = in_flight.pop_front() else {
+            return Ok(now);
         };
-        let got = call.wait();
-        samples.push(t.elapsed().as_nanos() as u64);
+        samples.push(now.duration_since(t).as_nanos() as u64);
         stamp(&mut expected, n);
+        let got =
+            got.ok_or_else(|| BenchError::Call(format!("pipelined call {n:#x} went missing")))?;
         check_reply(got, &expected, &|| {
             format!("pipelined {payload} B call {n:#x}")
-        })
+        })?;
+        Ok(now)
     };
+    let mut now = Instant::now();
     for i in 0..calls as u64 {
         if in_flight.len() == window {
-            finish_one(&mut in_flight, &mut samples)?;
+            now = take_one(&mut pipe, &mut in_flight, &mut samples)?;
         }
         stamp(&mut arg, stamp_of(i));
-        let t = Instant::now();
-        let call = ep
-            .call(tag, &arg)
-            .map_err(|e| BenchError::Call(format!("pipelined call: {e}")))?;
-        in_flight.push_back((call, t, stamp_of(i)));
+        pipe.submit(tag, &arg);
+        in_flight.push_back((now, stamp_of(i)));
     }
     while !in_flight.is_empty() {
-        finish_one(&mut in_flight, &mut samples)?;
+        take_one(&mut pipe, &mut in_flight, &mut samples)?;
     }
     Ok(samples)
 }
