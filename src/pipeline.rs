@@ -116,6 +116,11 @@ impl Pipeline {
     pub fn submit(&mut self, tag: HandlerTag, args: &[u8]) {
         self.args.extend_from_slice(args);
         self.staged.push_back((tag.get(), args.len()));
+        if self.staged.len() >= CHUNK {
+            // A full batch goes out now if the transport has room for it:
+            // the peer works on it while this thread takes results.
+            let _ = self.flush_until(Some(Instant::now()));
+        }
     }
 
     /// Calls whose results [`next`](Self::next) has not returned yet,

@@ -69,14 +69,17 @@ impl ShmTransport {
     /// `recv_into` with the receiving end locked. With `hold`, the room of
     /// the message taken stays unpublished (the caller releases it); room
     /// held is always released before a wait.
+    /// `waited` tells whether the message had to be waited for (it was not
+    /// there at the first look).
     fn recv_locked(
         &self,
         consumer: &mut RingConsumer,
         deadline: Option<Instant>,
         hold: bool,
         into: &mut Message,
+        waited: &mut bool,
     ) -> Result<Arrival, TransportError> {
-        let mut waited = false;
+        *waited = false;
         loop {
             if self.is_terminated() {
                 self.release_held(consumer);
@@ -90,7 +93,7 @@ impl ShmTransport {
                 self.release_held(consumer);
                 return Ok(Arrival::Interrupted);
             }
-            if self.try_take(consumer, waited, hold, into)? {
+            if self.try_take(consumer, *waited, hold, into)? {
                 return Ok(Arrival::Message);
             }
             // A message may be partly read: free its room before waiting
@@ -103,7 +106,7 @@ impl ShmTransport {
                     return Err(TransportError::PeerHungUp);
                 }
                 // Everything the peer published before its bit is visible.
-                if self.try_take(consumer, waited, false, into)? {
+                if self.try_take(consumer, *waited, false, into)? {
                     return Ok(Arrival::Message);
                 }
                 if consumer.has_frames() {
@@ -130,7 +133,7 @@ impl ShmTransport {
                         Poll::Pending
                     })
                 });
-            waited = true;
+            *waited = true;
             match outcome {
                 Ok(WaitOutcome::Ready(())) => {}
                 Ok(WaitOutcome::TimedOut) => return Ok(Arrival::TimedOut),
@@ -316,7 +319,7 @@ impl Transport for ShmTransport {
         into: &mut Message,
     ) -> Result<Arrival, TransportError> {
         let mut consumer = self.consumer.lock();
-        self.recv_locked(&mut consumer, deadline, false, into)
+        self.recv_locked(&mut consumer, deadline, false, into, &mut false)
     }
 
     fn recv_batch(
@@ -327,10 +330,16 @@ impl Transport for ShmTransport {
         each: &mut dyn FnMut(&mut Message) -> bool,
     ) -> Result<Arrival, TransportError> {
         let mut consumer = self.consumer.lock();
-        let first = self.recv_locked(&mut consumer, deadline, true, into)?;
+        let mut waited = false;
+        let first = self.recv_locked(&mut consumer, deadline, true, into, &mut waited)?;
         if first != Arrival::Message {
             return Ok(first);
         }
+        // A first message that had to be waited for came alone: the peer
+        // answers one at a time, and a look at the next slot now would be
+        // a cache miss (the peer's line) before the caller can act on this
+        // one. A backlog (the first was already there) is read on.
+        let max = if waited { 1 } else { max };
         // The room of the whole batch is published once, at its end (or
         // once a quarter of the ring is held, so a producer waiting for
         // room does not wait for the whole batch).
