@@ -43,7 +43,7 @@ mod stats;
 mod suite;
 
 pub use child::{run_child_if_requested, ENV_CHILD};
-pub use peer::{pattern, Peer};
+pub use peer::{pattern, Peer, SAMPLE_EVERY};
 pub use pin::{allowed_cpus, pin_current_thread, PinnedEchoPair, Pinning};
 pub use stats::{percentile, Summary};
 pub use suite::{ratios, run_suite, to_json, CaseResult, Ratios, SuiteConfig};

@@ -187,9 +187,21 @@ pub(super) fn rtt_calls(
     Ok(samples)
 }
 
+/// One pipelined call in this many is timed (issue to result): a clock
+/// read per call would cost as much as a sixth of a pipelined call here.
+pub const SAMPLE_EVERY: u64 = 8;
+
+/// Latency samples [`pipelined_calls`] returns for `calls` calls over
+/// `threads` threads.
+pub fn sampled(calls: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    calls.div_ceil(threads).div_ceil(SAMPLE_EVERY as usize) * threads
+}
+
 /// `calls` echo calls of `payload` bytes split over `threads` threads,
-/// each keeping `window` in flight; every reply is checked. Returns each
-/// call's latency (issue to result) and the elapsed time of the whole run.
+/// each keeping `window` in flight; every reply is checked. Returns the
+/// latency (issue to result) of every [`SAMPLE_EVERY`]-th call of each
+/// thread and the elapsed time of the whole run.
 pub(super) fn pipelined_calls(
     ep: &Endpoint,
     tag: HandlerTag,
@@ -225,8 +237,8 @@ pub(super) fn pipelined_calls(
 }
 
 /// One calling thread's window of calls, through a [`orcwire::Pipeline`]
-/// (calls sent in batches, results in order). One clock read per call: the
-/// moment a result is taken is also the moment the next call is submitted.
+/// (calls sent in batches, results in order); every [`SAMPLE_EVERY`]-th
+/// call timed.
 fn pipelined_thread(
     ep: &Endpoint,
     tag: HandlerTag,
@@ -238,37 +250,38 @@ fn pipelined_thread(
     let base = pattern(payload, payload as u64 + 7 + thread_no);
     let mut arg = base.clone();
     let mut expected = base;
-    let mut samples = Vec::with_capacity(calls);
-    // Submission time and stamp of each call in flight, oldest first.
-    let mut in_flight: VecDeque<(Instant, u64)> = VecDeque::with_capacity(window);
+    let mut samples = Vec::with_capacity(calls.div_ceil(SAMPLE_EVERY as usize));
+    // Submission time (timed calls) and stamp of each call in flight,
+    // oldest first.
+    let mut in_flight: VecDeque<(Option<Instant>, u64)> = VecDeque::with_capacity(window);
     let stamp_of = |i: u64| (thread_no << 40) | i;
     let mut pipe = ep.pipeline();
     let mut take_one = |pipe: &mut orcwire::Pipeline,
-                        in_flight: &mut VecDeque<(Instant, u64)>,
+                        in_flight: &mut VecDeque<(Option<Instant>, u64)>,
                         samples: &mut Vec<u64>|
-     -> Result<Instant, BenchError> {
+     -> Result<(), BenchError> {
         let got = pipe.next();
-        let now = Instant::now();
         let Some((t, n)) = in_flight.pop_front() else {
-            return Ok(now);
+            return Ok(());
         };
-        samples.push(now.duration_since(t).as_nanos() as u64);
+        if let Some(t) = t {
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
         stamp(&mut expected, n);
         let got =
             got.ok_or_else(|| BenchError::Call(format!("pipelined call {n:#x} went missing")))?;
         check_reply(got, &expected, &|| {
             format!("pipelined {payload} B call {n:#x}")
-        })?;
-        Ok(now)
+        })
     };
-    let mut now = Instant::now();
     for i in 0..calls as u64 {
         if in_flight.len() == window {
-            now = take_one(&mut pipe, &mut in_flight, &mut samples)?;
+            take_one(&mut pipe, &mut in_flight, &mut samples)?;
         }
         stamp(&mut arg, stamp_of(i));
+        let timed = (i % SAMPLE_EVERY == 0).then(Instant::now);
         pipe.submit(tag, &arg);
-        in_flight.push_back((now, stamp_of(i)));
+        in_flight.push_back((timed, stamp_of(i)));
     }
     while !in_flight.is_empty() {
         take_one(&mut pipe, &mut in_flight, &mut samples)?;
@@ -510,7 +523,7 @@ impl EndpointPeer {
             }
             Direction::ToController => {
                 let out = self.drive(&drive_args(1, payload, calls, threads, window))?;
-                let expect = calls.div_ceil(threads.max(1)) * threads.max(1);
+                let expect = sampled(calls, threads);
                 match out.split_first() {
                     Some((&elapsed, samples)) if samples.len() == expect => {
                         Ok((samples.to_vec(), Duration::from_nanos(elapsed)))

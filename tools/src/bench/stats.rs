@@ -23,7 +23,8 @@ pub fn percentile<T: Copy + Default + PartialOrd>(sorted: &[T], p: f64) -> T {
 /// What one case measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
-    /// Calls timed.
+    /// Calls made (all timed for round trips; for pipelined runs one in
+    /// [`SAMPLE_EVERY`](super::SAMPLE_EVERY) is timed).
     pub calls: u64,
     /// Median round trip, ns.
     pub p50_ns: u64,
@@ -53,6 +54,18 @@ impl Summary {
             },
         }
     }
+
+    /// As [`new`](Self::new) for a run of `calls` calls of which only
+    /// `samples` were timed: the percentiles are the samples', the rate
+    /// counts every call.
+    pub fn of_sampled(samples: Vec<u64>, calls: u64, elapsed: Duration) -> Self {
+        let secs = elapsed.as_secs_f64();
+        Self {
+            calls,
+            ops_per_s: if secs > 0.0 { calls as f64 / secs } else { 0.0 },
+            ..Self::new(samples, elapsed)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -68,5 +81,8 @@ mod tests {
         assert_eq!(s.p999_ns, 100);
         assert!((s.ops_per_s - 10_000.0).abs() < 1e-6);
         assert_eq!(percentile::<u64>(&[], 50.0), 0);
+        let t = Summary::of_sampled((1..=100).collect(), 800, Duration::from_millis(10));
+        assert_eq!((t.calls, t.p50_ns, t.p999_ns), (800, 51, 100));
+        assert!((t.ops_per_s - 80_000.0).abs() < 1e-6);
     }
 }

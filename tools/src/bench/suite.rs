@@ -259,16 +259,18 @@ fn throughput_case(
 ) -> Result<CaseResult, BenchError> {
     let (payload, window) = (config.throughput_payload, config.window);
     let min = threads * window * 4;
-    let (probe, took) = peer.throughput(direction, payload, threads, window, min)?;
-    let per_call = took.as_nanos() as f64 / probe.len().max(1) as f64;
+    let (_, took) = peer.throughput(direction, payload, threads, window, min)?;
+    let per_call = took.as_nanos() as f64 / min as f64;
     let n = calls_for(config.case_time, per_call.max(1.0), min, config.max_calls);
     let (samples, elapsed) = peer.throughput(direction, payload, threads, window, n)?;
+    // Every thread makes the same number of calls (rounded up).
+    let made = n.div_ceil(threads.max(1)) * threads.max(1);
     Ok(CaseResult {
         transport: peer.kind(),
         direction,
         payload,
         mode: Mode::Throughput { threads, window },
-        summary: Summary::new(samples, elapsed),
+        summary: Summary::of_sampled(samples, made as u64, elapsed),
     })
 }
 
