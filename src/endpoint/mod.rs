@@ -61,6 +61,16 @@
 //!   handler it makes sure another worker is idle (spawning one, up to
 //!   [`EndpointConfig::max_workers`]), so handlers that call the peer back
 //!   (re-entrant chains) or block never leave the connection unread.
+//! * **Batches.** A worker that finds several calls already arrived reads
+//!   up to 16 in one turn; the ones behind the first wait in the queue,
+//!   where an idle worker takes them should a handler block. Results of
+//!   inline handlers that ran with more of the batch behind them go out
+//!   together, from an *outbox* that the worker sends when it has nothing
+//!   more to run, that any thread sends before it waits for a result, and
+//!   that an idle worker sends when it looks round (within the standby's
+//!   period below): a result never waits for a blocking handler longer
+//!   than a call not yet run would. [`Pipeline`](crate::Pipeline) sends a
+//!   caller's calls sixteen at a time.
 //!
 //! ## Deadlock freedom
 //! A thread that sends and finds the transport full calls the engine's
