@@ -205,6 +205,23 @@ impl PendingTable {
         &self.slots[(seq & self.mask) as usize]
     }
 
+    /// Takes call `seq`'s slot if it is free.
+    #[inline]
+    fn occupy(&self, seq: u64) -> bool {
+        // SYNC POINT: slot freed. Acquire pairs with the Release store of 0
+        // by whoever freed the slot: its last use of the value cell
+        // happened before ours.
+        self.slot(seq)
+            .state
+            .compare_exchange(
+                0,
+                seq << SEQ_SHIFT | OCCUPIED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Takes a free slot under a fresh sequence number.
     pub(crate) fn register(&self) -> Result<u64, CallError> {
         for _ in 0..self.slots.len() {
@@ -216,20 +233,7 @@ impl PendingTable {
                 self.next_seq.store(2, Ordering::Relaxed);
                 seq = 1;
             }
-            // SYNC POINT: slot freed. Acquire pairs with the Release store
-            // of 0 by whoever freed the slot: its last use of the value
-            // cell happened before ours.
-            if self
-                .slot(seq)
-                .state
-                .compare_exchange(
-                    0,
-                    seq << SEQ_SHIFT | OCCUPIED,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if self.occupy(seq) {
                 return Ok(seq);
             }
         }
@@ -251,18 +255,7 @@ impl PendingTable {
         let mut taken = 0;
         if first != 0 && first.checked_add(n).is_some_and(|end| end <= SEQ_LIMIT) {
             for seq in first..first + n {
-                // SYNC POINT: slot freed (as in `register`).
-                if self
-                    .slot(seq)
-                    .state
-                    .compare_exchange(
-                        0,
-                        seq << SEQ_SHIFT | OCCUPIED,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-                {
+                if self.occupy(seq) {
                     out[taken] = seq;
                     taken += 1;
                 }

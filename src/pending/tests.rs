@@ -22,6 +22,36 @@ mod table {
     }
 
     #[test]
+    fn register_many_skips_busy_slots_and_stops_when_full() {
+        let t = PendingTable::new(8);
+        // Two slots busy: the run of eight numbers skips them, and single
+        // registrations fill the rest up to the table's size.
+        let a = t.register().unwrap();
+        let b = t.register().unwrap();
+        let mut out = [0u64; 8];
+        assert_eq!(t.register_many(&mut out), Ok(6));
+        let mut all: Vec<u64> = out[..6].iter().copied().chain([a, b]).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 8, "sequence numbers must be distinct: {out:?}");
+        assert_eq!(t.len(), 8);
+        // Full: not even one.
+        assert_eq!(t.register_many(&mut out[..1]), Err(CallError::TooManyPending(8)));
+        // Each taken slot completes under its own number, once.
+        for &seq in &out[..6] {
+            assert_eq!(
+                t.complete(seq, Ok(WrapperFunctionBuffer::from_slice(&seq.to_le_bytes()))),
+                Ok(Completed::Delivered)
+            );
+            let got = t.try_take(seq, false).unwrap().unwrap();
+            assert_eq!(got.as_slice(), &seq.to_le_bytes());
+        }
+        assert_eq!(t.len(), 2);
+        // A number never handed out is refused.
+        assert!(t.complete(1 << 40, Ok(WrapperFunctionBuffer::new())).is_err());
+    }
+
+    #[test]
     fn complete_once_then_discarded() {
         let h = host(4);
         let c = call(&h);
