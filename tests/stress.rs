@@ -1,5 +1,6 @@
 //! Randomized stress of the call engine over shared-memory rings: sizes
-//! from 0 B to 4 MiB, both directions at once, handlers on the
+//! from 0 B to 4 MiB, both directions at once, synchronous calls and bursts
+//! of up to 40 through `PendingCall`s or a `Pipeline`, handlers on the
 //! connection's workers, inline or on a pool of 2, 2 to 16 calling threads,
 //! rings from 4 KiB. Each case runs for a bounded time; every result is
 //! checked, and a watchdog asserts that completed calls never stop
@@ -83,20 +84,42 @@ fn pair(ring: usize, dispatcher: MakeDispatcher) -> (Endpoint, Endpoint) {
     )
 }
 
-/// One calling thread: synchronous calls and pipelined bursts, each result
-/// checked, until `stop`.
+/// One calling thread: synchronous calls and pipelined bursts (through
+/// `PendingCall`s or a `Pipeline`), each result checked, until `stop`.
 fn caller(ep: Endpoint, tag: HandlerTag, seed: u64, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
     let mut rng = Rng(seed);
     let mut n = 0u64;
+    let mut pipe = ep.pipeline();
     while !stop.load(Ordering::Relaxed) {
         let burst = if rng.below(4) == 0 {
-            1 + rng.below(8)
+            1 + rng.below(40)
         } else {
             1
         };
         let args: Vec<Vec<u8>> = (0..burst)
             .map(|i| payload(seed ^ (n + i) << 8, rng.size()))
             .collect();
+        n += burst;
+        if burst > 1 && rng.below(2) == 0 {
+            for a in &args {
+                pipe.submit(tag, a);
+            }
+            for a in &args {
+                let got = pipe
+                    .next_deadline(Instant::now() + CALL_LIMIT)
+                    .expect("a pipelined call went missing")
+                    .expect("no result");
+                assert_eq!(
+                    got.as_slice(),
+                    &answer(a)[..],
+                    "wrong pipelined result for {} bytes",
+                    a.len()
+                );
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            assert_eq!(pipe.in_flight(), 0);
+            continue;
+        }
         let calls: Vec<_> = args
             .iter()
             .map(|a| ep.call(tag, a).expect("call refused"))
@@ -111,7 +134,6 @@ fn caller(ep: Endpoint, tag: HandlerTag, seed: u64, stop: Arc<AtomicBool>, done:
             );
             done.fetch_add(1, Ordering::Relaxed);
         }
-        n += burst;
     }
 }
 

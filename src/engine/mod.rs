@@ -179,6 +179,13 @@ impl DisconnectReason {
     }
 }
 
+/// Results waiting to go out as one batch, and the spare vector that takes
+/// their place while a flush sends them (no allocation per batch).
+struct Outbox {
+    results: Vec<(u64, WrapperFunctionBuffer)>,
+    spare: Vec<(u64, WrapperFunctionBuffer)>,
+}
+
 /// `lead` values.
 const FREE: u32 = 0;
 /// A worker leads (it may be asleep in `recv`: interrupt it).
@@ -259,7 +266,7 @@ pub(crate) struct Inner {
     /// (see [`Inner::flush_outbox`]).
     /// (An `EndLock`: its uncontended release is a plain store, not a
     /// second read-modify-write per result.)
-    outbox: EndLock<Vec<(u64, WrapperFunctionBuffer)>>,
+    outbox: EndLock<Outbox>,
     /// Whether `outbox` may hold results: a look without the lock.
     outbox_full: AtomicBool,
     /// The worker that leads gives up its turn within [`HANDOVER`] (it
@@ -420,7 +427,10 @@ impl Inner {
             setup,
             dialect,
             handles,
-            outbox: EndLock::new(Vec::with_capacity(WORKER_BATCH + 1)),
+            outbox: EndLock::new(Outbox {
+                results: Vec::with_capacity(WORKER_BATCH + 1),
+                spare: Vec::with_capacity(WORKER_BATCH + 1),
+            }),
             outbox_full: AtomicBool::new(false),
             lead_polls: AtomicBool::new(false),
             lead: AtomicU32::new(FREE),
@@ -690,7 +700,7 @@ impl ResultSink for Inner {
         if OUTBOX_OF.with(|o| o.get()) == self.id() {
             // An inline handler on a worker: the worker sends its batch's
             // results together (`flush_outbox`).
-            self.outbox.lock().push((seq, result));
+            self.outbox.lock().results.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
             self.outbox_full.store(true, Ordering::Relaxed);
@@ -736,13 +746,29 @@ impl Inner {
         if !self.outbox_full.load(Ordering::Relaxed) {
             return;
         }
+        // Taken out under the lock, sent without it: a send may wait for
+        // room, and a handler answering meanwhile must not wait for that.
+        let mut batch = {
+            let mut outbox = self.outbox.lock();
+            self.outbox_full.store(false, Ordering::Relaxed);
+            if outbox.results.is_empty() {
+                return;
+            }
+            let mut batch = std::mem::take(&mut outbox.spare);
+            std::mem::swap(&mut batch, &mut outbox.results);
+            batch
+        };
+        self.send_outbox(&batch);
+        batch.clear();
         let mut outbox = self.outbox.lock();
-        self.outbox_full.store(false, Ordering::Relaxed);
-        if outbox.is_empty() {
-            return;
+        if outbox.spare.capacity() < batch.capacity() {
+            outbox.spare = batch;
         }
+    }
+
+    /// Sends `outbox`'s results as batches (one publication each).
+    fn send_outbox(self: &Arc<Self>, outbox: &[(u64, WrapperFunctionBuffer)]) {
         let Ok(_inside) = self.gate.enter() else {
-            outbox.clear();
             return;
         };
         let mut at = 0;
@@ -795,6 +821,5 @@ impl Inner {
                 }
             }
         }
-        outbox.clear();
     }
 }
