@@ -47,6 +47,41 @@ impl fmt::Display for HandlerTag {
 /// thread.
 pub type HandlerFn = dyn Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 'static;
 
+/// A handler that answers with its return value: the engine runs it
+/// inline without a [`Responder`] (no reference count, no second lock per
+/// call), and hands its result on itself.
+pub(crate) type SyncFn = dyn Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static;
+
+/// A registered handler: the general form, and the synchronous one when it
+/// was registered so.
+#[derive(Clone)]
+pub(crate) struct Handler {
+    pub(crate) f: Arc<HandlerFn>,
+    pub(crate) sync: Option<Arc<SyncFn>>,
+}
+
+impl Handler {
+    /// A handler that answers through its responder.
+    pub(crate) fn general(f: Arc<HandlerFn>) -> Self {
+        Self { f, sync: None }
+    }
+
+    /// A handler that answers with its return value.
+    pub(crate) fn sync<F>(f: F) -> Self
+    where
+        F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
+    {
+        let sync: Arc<SyncFn> = Arc::new(f);
+        let inner = Arc::clone(&sync);
+        Self {
+            f: Arc::new(move |args: WrapperFunctionBuffer, r: Responder| {
+                r.respond(inner(args.as_slice()));
+            }),
+            sync: Some(sync),
+        }
+    }
+}
+
 /// Where a [`Responder`] sends its result.
 pub(crate) trait ResultSink: Send + Sync {
     fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer);
@@ -162,6 +197,7 @@ impl Drop for Responder {
 pub(crate) struct HandlerEntry {
     pub(crate) name: Arc<str>,
     pub(crate) f: Arc<HandlerFn>,
+    pub(crate) sync: Option<Arc<SyncFn>>,
 }
 
 /// Tags below this are looked up by index (tags are small consecutive
@@ -182,10 +218,11 @@ pub(crate) struct HandlerTable {
 }
 
 impl HandlerTable {
-    pub(crate) fn insert(&mut self, tag: HandlerTag, name: &str, f: Arc<HandlerFn>) {
+    pub(crate) fn insert(&mut self, tag: HandlerTag, name: &str, handler: Handler) {
         let entry = HandlerEntry {
             name: Arc::from(name),
-            f,
+            f: handler.f,
+            sync: handler.sync,
         };
         match usize::try_from(tag.get()) {
             Ok(i) if tag.get() < DENSE_TAGS => {
@@ -257,7 +294,7 @@ mod tests {
         let f: Arc<HandlerFn> = Arc::new(|_args, responder| drop(responder));
         let mut t = HandlerTable::default();
         for (tag, name) in [(3, "c"), (1, "a"), (u64::MAX, "max"), (DENSE_TAGS, "edge")] {
-            t.insert(HandlerTag(tag), name, Arc::clone(&f));
+            t.insert(HandlerTag(tag), name, Handler::general(Arc::clone(&f)));
         }
         for (tag, name) in [(1, "a"), (3, "c"), (DENSE_TAGS, "edge"), (u64::MAX, "max")] {
             assert_eq!(&*t.get(tag).unwrap().name, name, "tag {tag}");

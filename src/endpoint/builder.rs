@@ -48,19 +48,10 @@ impl Common {
     }
 }
 
-fn wrap_sync<F>(f: F) -> Arc<HandlerFn>
-where
-    F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
-{
-    Arc::new(move |args: WrapperFunctionBuffer, r: Responder| {
-        r.respond(f(args.as_slice()));
-    })
-}
-
 /// Builds the controller side of a connection.
 pub struct ControllerBuilder {
     common: Common,
-    handlers: Vec<(String, Arc<HandlerFn>)>,
+    handlers: Vec<(String, Handler)>,
 }
 
 impl ControllerBuilder {
@@ -80,7 +71,8 @@ impl ControllerBuilder {
     where
         F: Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 'static,
     {
-        self.handlers.push((name.to_owned(), Arc::new(f)));
+        self.handlers
+            .push((name.to_owned(), Handler::general(Arc::new(f))));
         self
     }
 
@@ -89,7 +81,7 @@ impl ControllerBuilder {
     where
         F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
     {
-        self.handlers.push((name.to_owned(), wrap_sync(f)));
+        self.handlers.push((name.to_owned(), Handler::sync(f)));
         self
     }
 
@@ -128,7 +120,7 @@ impl ControllerBuilder {
         let handles = Arc::new(Handles::new(self.common.config.max_handles));
         self.handlers.push((
             handles::RELEASE_FUNCTION.to_owned(),
-            handles.release_handler(),
+            Handler::general(handles.release_handler()),
         ));
         let mut names = std::collections::HashSet::new();
         for (n, _) in &self.handlers {
@@ -160,7 +152,7 @@ impl ControllerBuilder {
             }
             for (name, tag) in setup.handler_tags() {
                 match self.handlers.iter().find(|(n, _)| n == name) {
-                    Some((_, f)) => table.insert(HandlerTag::new(tag), name, Arc::clone(f)),
+                    Some((_, f)) => table.insert(HandlerTag::new(tag), name, f.clone()),
                     None => table.insert_unbound(HandlerTag::new(tag), name),
                 }
             }
@@ -189,7 +181,7 @@ impl Default for ControllerBuilder {
 /// Builds the executor side of a connection.
 pub struct ExecutorBuilder {
     common: Common,
-    functions: Vec<(String, Arc<HandlerFn>)>,
+    functions: Vec<(String, Handler)>,
     handler_names: Vec<String>,
     dialect: Dialect,
 }
@@ -213,7 +205,8 @@ impl ExecutorBuilder {
     where
         F: Fn(WrapperFunctionBuffer, Responder) + Send + Sync + 'static,
     {
-        self.functions.push((name.to_owned(), Arc::new(f)));
+        self.functions
+            .push((name.to_owned(), Handler::general(Arc::new(f))));
         self
     }
 
@@ -222,7 +215,7 @@ impl ExecutorBuilder {
     where
         F: Fn(&[u8]) -> WrapperFunctionBuffer + Send + Sync + 'static,
     {
-        self.functions.push((name.to_owned(), wrap_sync(f)));
+        self.functions.push((name.to_owned(), Handler::sync(f)));
         self
     }
 
@@ -278,7 +271,7 @@ impl ExecutorBuilder {
             setup.bootstrap_map.push(handles::capability());
             self.functions.push((
                 handles::RELEASE_FUNCTION.to_owned(),
-                handles.release_handler(),
+                Handler::general(handles.release_handler()),
             ));
             self.handler_names
                 .push(handles::RELEASE_FUNCTION.to_owned());
@@ -296,7 +289,7 @@ impl ExecutorBuilder {
             }
             let tag = HandlerTag::new(next_tag);
             next_tag += 1;
-            table.insert(tag, name, Arc::clone(f));
+            table.insert(tag, name, f.clone());
             setup.bootstrap_symbols.push((name.clone(), tag.get()));
         }
         if self.dialect.is_llvm() {
@@ -312,7 +305,11 @@ impl ExecutorBuilder {
                 let tag = HandlerTag::new(next_tag);
                 next_tag += 1;
                 if let llvm_bootstrap::Kind::Wrapper(service) = kind {
-                    table.insert(tag, name, llvm_bootstrap::unimplemented(service));
+                    table.insert(
+                        tag,
+                        name,
+                        Handler::general(llvm_bootstrap::unimplemented(service)),
+                    );
                 }
                 setup.bootstrap_symbols.push((name.to_string(), tag.get()));
             }

@@ -110,7 +110,7 @@ use crate::buffer::WrapperFunctionBuffer;
 use crate::dispatch::TaskDispatcher;
 pub use crate::engine::{DisconnectReason, EndpointConfig};
 use crate::engine::{Driver, Inner};
-use crate::handler::{HandlerFn, HandlerTable, HandlerTag, Responder};
+use crate::handler::{Handler, HandlerTable, HandlerTag, Responder};
 use crate::message::Opcode;
 use crate::pending::{CallError, CallHost, PendingCall};
 use crate::sps::{self, Dialect, SetupInfo};

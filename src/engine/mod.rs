@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use crate::buffer::WrapperFunctionBuffer;
 use crate::dispatch::TaskDispatcher;
 use crate::gate::Gate;
-use crate::handler::{HandlerTable, Responder, ResultSink};
+use crate::handler::{HandlerEntry, HandlerTable, Responder, ResultSink};
 use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
 use crate::pending::{take_or_wait, CallError, CallHost, CallResult, PendingTable};
 use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::{
-    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, EndLock, Mutex,
-    MutexGuard, Ordering,
+    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
+    Ordering,
 };
 use crate::transport::{Arrival, Outgoing, Received, Transport, TransportError};
 
@@ -179,13 +179,6 @@ impl DisconnectReason {
     }
 }
 
-/// Results waiting to go out as one batch, and the spare vector that takes
-/// their place while a flush sends them (no allocation per batch).
-struct Outbox {
-    results: Vec<(u64, WrapperFunctionBuffer)>,
-    spare: Vec<(u64, WrapperFunctionBuffer)>,
-}
-
 /// `lead` values.
 const FREE: u32 = 0;
 /// A worker leads (it may be asleep in `recv`: interrupt it).
@@ -237,6 +230,12 @@ struct Work {
     /// Workers running a handler.
     busy: usize,
     stop: bool,
+    /// Results of handlers a worker ran with more calls of its batch
+    /// behind them, to send as one batch (see [`Inner::flush_outbox`]),
+    /// and the spare vector that takes their place while a flush sends
+    /// them (no allocation per batch).
+    outbox: Vec<(u64, WrapperFunctionBuffer)>,
+    outbox_spare: Vec<(u64, WrapperFunctionBuffer)>,
 }
 
 /// What one turn of leading produced for the thread to do afterwards.
@@ -262,12 +261,8 @@ pub(crate) struct Inner {
     pub(crate) dialect: Dialect,
     /// Remote handles lent and borrowed over this connection.
     pub(crate) handles: Arc<crate::handles::Handles>,
-    /// Results of inline handlers run by a worker, to send as one batch
-    /// (see [`Inner::flush_outbox`]).
-    /// (An `EndLock`: its uncontended release is a plain store, not a
-    /// second read-modify-write per result.)
-    outbox: EndLock<Outbox>,
-    /// Whether `outbox` may hold results: a look without the lock.
+    /// Whether the work's `outbox` may hold results: a look without the
+    /// lock.
     outbox_full: AtomicBool,
     /// The worker that leads gives up its turn within [`HANDOVER`] (it
     /// led while handlers ran): it will send what the outbox holds.
@@ -427,10 +422,6 @@ impl Inner {
             setup,
             dialect,
             handles,
-            outbox: EndLock::new(Outbox {
-                results: Vec::with_capacity(WORKER_BATCH + 1),
-                spare: Vec::with_capacity(WORKER_BATCH + 1),
-            }),
             outbox_full: AtomicBool::new(false),
             lead_polls: AtomicBool::new(false),
             lead: AtomicU32::new(FREE),
@@ -453,6 +444,8 @@ impl Inner {
                 idle: 0,
                 busy: 0,
                 stop: false,
+                outbox: Vec::with_capacity(WORKER_BATCH + 1),
+                outbox_spare: Vec::with_capacity(WORKER_BATCH + 1),
             }),
             work_cv: Condvar::new(),
             exits: Arc::new(Exits::default()),
@@ -700,12 +693,20 @@ impl ResultSink for Inner {
         if OUTBOX_OF.with(|o| o.get()) == self.id() {
             // An inline handler on a worker: the worker sends its batch's
             // results together (`flush_outbox`).
-            self.outbox.lock().results.push((seq, result));
+            self.work.lock().outbox.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
             self.outbox_full.store(true, Ordering::Relaxed);
             return;
         }
+        self.send_one_result(seq, result);
+    }
+}
+
+impl Inner {
+    /// Sends one handler's result now (an over-long one as an error
+    /// result saying so).
+    pub(super) fn send_one_result(self: &Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.
         };
@@ -749,20 +750,20 @@ impl Inner {
         // Taken out under the lock, sent without it: a send may wait for
         // room, and a handler answering meanwhile must not wait for that.
         let mut batch = {
-            let mut outbox = self.outbox.lock();
+            let mut w = self.work.lock();
             self.outbox_full.store(false, Ordering::Relaxed);
-            if outbox.results.is_empty() {
+            if w.outbox.is_empty() {
                 return;
             }
-            let mut batch = std::mem::take(&mut outbox.spare);
-            std::mem::swap(&mut batch, &mut outbox.results);
+            let mut batch = std::mem::take(&mut w.outbox_spare);
+            std::mem::swap(&mut batch, &mut w.outbox);
             batch
         };
         self.send_outbox(&batch);
         batch.clear();
-        let mut outbox = self.outbox.lock();
-        if outbox.spare.capacity() < batch.capacity() {
-            outbox.spare = batch;
+        let mut w = self.work.lock();
+        if w.outbox_spare.capacity() < batch.capacity() {
+            w.outbox_spare = batch;
         }
     }
 

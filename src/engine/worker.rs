@@ -160,8 +160,7 @@ impl Inner {
         // (or results before it wait there): they go out together. Not if
         // this is the only worker there can be: no other would send them
         // while a later handler blocks.
-        let batch = self.config.max_workers > 1
-            && (!w.queue.is_empty() || self.outbox_full.load(Ordering::Relaxed));
+        let batch = self.config.max_workers > 1 && !(w.queue.is_empty() && w.outbox.is_empty());
         if batch
             && self.lead.load(Ordering::Relaxed) == WORKER
             && !self.lead_polls.load(Ordering::Relaxed)
@@ -174,29 +173,63 @@ impl Inner {
         }
         drop(w);
         let idle_of = IDLE_WORKER_OF.with(|c| c.replace(0));
-        let responder = Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
+        // The answer of a handler that answers with its return value (or of
+        // a call to an unknown tag), run here without a responder.
+        let mut answer = None;
         match &self.dispatcher {
             None => {
                 let prev = IN_HANDLER_OF.with(|h| h.replace(self.id()));
-                let prev_outbox = OUTBOX_OF.with(|o| o.replace(if batch { self.id() } else { 0 }));
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.invoke(call.tag, call.args, responder)
-                }));
-                OUTBOX_OF.with(|o| o.set(prev_outbox));
+                match self.handlers.get(call.tag) {
+                    Some(HandlerEntry {
+                        sync: Some(f), ..
+                    }) => {
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            f(call.args.as_slice())
+                        }));
+                        answer = Some(ran.unwrap_or_else(|_| {
+                            WrapperFunctionBuffer::out_of_band_error(
+                                "the handler panicked before it returned its result",
+                            )
+                        }));
+                    }
+                    Some(entry) => {
+                        let responder =
+                            Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
+                        let prev_outbox =
+                            OUTBOX_OF.with(|o| o.replace(if batch { self.id() } else { 0 }));
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            (entry.f)(call.args, responder)
+                        }));
+                        OUTBOX_OF.with(|o| o.set(prev_outbox));
+                        // A panicking handler's responder answered with an
+                        // error as it unwound; the worker carries on.
+                        drop(ran);
+                    }
+                    None => answer = Some(self.handlers.unknown_tag_error(call.tag)),
+                }
                 IN_HANDLER_OF.with(|h| h.set(prev));
-                // A panicking handler's responder answered with an error
-                // as it unwound; the worker carries on.
-                drop(ran);
             }
             Some(d) => {
+                let responder = Responder::new(call.seq, Arc::clone(self) as Arc<dyn ResultSink>);
                 let me = Arc::clone(self);
                 let (tag, args) = (call.tag, call.args);
                 d.dispatch(Box::new(move || me.invoke(tag, args, responder)));
             }
         }
         IDLE_WORKER_OF.with(|c| c.set(idle_of));
+        if !batch {
+            if let Some(result) = answer.take() {
+                self.send_one_result(call.seq, result);
+            }
+        }
         let mut w = self.work.lock();
         w.busy -= 1;
+        if let Some(result) = answer {
+            // The work lock taken anyway: no lock of its own per result.
+            w.outbox.push((call.seq, result));
+            // Relaxed: a hint; every reader takes the work lock.
+            self.outbox_full.store(true, Ordering::Relaxed);
+        }
         w
     }
 
