@@ -17,8 +17,8 @@ use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
 use crate::pending::{take_or_wait, CallError, CallHost, CallResult, PendingTable};
 use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::{
-    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
-    Ordering,
+    fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, EndLock, Mutex,
+    MutexGuard, Ordering,
 };
 use crate::transport::{Arrival, Outgoing, Received, Transport, TransportError};
 
@@ -234,8 +234,41 @@ struct Work {
     /// behind them, to send as one batch (see [`Inner::flush_outbox`]),
     /// and the spare vector that takes their place while a flush sends
     /// them (no allocation per batch).
-    outbox: Vec<(u64, WrapperFunctionBuffer)>,
-    outbox_spare: Vec<(u64, WrapperFunctionBuffer)>,
+    outbox: Outbox,
+}
+
+/// Results waiting to go out as one batch, and the spare vector that takes
+/// their place while a flush sends them (no allocation per batch).
+struct Outbox {
+    results: Vec<(u64, WrapperFunctionBuffer)>,
+    spare: Vec<(u64, WrapperFunctionBuffer)>,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            results: Vec::with_capacity(WORKER_BATCH + 1),
+            spare: Vec::with_capacity(WORKER_BATCH + 1),
+        }
+    }
+
+    /// The results, if any, swapped out for the spare.
+    fn take(&mut self) -> Option<Vec<(u64, WrapperFunctionBuffer)>> {
+        if self.results.is_empty() {
+            return None;
+        }
+        let mut batch = std::mem::take(&mut self.spare);
+        std::mem::swap(&mut batch, &mut self.results);
+        Some(batch)
+    }
+
+    /// A taken batch's vector back, emptied, as the spare.
+    fn give_back(&mut self, mut batch: Vec<(u64, WrapperFunctionBuffer)>) {
+        batch.clear();
+        if self.spare.capacity() < batch.capacity() {
+            self.spare = batch;
+        }
+    }
 }
 
 /// What one turn of leading produced for the thread to do afterwards.
@@ -261,8 +294,13 @@ pub(crate) struct Inner {
     pub(crate) dialect: Dialect,
     /// Remote handles lent and borrowed over this connection.
     pub(crate) handles: Arc<crate::handles::Handles>,
-    /// Whether the work's `outbox` may hold results: a look without the
-    /// lock.
+    /// Answers given through a responder by handlers a worker ran with
+    /// more calls of their batch behind them (the work's `outbox` holds
+    /// those of handlers that answer with their return value): an
+    /// `EndLock`, whose uncontended release is a plain store.
+    answers: EndLock<Outbox>,
+    /// Whether the work's `outbox` or `answers` may hold results: a look
+    /// without the locks.
     outbox_full: AtomicBool,
     /// The worker that leads gives up its turn within [`HANDOVER`] (it
     /// led while handlers ran): it will send what the outbox holds.
@@ -422,6 +460,7 @@ impl Inner {
             setup,
             dialect,
             handles,
+            answers: EndLock::new(Outbox::new()),
             outbox_full: AtomicBool::new(false),
             lead_polls: AtomicBool::new(false),
             lead: AtomicU32::new(FREE),
@@ -444,8 +483,7 @@ impl Inner {
                 idle: 0,
                 busy: 0,
                 stop: false,
-                outbox: Vec::with_capacity(WORKER_BATCH + 1),
-                outbox_spare: Vec::with_capacity(WORKER_BATCH + 1),
+                outbox: Outbox::new(),
             }),
             work_cv: Condvar::new(),
             exits: Arc::new(Exits::default()),
@@ -693,7 +731,7 @@ impl ResultSink for Inner {
         if OUTBOX_OF.with(|o| o.get()) == self.id() {
             // An inline handler on a worker: the worker sends its batch's
             // results together (`flush_outbox`).
-            self.work.lock().outbox.push((seq, result));
+            self.answers.lock().results.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
             self.outbox_full.store(true, Ordering::Relaxed);
@@ -749,21 +787,16 @@ impl Inner {
         }
         // Taken out under the lock, sent without it: a send may wait for
         // room, and a handler answering meanwhile must not wait for that.
-        let mut batch = {
-            let mut w = self.work.lock();
-            self.outbox_full.store(false, Ordering::Relaxed);
-            if w.outbox.is_empty() {
-                return;
-            }
-            let mut batch = std::mem::take(&mut w.outbox_spare);
-            std::mem::swap(&mut batch, &mut w.outbox);
-            batch
-        };
-        self.send_outbox(&batch);
-        batch.clear();
-        let mut w = self.work.lock();
-        if w.outbox_spare.capacity() < batch.capacity() {
-            w.outbox_spare = batch;
+        self.outbox_full.store(false, Ordering::Relaxed);
+        let returned = self.work.lock().outbox.take();
+        let answered = self.answers.lock().take();
+        if let Some(batch) = returned {
+            self.send_outbox(&batch);
+            self.work.lock().outbox.give_back(batch);
+        }
+        if let Some(batch) = answered {
+            self.send_outbox(&batch);
+            self.answers.lock().give_back(batch);
         }
     }
 

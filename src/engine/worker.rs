@@ -160,7 +160,10 @@ impl Inner {
         // (or results before it wait there): they go out together. Not if
         // this is the only worker there can be: no other would send them
         // while a later handler blocks.
-        let batch = self.config.max_workers > 1 && !(w.queue.is_empty() && w.outbox.is_empty());
+        let batch = self.config.max_workers > 1
+            && !(w.queue.is_empty()
+                && w.outbox.results.is_empty()
+                && !self.outbox_full.load(Ordering::Relaxed));
         if batch
             && self.lead.load(Ordering::Relaxed) == WORKER
             && !self.lead_polls.load(Ordering::Relaxed)
@@ -226,7 +229,7 @@ impl Inner {
         w.busy -= 1;
         if let Some(result) = answer {
             // The work lock taken anyway: no lock of its own per result.
-            w.outbox.push((call.seq, result));
+            w.outbox.results.push((call.seq, result));
             // Relaxed: a hint; every reader takes the work lock.
             self.outbox_full.store(true, Ordering::Relaxed);
         }
