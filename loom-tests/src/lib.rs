@@ -43,7 +43,9 @@
 //! load and a store), `session` (callbacks drained and completion
 //! marked in two critical sections), `handshake` (`recv` reports the hang-up
 //! as soon as it sees the peer's bit, without draining first), `handles`
-//! (a release frees the value whatever its count).
+//! (a release frees the value whatever its count), `outbox` (a worker
+//! leads again without sending the results its batch left in the
+//! outbox).
 //!
 //! # What loom cannot check, and what covers it instead
 //!

@@ -16,6 +16,13 @@
 //!   on its own thread), the caller's wait ends with `Disconnected`, a
 //!   later `disconnect()` returns, and new calls are refused.
 //!
+//! * `batch_results_all_arrive`: the executor side instead (the shipped
+//!   engine running a synchronous handler and one that answers through its
+//!   responder) against a raw controller that sends two calls as one
+//!   batch. Whether the worker reads them in one turn (the first result
+//!   then waits in the outbox while the second handler runs) or one at a
+//!   time, both results arrive, once each, right; both sides hang up.
+//!
 //! The engine runs under its `Notified` timing policy here (every wait
 //! ends by a notification; loom's time does not pass), the same code as
 //! production bar the timeouts.
@@ -23,7 +30,8 @@
 
 use orcwire::sps::SetupInfo;
 use orcwire::{
-    CallError, ControllerBuilder, Endpoint, EndpointConfig, Opcode, Received, Transport,
+    CallError, ControllerBuilder, Endpoint, EndpointConfig, ExecutorBuilder, Opcode, Outgoing,
+    Received, Transport, WrapperFunctionBuffer,
 };
 use orcwire_shm::{required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport};
 use orcwire_shm::{RingCapacity, WaitStrategy};
@@ -189,4 +197,112 @@ fn engine_peer_hangs_up_while_caller_waits() {
 fn broken_engine_is_caught() {
     let _bug = orcwire_sync::broken::select("engine");
     orcwire_loom_tests::model_large(BRANCHES, PREEMPTIONS, call_then_disconnect);
+}
+
+/// The executor side under test: the shipped engine running `inc` (a
+/// synchronous handler) and `echo` (answers through its responder).
+fn executor_endpoint(e: ShmTransport) -> Endpoint {
+    let config = EndpointConfig {
+        max_pending_calls: 4,
+        max_queued_calls: 4,
+        max_workers: 2,
+        ..EndpointConfig::default()
+    };
+    ExecutorBuilder::new()
+        .sync_function("inc", |a: &[u8]| {
+            WrapperFunctionBuffer::from_vec(a.iter().map(|b| b + 1).collect())
+        })
+        .function("echo", |args, responder| responder.respond(args))
+        .config(config)
+        .connect(Arc::new(e) as Arc<dyn Transport>)
+        .unwrap()
+}
+
+/// A raw controller sends two calls as one batch, one to each kind of
+/// handler, and reads both results; the executor's worker may read them in
+/// one turn (then the first result waits in the outbox while the second
+/// handler runs) or one at a time, whoever leads. Both results arrive,
+/// right, and then both sides hang up.
+fn batch_results_all_arrive() {
+    let (c, e) = pair();
+    let controller = thread::spawn(move || {
+        let setup = match c.recv(None) {
+            Ok(Received::Message(m)) if m.opcode == Opcode::Setup => {
+                SetupInfo::decode(m.payload.as_slice()).unwrap().0
+            }
+            other => panic!("the controller expected Setup, got {other:?}"),
+        };
+        let tag = |name: &str| {
+            setup
+                .bootstrap_symbols
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| *t)
+                .unwrap()
+        };
+        let calls = [
+            Outgoing {
+                opcode: Opcode::CallWrapper,
+                seq: 1,
+                tag: tag("inc"),
+                payload: b"a",
+            },
+            Outgoing {
+                opcode: Opcode::CallWrapper,
+                seq: 2,
+                tag: tag("echo"),
+                payload: b"e",
+            },
+        ];
+        c.send_batch(&calls, None, &|| {}).unwrap();
+        let mut got = [None, None];
+        while got.iter().any(Option::is_none) {
+            match c.recv(None) {
+                Ok(Received::Message(m)) if m.opcode == Opcode::Result => {
+                    let slot = &mut got[m.seq as usize - 1];
+                    assert!(slot.is_none(), "a result arrived twice");
+                    *slot = Some(m.payload.as_slice().to_vec());
+                }
+                Ok(Received::Message(m)) => panic!("unexpected {:?}", m.opcode),
+                Ok(_) => {}
+                Err(e) => panic!("the connection ended before both results: {e}"),
+            }
+        }
+        assert_eq!(got, [Some(b"b".to_vec()), Some(b"e".to_vec())]);
+        c.send(Opcode::Hangup, 0, 0, &[]).unwrap();
+        loop {
+            match c.recv(None) {
+                Ok(Received::Message(m)) if m.opcode == Opcode::Hangup => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        c.close();
+    });
+    let executor = executor_endpoint(e);
+    controller.join().unwrap();
+    executor.disconnect();
+    assert!(executor.is_disconnected());
+}
+
+/// This model's preemption bound: 2 explores 2,497,172 executions in
+/// about 11 minutes, beyond CI's budget; 1 still reaches both shapes (the
+/// two calls read in one turn, the first result then in the outbox while
+/// the second handler runs; or one at a time), and catches its broken twin.
+const BATCH_PREEMPTIONS: usize = 1;
+
+#[test]
+fn engine_batch_results_all_arrive() {
+    orcwire_loom_tests::model_large(BRANCHES, BATCH_PREEMPTIONS, batch_results_all_arrive);
+}
+
+/// The bug: a worker leads again without sending what its outbox holds,
+/// so a result read in the same turn as a later call stays behind and
+/// the controller waits for it forever (loom: every thread blocked).
+#[cfg(orcwire_loom_broken)]
+#[test]
+#[should_panic(expected = "deadlock")]
+fn broken_outbox_is_caught() {
+    let _bug = orcwire_sync::broken::select("outbox");
+    orcwire_loom_tests::model_large(BRANCHES, BATCH_PREEMPTIONS, batch_results_all_arrive);
 }

@@ -87,10 +87,11 @@ const WORKER_BATCH: usize = 15;
 /// runs on costs `disconnect` this much, once.
 #[cfg(not(orcwire_loom))]
 const BUSY_GRACE: Duration = Duration::from_millis(50);
-/// Under loom time does not pass: no grace (what the models check is that
-/// disconnect never waits on a handler, which the grace only delays).
+/// Under loom a timed wait ends only by a notification: `disconnect`
+/// waits for workers in a handler until they leave (every model's handlers
+/// return), so that no model thread outlives its model.
 #[cfg(orcwire_loom)]
-const BUSY_GRACE: Duration = Duration::ZERO;
+const BUSY_GRACE: Duration = Duration::from_secs(1);
 
 /// Most calls [`Inner::call_batch`] writes with one publication.
 const CALL_BATCH: usize = 16;

@@ -39,7 +39,7 @@ impl Inner {
                 }
             }
             // Nothing to run: the results of what ran go out now.
-            if self.outbox_full.load(Ordering::Relaxed) {
+            if self.outbox_full.load(Ordering::Relaxed) && !crate::sync::is_broken("outbox") {
                 drop(w);
                 self.flush_outbox();
                 w = self.work.lock();
@@ -67,7 +67,7 @@ impl Inner {
                 // This worker runs them next, unless a handler blocks it:
                 // then another takes them from the queue (nobody is woken
                 // for them now; an idle worker looks at the queue within
-                // `HANDOVER` while handlers run).
+                // `IDLE_LOOK`, then every `HANDOVER` while handlers run).
                 for call in more.drain(..) {
                     if !self.enqueue_quietly(&mut w, call) {
                         w.disconnect.get_or_insert(DisconnectReason::Protocol(

@@ -101,7 +101,7 @@ pub use end_lock::{EndGuard, EndLock};
 /// all and never leaks into a model running in parallel.
 ///
 /// The names: `gate`, `ring`, `futex`, `pending`, `session`, `handshake`,
-/// `engine`, `handles`.
+/// `engine`, `handles`, `waker`, `outbox`.
 #[cfg(orcwire_loom_broken)]
 pub mod broken {
     use std::cell::Cell;
