@@ -263,3 +263,57 @@ fn a_result_is_not_held_back_by_a_blocking_handler_of_its_batch() {
         executor.disconnect();
     });
 }
+
+/// A result over the connection's message limit comes back as an error
+/// result saying so, alone (a synchronous call) or in the middle of a
+/// batch (the outbox), and the results around it still arrive.
+#[test]
+fn a_result_over_the_limit_is_an_error_result_and_the_rest_still_arrive() {
+    for shm in [true, false] {
+        run_bounded(LIMIT, move || {
+            let (controller, executor) = connect_pair(
+                transports(shm),
+                ExecutorBuilder::new()
+                    .sync_function("echo", WrapperFunctionBuffer::from_slice)
+                    .sync_function("huge", |_| {
+                        WrapperFunctionBuffer::from_vec(vec![7; 300 << 10])
+                    })
+                    .function("huge_later", |_, responder| {
+                        responder.respond(WrapperFunctionBuffer::from_vec(vec![7; 300 << 10]))
+                    }),
+                ControllerBuilder::new(),
+                None,
+            );
+            let (echo, huge, later) = (
+                tag(&controller, "echo"),
+                tag(&controller, "huge"),
+                tag(&controller, "huge_later"),
+            );
+            let too_large = |r: Result<WrapperFunctionBuffer, CallError>| {
+                let r = r.unwrap();
+                assert!(
+                    r.error_message()
+                        .is_some_and(|m| m.contains("exceeds the connection's message limit")),
+                    "shm {shm}: {:?}",
+                    r.error_message()
+                );
+            };
+            too_large(controller.call_sync(huge, b""));
+            for _ in 0..20 {
+                let mut pipe = controller.pipeline();
+                for (i, t) in [echo, huge, echo, later, echo].into_iter().enumerate() {
+                    pipe.submit(t, &[i as u8]);
+                }
+                for (i, r) in pipe.enumerate() {
+                    if i % 2 == 1 {
+                        too_large(r);
+                    } else {
+                        assert_eq!(r.unwrap().as_slice(), &[i as u8], "shm {shm}");
+                    }
+                }
+            }
+            controller.disconnect();
+            executor.disconnect();
+        });
+    }
+}

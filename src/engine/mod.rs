@@ -749,26 +749,42 @@ impl Inner {
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.
         };
-        let (kind, bytes) = match result.error_message() {
+        let (kind, bytes) = self.result_wire(&result);
+        if let Err(e) = self.send(Opcode::Result, seq, kind, bytes, None) {
+            self.result_not_sent(seq, e);
+        }
+    }
+
+    /// How a handler's result travels: its kind and bytes in the peer's
+    /// dialect.
+    fn result_wire<'a>(&self, result: &'a WrapperFunctionBuffer) -> (u64, &'a [u8]) {
+        match result.error_message() {
             Some(msg) => self.error_result(msg),
             None => (RESULT_OK, result.as_slice()),
-        };
-        match self.send(Opcode::Result, seq, kind, bytes, None) {
-            Err(TransportError::TooLarge { size, limit }) => {
+        }
+    }
+
+    /// Result `seq` could not be sent: one over the message limit goes as
+    /// an error result saying so (`true`: the results after it may go); a
+    /// transport that ended starts the disconnect (the caller's pending
+    /// call fails with it).
+    fn result_not_sent(self: &Arc<Self>, seq: u64, e: TransportError) -> bool {
+        match e {
+            TransportError::TooLarge { size, limit } => {
                 let msg = format!(
                     "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
                 );
                 let (kind, bytes) = self.error_result(&msg);
                 let _ = self.send(Opcode::Result, seq, kind, bytes, None);
+                true
             }
-            // The connection is ending; the caller's pending call fails
-            // with the disconnect.
-            Err(
-                e @ (TransportError::PeerHungUp
-                | TransportError::PeerDied
-                | TransportError::Protocol(_)),
-            ) => self.transport_ended(e),
-            _ => {}
+            e @ (TransportError::PeerHungUp
+            | TransportError::PeerDied
+            | TransportError::Protocol(_)) => {
+                self.transport_ended(e);
+                false
+            }
+            _ => false,
         }
     }
 }
@@ -816,10 +832,7 @@ impl Inner {
                 payload: &[],
             }; CALL_BATCH];
             for (frame, (seq, result)) in frames.iter_mut().zip(chunk) {
-                let (kind, bytes) = match result.error_message() {
-                    Some(msg) => self.error_result(msg),
-                    None => (RESULT_OK, result.as_slice()),
-                };
+                let (kind, bytes) = self.result_wire(result);
                 *frame = Outgoing {
                     opcode: Opcode::Result,
                     seq: *seq,
@@ -835,24 +848,10 @@ impl Inner {
                 Ok(()) => at += n,
                 Err(e) => {
                     let failed = at + e.sent.min(n);
-                    match e.error {
-                        TransportError::TooLarge { size, limit } => {
-                            let msg = format!(
-                                "the handler's result of {size} bytes exceeds the connection's message limit of {limit} bytes"
-                            );
-                            let (kind, bytes) = self.error_result(&msg);
-                            let seq = outbox[failed].0;
-                            let _ = self.send(Opcode::Result, seq, kind, bytes, None);
-                            at = failed + 1;
-                        }
-                        e @ (TransportError::PeerHungUp
-                        | TransportError::PeerDied
-                        | TransportError::Protocol(_)) => {
-                            self.transport_ended(e);
-                            break;
-                        }
-                        _ => break,
+                    if !self.result_not_sent(outbox[failed].0, e.error) {
+                        break;
                     }
+                    at = failed + 1;
                 }
             }
         }
