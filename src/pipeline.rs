@@ -5,9 +5,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
+use crate::buffer::WrapperFunctionBuffer;
 use crate::endpoint::Endpoint;
 use crate::handler::HandlerTag;
-use crate::pending::{CallError, CallResult};
+use crate::pending::{CallError, CallResult, PendingTable};
 
 /// Calls handed to the engine at once by [`Pipeline::flush`] (it sends
 /// them in batches of its own size).
@@ -17,6 +18,9 @@ const CHUNK: usize = 16;
 enum Entry {
     /// Sent under `seq`; `registered`: a waker was left in its slot.
     Sent { seq: u64, registered: bool },
+    /// Answered, read by this pipeline itself: the result, its slot
+    /// already free.
+    Done(WrapperFunctionBuffer),
     /// Never sent: its result is this error.
     Failed(CallError),
 }
@@ -84,6 +88,10 @@ pub struct Pipeline {
     staged: VecDeque<(u64, usize)>,
     /// Sent or failed calls whose results were not taken, oldest first.
     sent: VecDeque<Entry>,
+    /// Index in `sent` from which results this pipeline reads itself are
+    /// looked for: every entry before it is done or failed, or was
+    /// registered (see [`take_mine`]).
+    cursor: usize,
 }
 
 impl fmt::Debug for Pipeline {
@@ -104,6 +112,7 @@ impl Endpoint {
             args: Vec::new(),
             staged: VecDeque::new(),
             sent: VecDeque::new(),
+            cursor: 0,
         }
     }
 }
@@ -197,24 +206,34 @@ impl Pipeline {
         self.next_until(Some(deadline))
     }
 
+    /// The oldest call's result, if it is there: taken (the entry popped).
+    fn take_front(&mut self) -> Option<CallResult> {
+        let r = match self.sent.front()? {
+            Entry::Sent { seq, registered } => {
+                self.endpoint.inner.pending.try_take(*seq, *registered)?
+            }
+            Entry::Done(_) | Entry::Failed(_) => match self.sent.pop_front() {
+                Some(Entry::Done(r)) => {
+                    self.cursor = self.cursor.saturating_sub(1);
+                    return Some(Ok(r));
+                }
+                Some(Entry::Failed(e)) => {
+                    self.cursor = self.cursor.saturating_sub(1);
+                    return Some(Err(e));
+                }
+                _ => unreachable!("the front was done or failed"),
+            },
+        };
+        self.sent.pop_front();
+        self.cursor = self.cursor.saturating_sub(1);
+        Some(r)
+    }
+
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<CallResult> {
-        let inner = &self.endpoint.inner;
         // The oldest is done: take it and send nothing (the staged calls
         // go out in a larger batch when this would wait).
-        match self.sent.front() {
-            Some(&Entry::Sent { seq, registered }) => {
-                if let Some(r) = inner.pending.try_take(seq, registered) {
-                    self.sent.pop_front();
-                    return Some(r);
-                }
-            }
-            Some(Entry::Failed(_)) => {
-                let Some(Entry::Failed(e)) = self.sent.pop_front() else {
-                    unreachable!("the front was a failed call")
-                };
-                return Some(Err(e));
-            }
-            None => {}
+        if let Some(r) = self.take_front() {
+            return Some(r);
         }
         // About to wait: send what is staged first.
         if let Err(e) = self.flush_until(deadline) {
@@ -222,20 +241,69 @@ impl Pipeline {
                 return Some(Err(e));
             }
         }
-        match self.sent.front_mut()? {
-            Entry::Failed(_) => match self.sent.pop_front() {
-                Some(Entry::Failed(e)) => Some(Err(e)),
-                _ => unreachable!("the front was a failed call"),
-            },
-            Entry::Sent { seq, registered } => {
-                let (r, taken) = self.endpoint.inner.take_or_wait(*seq, deadline, registered);
-                if taken {
-                    self.sent.pop_front();
-                }
-                Some(r)
+        loop {
+            if let Some(r) = self.take_front() {
+                return Some(r);
+            }
+            let &Entry::Sent { seq, registered } = self.sent.front()? else {
+                unreachable!("take_front takes done and failed calls")
+            };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Some(Err(CallError::TimedOut));
+            }
+            let mut reg = registered;
+            let (sent, cursor) = (&mut self.sent, &mut self.cursor);
+            let inner = &self.endpoint.inner;
+            let waited = inner.wait_for_mine(
+                seq,
+                deadline,
+                &mut reg,
+                Some(&mut |s, payload| take_mine(&inner.pending, sent, cursor, s, payload)),
+            );
+            if let Some(Entry::Sent { registered, .. }) = self.sent.front_mut() {
+                *registered = reg;
+            }
+            if let Err(e) = waited {
+                // The call stays in flight (a would-deadlock error).
+                return Some(Err(e));
             }
         }
     }
+}
+
+/// A result this pipeline read while it led: if it answers one of its own
+/// calls (in `sent`, looked for from `cursor`, where in-order results are
+/// found at once), `payload` is taken into that call's entry and its slot
+/// freed with one read-modify-write ([`PendingTable::release_own`]);
+/// `false` leaves the result to the usual way (another thread's call, or a
+/// slot a completer claimed or a waker is registered in).
+fn take_mine(
+    pending: &PendingTable,
+    sent: &mut VecDeque<Entry>,
+    cursor: &mut usize,
+    seq: u64,
+    payload: &mut WrapperFunctionBuffer,
+) -> bool {
+    // Sequence numbers of a pipeline's calls grow in submission order.
+    let mut at = *cursor;
+    let found = loop {
+        match sent.get(at) {
+            None => return false,
+            Some(&Entry::Sent { seq: s, .. }) if s == seq => break at,
+            Some(&Entry::Sent { seq: s, .. }) if s > seq => return false,
+            Some(_) => at += 1,
+        }
+    };
+    if !pending.release_own(seq) {
+        return false;
+    }
+    sent[found] = Entry::Done(std::mem::take(payload));
+    if found == *cursor {
+        while matches!(sent.get(*cursor), Some(Entry::Done(_) | Entry::Failed(_))) {
+            *cursor += 1;
+        }
+    }
+    true
 }
 
 /// The results, in submission order: [`next`](Iterator::next) waits for

@@ -264,6 +264,118 @@ fn a_result_is_not_held_back_by_a_blocking_handler_of_its_batch() {
     });
 }
 
+/// A call read in the same batch as a handler that blocks until that call
+/// has run: another worker takes it over (steals the rest of the batch),
+/// so the two finish, round after round — once with handlers that return
+/// their result, once with handlers that answer through their responder.
+#[test]
+fn a_call_behind_a_blocking_handler_of_its_batch_still_runs() {
+    for responder in [false, true] {
+        run_bounded(LIMIT, move || {
+            let ran = Arc::new(AtomicBool::new(false));
+            let (set, wait) = (Arc::clone(&ran), Arc::clone(&ran));
+            let wait_for_next = move || {
+                let start = Instant::now();
+                while !wait.swap(false, Ordering::AcqRel) {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        return WrapperFunctionBuffer::out_of_band_error("the next call never ran");
+                    }
+                    thread::sleep(Duration::from_micros(100));
+                }
+                WrapperFunctionBuffer::from_slice(b"released")
+            };
+            let set_flag = move || {
+                set.store(true, Ordering::Release);
+                WrapperFunctionBuffer::from_slice(b"set")
+            };
+            let builder = if responder {
+                ExecutorBuilder::new()
+                    .function("wait_for_next", move |_, r| r.respond(wait_for_next()))
+                    .function("set", move |_, r| r.respond(set_flag()))
+            } else {
+                ExecutorBuilder::new()
+                    .sync_function("wait_for_next", move |_| wait_for_next())
+                    .sync_function("set", move |_| set_flag())
+            };
+            let (controller, executor) = connect_pair(
+                shm_pair(ShmConfig::default()),
+                builder,
+                ControllerBuilder::new(),
+                None,
+            );
+            let (wait, set) = (tag(&controller, "wait_for_next"), tag(&controller, "set"));
+            let mut pipe = controller.pipeline();
+            let mut slowest = Duration::ZERO;
+            for _ in 0..20 {
+                let start = Instant::now();
+                pipe.submit(wait, b"");
+                pipe.submit(set, b"");
+                assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"released");
+                assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"set");
+                slowest = slowest.max(start.elapsed());
+            }
+            // A stuck batch is seen by two looks of an idle worker, the
+            // first within its idle period (100 ms) at worst.
+            assert!(
+                slowest < Duration::from_secs(2),
+                "a call waited {slowest:?} behind a blocking handler of its batch"
+            );
+            controller.disconnect();
+            executor.disconnect();
+        });
+    }
+}
+
+/// A handler that answers through its responder and then blocks until
+/// the controller has that answer, followed by another call in the same
+/// batch: the answer, held with the batch's results, is sent anyway (an
+/// idle worker takes it), round after round.
+#[test]
+fn an_answer_given_before_a_handler_blocks_is_not_held_back() {
+    run_bounded(LIMIT, || {
+        let seen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&seen);
+        let (controller, executor) = connect_pair(
+            shm_pair(ShmConfig::default()),
+            ExecutorBuilder::new()
+                .sync_function("echo", WrapperFunctionBuffer::from_slice)
+                .function("answer_then_wait", move |_, responder| {
+                    responder.respond(WrapperFunctionBuffer::from_slice(b"answered"));
+                    let start = Instant::now();
+                    while !flag.swap(false, Ordering::AcqRel) {
+                        if start.elapsed() > Duration::from_secs(10) {
+                            return;
+                        }
+                        thread::sleep(Duration::from_micros(100));
+                    }
+                }),
+            ControllerBuilder::new(),
+            None,
+        );
+        let (answer, echo) = (
+            tag(&controller, "answer_then_wait"),
+            tag(&controller, "echo"),
+        );
+        let mut pipe = controller.pipeline();
+        let mut slowest = Duration::ZERO;
+        for round in 0..20u8 {
+            let start = Instant::now();
+            pipe.submit(answer, b"");
+            pipe.submit(echo, &[round]);
+            assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"answered");
+            slowest = slowest.max(start.elapsed());
+            seen.store(true, Ordering::Release);
+            assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &[round]);
+        }
+        assert!(
+            slowest < Duration::from_secs(2),
+            "an answer waited {slowest:?} behind its own handler"
+        );
+        controller.disconnect();
+        executor.disconnect();
+    });
+}
+
 /// A result over the connection's message limit comes back as an error
 /// result saying so, alone (a synchronous call) or in the middle of a
 /// batch (the outbox), and the results around it still arrive.

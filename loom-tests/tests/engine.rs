@@ -306,3 +306,15 @@ fn broken_outbox_is_caught() {
     let _bug = orcwire_sync::broken::select("outbox");
     orcwire_loom_tests::model_large(BRANCHES, BATCH_PREEMPTIONS, batch_results_all_arrive);
 }
+
+/// The bug: a worker claims the next call of its batch with a load and a
+/// store instead of a compare-and-swap, so a worker stealing the rest of
+/// the batch between the two takes that call too (loom: both take its
+/// cell at once).
+#[cfg(orcwire_loom_broken)]
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn broken_batch_is_caught() {
+    let _bug = orcwire_sync::broken::select("batch");
+    orcwire_loom_tests::model_large(BRANCHES, BATCH_PREEMPTIONS, batch_results_all_arrive);
+}

@@ -177,3 +177,47 @@ fn pending_first_poll_races_result() {
 fn broken_waker_is_caught() {
     orcwire_loom_tests::model_with_bug("waker", first_poll_races_result);
 }
+
+/// A caller that reads its own call's result (a `Pipeline` leading: it
+/// frees the slot with one compare-and-swap and keeps the result) while a
+/// disconnecting thread fails every call. Proves: the call ends exactly
+/// once — with the result the owner read, or with `Disconnected` from the
+/// slot when the disconnect claimed it first — and the slot ends free (a
+/// claim never lands on a slot the owner already freed).
+fn own_result_races_disconnect() {
+    let table = Table::new(2);
+    let seq = table.register_own().unwrap();
+    let disconnecter = {
+        let table = table.clone();
+        thread::spawn(move || table.fail_all(CallError::Disconnected))
+    };
+    let released = table.release_own(seq);
+    disconnecter.join().unwrap();
+    if !released {
+        match table.take_own(seq) {
+            Some(Err(CallError::Disconnected)) => {}
+            other => {
+                panic!("lost call: the owner's result was refused and the slot holds {other:?}")
+            }
+        }
+    }
+    assert!(
+        table.all_free(),
+        "slot left unusable: a claim landed on a slot its owner had freed"
+    );
+}
+
+#[test]
+fn pending_own_result_races_disconnect() {
+    orcwire_loom_tests::model(own_result_races_disconnect);
+}
+
+/// The bug: the owner frees its slot with a load and a plain store, so a
+/// claim by the disconnect between the two is erased and its outcome
+/// written into a free slot.
+#[cfg(orcwire_loom_broken)]
+#[test]
+#[should_panic(expected = "slot left unusable")]
+fn broken_own_is_caught() {
+    orcwire_loom_tests::model_with_bug("own", own_result_races_disconnect);
+}

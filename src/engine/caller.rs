@@ -13,6 +13,20 @@ impl Inner {
         deadline: Option<Instant>,
         registered: &mut bool,
     ) -> Result<(), CallError> {
+        self.wait_for_mine(seq, deadline, registered, None)
+    }
+
+    /// [`wait_for_call`](Self::wait_for_call) for a caller that takes the
+    /// results of its own calls as it reads them (`mine`, see
+    /// [`lead_turn`](Self::lead_turn)): it also ends once `mine` took call
+    /// `seq`'s.
+    pub(crate) fn wait_for_mine(
+        self: &Arc<Self>,
+        seq: u64,
+        deadline: Option<Instant>,
+        registered: &mut bool,
+        mut mine: Option<&mut Mine<'_>>,
+    ) -> Result<(), CallError> {
         // This thread's waker is made on its first wait, not on the first
         // time it happens to park: a thread's calls then allocate nothing
         // after its first one, however the scheduler interleaves them.
@@ -20,9 +34,10 @@ impl Inner {
         // A handler waiting inside its batch: the results before it go
         // out first (the peer may need them to answer us).
         self.flush_outbox();
+        self.flush_own_batch();
         self.callers.fetch_add(1, Ordering::SeqCst);
         let mut active = true;
-        let r = self.caller_loop(seq, deadline, &mut active, registered);
+        let r = self.caller_loop(seq, deadline, &mut active, registered, &mut mine);
         if active {
             self.caller_leaves();
         }
@@ -64,6 +79,7 @@ impl Inner {
         deadline: Option<Instant>,
         active: &mut bool,
         registered: &mut bool,
+        mine: &mut Option<&mut Mine<'_>>,
     ) -> Result<(), CallError> {
         let mut interrupted = false;
         loop {
@@ -87,10 +103,13 @@ impl Inner {
             }
             if self.try_lead(CALLER) {
                 interrupted = false;
-                let turn = self.lead_turn(Some(seq), deadline, &mut Vec::new());
+                let turn = self.lead_turn(Some(seq), deadline, &mut Vec::new(), mine.as_deref_mut());
                 self.release_lead();
-                let saw_call = turn.saw_call;
+                let (saw_call, own_taken) = (turn.saw_call, turn.own_taken);
                 self.after_caller_turn(turn);
+                if own_taken {
+                    return Ok(());
+                }
                 self.check_would_deadlock()?;
                 if saw_call && *active {
                     *active = false;

@@ -74,7 +74,10 @@ impl Inner {
         let dropped = {
             let mut w = self.work.lock();
             w.refusals.clear();
-            std::mem::take(&mut w.queue)
+            // Calls of running batches too (their results go nowhere).
+            let mut results = Vec::new();
+            self.steal_batches(&mut w, true, &mut results);
+            (std::mem::take(&mut w.queue), results)
         };
         drop(dropped);
         let deadline = Instant::now() + self.config.hangup_timeout;

@@ -39,11 +39,18 @@ impl Inner {
     /// passes. A worker stops once it has read calls to run (up to
     /// [`WORKER_BATCH`]: the first in `turn.call`, the rest in `more`) or
     /// when a caller wants the lead.
+    ///
+    /// `mine`, a caller's, is offered every plain result first (with its
+    /// sequence number): it takes the payload of a call it owns and says
+    /// so, and the result then skips the pending slot (see
+    /// [`PendingTable::release_own`]); a turn whose `own` call was taken so
+    /// ends like one whose call is done.
     pub(super) fn lead_turn(
         self: &Arc<Self>,
         own: Option<u64>,
         deadline: Option<Instant>,
         more: &mut Vec<Incoming>,
+        mut mine: Option<&mut Mine<'_>>,
     ) -> Turn {
         let mut turn = Turn::default();
         // Every message of the turn lands here, in place (see
@@ -53,11 +60,21 @@ impl Inner {
         let max = if worker { WORKER_BATCH + 1 } else { DRAIN_BATCH };
         loop {
             match own {
+                _ if turn.own_taken => return turn,
                 Some(seq) if self.pending.is_done(seq) => return turn,
                 None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
                 _ => {}
             }
             let arrival = self.transport.recv_batch(deadline, max, &mut msg, &mut |m| {
+                if let Some(mine) = mine.as_mut() {
+                    if m.opcode == Opcode::Result
+                        && self.is_plain_result(m.tag)
+                        && mine(m.seq, &mut m.payload)
+                    {
+                        turn.own_taken |= own == Some(m.seq);
+                        return true;
+                    }
+                }
                 self.route(m, worker, &mut turn, more);
                 let read_calls = turn.call.is_some() && (more.len() >= WORKER_BATCH);
                 !(read_calls || turn.disconnect.is_some() || turn.saw_call)
@@ -84,6 +101,13 @@ impl Inner {
         self.rx_dead.store(true, Ordering::Release);
         self.note_stream_ended();
         turn.disconnect = Some(DisconnectReason::from_transport(e));
+    }
+
+    /// Whether a result of kind `tag` carries the handler's bytes as they
+    /// are (not an error to rebuild).
+    fn is_plain_result(&self, tag: u64) -> bool {
+        // LLVM sends every result under tag 0 (`outcome_of` checks it).
+        tag == if self.dialect.is_llvm() { 0 } else { RESULT_OK }
     }
 
     /// The outcome a `Result` message carries (its payload is taken out

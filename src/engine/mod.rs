@@ -22,6 +22,7 @@ use crate::sync::{
 };
 use crate::transport::{Arrival, Outgoing, Received, Transport, TransportError};
 
+mod batch;
 mod caller;
 mod disconnect;
 mod lead;
@@ -231,6 +232,9 @@ struct Work {
     /// Workers running a handler.
     busy: usize,
     stop: bool,
+    /// The batches workers are running (see `batch.rs`), for a worker
+    /// that looks around to steal from a stuck one.
+    batches: Vec<Arc<batch::Batch>>,
     /// Results of handlers a worker ran with more calls of its batch
     /// behind them, to send as one batch (see [`Inner::flush_outbox`]),
     /// and the spare vector that takes their place while a flush sends
@@ -272,9 +276,16 @@ impl Outbox {
     }
 }
 
+/// A leading caller's claim on results (see [`Inner::lead_turn`]): takes
+/// the payload of a result for a call it owns and returns `true`, or
+/// leaves it and returns `false`.
+pub(crate) type Mine<'a> = dyn FnMut(u64, &mut WrapperFunctionBuffer) -> bool + 'a;
+
 /// What one turn of leading produced for the thread to do afterwards.
 #[derive(Default)]
 struct Turn {
+    /// The caller's own call's result was taken by its `mine`.
+    own_taken: bool,
     /// A call a worker read: it runs it after giving up the lead.
     call: Option<Incoming>,
     disconnect: Option<DisconnectReason>,
@@ -484,6 +495,7 @@ impl Inner {
                 idle: 0,
                 busy: 0,
                 stop: false,
+                batches: Vec::with_capacity(config.max_workers.clamp(1, 64)),
                 outbox: Outbox::new(),
             }),
             work_cv: Condvar::new(),
@@ -731,7 +743,10 @@ impl ResultSink for Inner {
     fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
         if OUTBOX_OF.with(|o| o.get()) == self.id() {
             // An inline handler on a worker: the worker sends its batch's
-            // results together (`flush_outbox`).
+            // results together (`run_batch`, `flush_outbox`).
+            let Err((seq, result)) = self.answer_into_batch(seq, result) else {
+                return;
+            };
             self.answers.lock().results.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
@@ -818,7 +833,7 @@ impl Inner {
     }
 
     /// Sends `outbox`'s results as batches (one publication each).
-    fn send_outbox(self: &Arc<Self>, outbox: &[(u64, WrapperFunctionBuffer)]) {
+    pub(super) fn send_outbox(self: &Arc<Self>, outbox: &[(u64, WrapperFunctionBuffer)]) {
         let Ok(_inside) = self.gate.enter() else {
             return;
         };

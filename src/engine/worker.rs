@@ -11,6 +11,11 @@ impl Inner {
         // The calls a lead turn read beyond the first (reused: no
         // allocation per turn).
         let mut more = Vec::with_capacity(WORKER_BATCH);
+        // This worker's batch, and where its results (or stolen ones) are
+        // gathered to be sent: made once.
+        let batch = Arc::new(batch::Batch::new());
+        let mut out = Vec::with_capacity(batch::BATCH);
+        let mut next_look = Instant::now();
         let mut w = self.work.lock();
         loop {
             if w.stop {
@@ -31,6 +36,17 @@ impl Inner {
                 self.send_refusals(&refusals);
                 w = self.work.lock();
                 continue;
+            }
+            // Another worker's batch stuck in a handler: take what is left.
+            if !w.batches.is_empty() && self.look_due(&mut next_look) {
+                self.steal_batches(&mut w, false, &mut out);
+                if !out.is_empty() {
+                    drop(w);
+                    self.send_outbox(&out);
+                    out.clear();
+                    w = self.work.lock();
+                    continue;
+                }
             }
             if self.may_run_handler(&w) {
                 if let Some(call) = w.queue.pop_front() {
@@ -58,11 +74,19 @@ impl Inner {
                 self.lead_polls.store(deadline.is_some(), Ordering::Relaxed);
                 drop(w);
                 poll = base;
-                let turn = self.lead_turn(None, deadline, &mut more);
+                let mut turn = self.lead_turn(None, deadline, &mut more, None);
                 self.release_lead();
                 w = self.work.lock();
                 if let Some(r) = turn.disconnect {
                     w.disconnect.get_or_insert(r);
+                }
+                if let Some(call) = turn.call {
+                    if self.may_run_batch(&w) {
+                        // The usual way: this worker runs what it read.
+                        w = self.run_batch(w, &batch, call, &mut more, &mut out);
+                        continue;
+                    }
+                    turn.call = Some(call);
                 }
                 // This worker runs them next, unless a handler blocks it:
                 // then another takes them from the queue (nobody is woken
@@ -126,6 +150,21 @@ impl Inner {
             w = wait_cv(&self.work_cv, w, timeout);
             w.idle -= 1;
         }
+    }
+
+    /// Whether this worker should look at other workers' batches now: at
+    /// most every [`HANDOVER`] (a batch is stuck when two looks find it at
+    /// the same call), or always under [`Timing::Notified`].
+    fn look_due(&self, next_look: &mut Instant) -> bool {
+        if self.timing == Timing::Notified {
+            return true;
+        }
+        let now = Instant::now();
+        if now < *next_look {
+            return false;
+        }
+        *next_look = now + HANDOVER;
+        true
     }
 
     /// Runs one incoming call (unless the connection is closing), with the

@@ -415,6 +415,43 @@ impl PendingTable {
         slot.state.fetch_or(WAKER, Ordering::AcqRel);
     }
 
+    /// The owner of call `seq` read its result itself (a [`Pipeline`]
+    /// that leads): frees the slot, unless a completer claimed it first
+    /// (disconnect failing every call) or a waker was registered — then
+    /// `false`, and the outcome goes the usual way (`complete`, then
+    /// [`try_take`](Self::try_take)). One read-modify-write where the
+    /// usual way takes three and moves the outcome in and out of the cell.
+    /// Owner only.
+    ///
+    /// [`Pipeline`]: crate::Pipeline
+    pub(crate) fn release_own(&self, seq: u64) -> bool {
+        if crate::sync::is_broken("own") {
+            // Loom must-fail variant: free with a load and a plain store,
+            // so a claim by disconnect between the two is erased and its
+            // outcome written into a slot nobody owns.
+            let slot = self.slot(seq);
+            if slot.state.load(Ordering::Relaxed) != seq << SEQ_SHIFT | OCCUPIED {
+                return false;
+            }
+            slot.state.store(0, Ordering::Release);
+            return true;
+        }
+        // SYNC POINT: slot claimed. The state word's modification order
+        // puts this CAS and a completer's claim one before the other: the
+        // claim fails on a freed slot (or one occupied under another
+        // number), or this CAS fails on a claimed one.
+        // SYNC POINT: slot freed (Release half, see `register`).
+        self.slot(seq)
+            .state
+            .compare_exchange(
+                seq << SEQ_SHIFT | OCCUPIED,
+                0,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Frees the slot of call `seq`, which was never sent (so no result
     /// can be meant for it; a forged one finds the slot free and is
     /// discarded). Owner only.
@@ -448,6 +485,14 @@ impl PendingTable {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// Whether every slot's state word is 0 (for the loom models).
+    #[cfg(orcwire_loom)]
+    pub(crate) fn all_free(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.state.load(Ordering::Relaxed) == 0)
     }
 
     /// Calls waiting for an outcome (or holding one not yet taken).

@@ -59,6 +59,32 @@ impl Table {
         self.0 .0.fail_all(err);
     }
 
+    /// Takes a slot for a call whose owner keeps no handle (what a
+    /// [`Pipeline`](crate::Pipeline) does): its sequence number.
+    ///
+    /// # Errors
+    /// [`CallError::TooManyPending`] when every slot is taken.
+    pub fn register_own(&self) -> Result<u64, CallError> {
+        self.0 .0.register()
+    }
+
+    /// The owner read call `seq`'s result itself (a `Pipeline` that
+    /// leads): frees the slot, or `false` if a completer claimed it first.
+    pub fn release_own(&self, seq: u64) -> bool {
+        self.0 .0.release_own(seq)
+    }
+
+    /// The owner takes call `seq`'s outcome from its slot, if it is there.
+    pub fn take_own(&self, seq: u64) -> Option<CallResult> {
+        self.0 .0.try_take(seq, false)
+    }
+
+    /// Whether every slot's state word is back to free (0): no slot held,
+    /// and none left marked by a completer after its owner freed it.
+    pub fn all_free(&self) -> bool {
+        self.0 .0.all_free()
+    }
+
     /// Calls still holding a slot.
     pub fn len(&self) -> usize {
         self.0 .0.len()

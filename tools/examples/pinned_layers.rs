@@ -68,6 +68,18 @@ fn main() -> Result<(), String> {
         pair.disconnect();
         return Ok(());
     }
+    if only.as_deref() == Some("batched") {
+        let (t, peer) = batched_pair(config, cpus)?;
+        for round in 1..=rounds {
+            let tb = transport_batched(&t, calls)?;
+            println!("round {round}: transport in batches 1 thread x {WINDOW}: {tb:.2} M/s");
+        }
+        t.send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
+            .map_err(|e| e.to_string())?;
+        peer.join().map_err(|_| "batched peer panicked")??;
+        pair.disconnect();
+        return Ok(());
+    }
     let (transport, transport_peer) = transport_pair(config, cpus)?;
     println!(
         "controller on CPU {}, executor on CPU {}, {calls} calls of {BYTES} B per layer and round",
@@ -336,6 +348,95 @@ fn endpoint_pipeline(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> {
     for r in pipe {
         check(r.map_err(|e| e.to_string())?.as_slice(), taken)?;
         taken += 1;
+    }
+    Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Two shm transports whose second end echoes calls in batches
+/// (`recv_batch` of up to 16, their answers with one `send_batch`): the
+/// ceiling for an engine over this transport.
+fn batched_pair(
+    config: ShmConfig,
+    cpus: Pinning,
+) -> Result<(ShmTransport, std::thread::JoinHandle<Result<(), String>>), String> {
+    let (ours, theirs) = heap_transports(config)?;
+    let peer = std::thread::spawn(move || -> Result<(), String> {
+        pin_current_thread(cpus.child)?;
+        let mut msg = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        let mut got: Vec<(u64, WrapperFunctionBuffer)> = Vec::with_capacity(16);
+        loop {
+            let mut hangup = false;
+            theirs
+                .recv_batch(None, 16, &mut msg, &mut |m| {
+                    if m.opcode == Opcode::Hangup {
+                        hangup = true;
+                        return false;
+                    }
+                    got.push((m.seq, std::mem::take(&mut m.payload)));
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+            let frames: Vec<orcwire::transport::Outgoing> = got
+                .iter()
+                .map(|(seq, p)| orcwire::transport::Outgoing {
+                    opcode: Opcode::Result,
+                    seq: *seq,
+                    tag: 0,
+                    payload: p.as_slice(),
+                })
+                .collect();
+            theirs
+                .send_batch(&frames, None, &|| {})
+                .map_err(|e| e.error.to_string())?;
+            drop(frames);
+            got.clear();
+            if hangup {
+                return Ok(());
+            }
+        }
+    });
+    Ok((ours, peer))
+}
+
+/// 64 calls in flight over [`batched_pair`], sent 16 to a batch, answers
+/// read in batches.
+fn transport_batched(t: &ShmTransport, calls: u64) -> Result<f64, String> {
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let args: Vec<[u8; BYTES]> = (0..16).map(|_| [0u8; BYTES]).collect();
+    let mut args = args;
+    let mut msg = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+    while received < calls {
+        while sent < calls && sent - received + 16 <= WINDOW {
+            let n = (calls - sent).min(16) as usize;
+            for (k, a) in args.iter_mut().enumerate().take(n) {
+                *a = argument(sent + k as u64);
+            }
+            let frames: [orcwire::transport::Outgoing; 16] =
+                std::array::from_fn(|k| orcwire::transport::Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq: sent + k as u64,
+                    tag: 1,
+                    payload: &args[k],
+                });
+            t.send_batch(&frames[..n], None, &|| {})
+                .map_err(|e| e.error.to_string())?;
+            sent += n as u64;
+        }
+        let mut bad = None;
+        t.recv_batch(None, 64, &mut msg, &mut |m| {
+            if bad.is_none() {
+                if let Err(e) = check(m.payload.as_slice(), received) {
+                    bad = Some(e);
+                }
+            }
+            received += 1;
+            true
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
     }
     Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
 }

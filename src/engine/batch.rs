@@ -1,0 +1,393 @@
+//! A worker's batch: the calls one lead turn read, run one after the other
+//! by the worker that read them with one read-modify-write per call (no
+//! lock, no queue), their results sent together; another worker steals
+//! what is left when a handler of the batch blocks.
+//!
+//! # The protocol
+//! The owner fills the batch and counts itself busy under the work lock,
+//! then lets go of the lock. It claims call `i` with a CAS of `next` from
+//! `i` to `i + 1` and runs it; results go into `results[done]`, published
+//! by a `Release` store of `done`. At the end it moves `next` from the
+//! batch's length to [`FINISHED`] and sends the results.
+//!
+//! A worker that looks around (at least every [`HANDOVER`] while handlers
+//! run) and finds, under the work lock, that a batch's `next` has not
+//! moved since its previous look steals it: it swaps `next` to [`STOLEN`]
+//! and queues the calls from the index it got (none of them claimed, so
+//! none runs twice), and takes the results from `flushed` to `done` to
+//! send them. The owner's next CAS fails on [`STOLEN`]; it then takes the
+//! lock and sends only its results past `flushed`. `disconnect` steals
+//! every batch the same way and drops the calls unrun.
+//!
+//! One swap against one CAS on `next`: exactly one of them sees the other,
+//! so a call runs once or (stolen by `disconnect`) never, and every result
+//! is sent once: by the owner (results before `flushed` never, after it
+//! always) or by the thief (those between `flushed` and the `done` it read,
+//! and it moves `flushed` there).
+
+use super::*;
+use crate::sync::UnsafeCell;
+
+/// `next` once the owner has run every call: nothing to steal.
+pub(super) const FINISHED: usize = usize::MAX;
+/// `next` once another worker (or `disconnect`) took the calls left.
+pub(super) const STOLEN: usize = usize::MAX - 1;
+
+/// Most calls in a batch: a lead turn's first and [`WORKER_BATCH`] more.
+pub(super) const BATCH: usize = WORKER_BATCH + 1;
+
+/// One worker's batch (see the module docs). Reused from batch to batch:
+/// no allocation per batch.
+pub(super) struct Batch {
+    /// Index of the next call the owner may claim, or [`FINISHED`] or
+    /// [`STOLEN`].
+    next: AtomicUsize,
+    /// Results `0 .. done` are in `results`.
+    done: AtomicUsize,
+    /// Results `0 .. flushed` were sent (or taken to send). Written by the
+    /// owner while it owns them, else under the work lock.
+    flushed: AtomicUsize,
+    /// Calls in the batch. Written by the owner under the work lock.
+    len: AtomicUsize,
+    /// `next` as the last look saw it, and the batch it belonged to: a
+    /// batch seen twice at the same place is stuck in a handler. Read and
+    /// written under the work lock.
+    looked: AtomicU64,
+    /// Batches run so far (tells one from the next for `looked`).
+    round: AtomicU64,
+    calls: [UnsafeCell<Option<Incoming>>; BATCH],
+    results: [UnsafeCell<Option<(u64, WrapperFunctionBuffer)>>; BATCH],
+}
+
+// SAFETY: each cell is touched by one thread at a time by the protocol
+// (module docs): a call cell by the owner once it claimed the index, else
+// by a thief or `disconnect` under the work lock after its swap; a result
+// cell by the owner before it publishes it in `done`, then by whoever
+// holds it between `flushed` and `done`. The contents are `Send`.
+unsafe impl Sync for Batch {}
+// SAFETY: as above.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    pub(super) fn new() -> Self {
+        Self {
+            next: AtomicUsize::new(FINISHED),
+            done: AtomicUsize::new(0),
+            flushed: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            looked: AtomicU64::new(u64::MAX),
+            round: AtomicU64::new(0),
+            calls: std::array::from_fn(|_| UnsafeCell::new(None)),
+            results: std::array::from_fn(|_| UnsafeCell::new(None)),
+        }
+    }
+
+    /// The owner claims call `i` (its previous claim was `i - 1`):
+    /// `false` once the calls left were stolen.
+    fn claim(&self, i: usize) -> bool {
+        if crate::sync::is_broken("batch") {
+            // Loom must-fail variant: claim with a load and a plain store,
+            // so a thief's swap between the two is overwritten and both
+            // run the call.
+            if self.next.load(Ordering::Relaxed) != i {
+                return false;
+            }
+            self.next.store(i + 1, Ordering::Relaxed);
+            return true;
+        }
+        // SYNC POINT: batch claim. Pairs with the thief's swap: the
+        // modification order of `next` puts one of the two first.
+        // Acquire: the cells the owner filled under the lock are its own
+        // writes; nothing else to see.
+        self.next
+            .compare_exchange(i, i + 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn take_call(&self, i: usize) -> Option<Incoming> {
+        // SAFETY: the caller owns call cell `i` (module docs).
+        self.calls[i].with_mut(|c| unsafe { (*c).take() })
+    }
+
+    fn take_result(&self, i: usize) -> Option<(u64, WrapperFunctionBuffer)> {
+        // SAFETY: the caller owns result cell `i` (module docs).
+        self.results[i].with_mut(|c| unsafe { (*c).take() })
+    }
+
+    /// The owner's result: into the next cell, published. `Err` gives it
+    /// back when every cell is used (a handler answered other calls'
+    /// responders too).
+    fn push_result(
+        &self,
+        seq: u64,
+        result: WrapperFunctionBuffer,
+    ) -> Result<(), (u64, WrapperFunctionBuffer)> {
+        let done = self.done.load(Ordering::Relaxed);
+        if done == BATCH {
+            return Err((seq, result));
+        }
+        // SAFETY: cell `done` is the owner's until it publishes it below.
+        self.results[done].with_mut(|c| unsafe { *c = Some((seq, result)) });
+        // SYNC POINT: batch result. Release pairs with the thief's Acquire
+        // load of `done`: the cell written above is visible to it.
+        self.done.store(done + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes results `from .. to` into `out`.
+    fn take_results(&self, from: usize, to: usize, out: &mut Vec<(u64, WrapperFunctionBuffer)>) {
+        out.extend((from..to).filter_map(|i| self.take_result(i)));
+    }
+}
+
+// The batch the handler this thread runs belongs to (its endpoint's
+// address, and the batch), for answers given through a responder.
+#[cfg(not(orcwire_loom))]
+std::thread_local! {
+    static BATCH_OF: Cell<(usize, *const Batch)> = const { Cell::new((0, std::ptr::null())) };
+}
+#[cfg(orcwire_loom)]
+loom::thread_local! {
+    static BATCH_OF: Cell<(usize, *const Batch)> = Cell::new((0, std::ptr::null()));
+}
+
+impl Inner {
+    /// Whether a lead turn's calls run as a batch on this worker: handlers
+    /// run on the connection's workers, another worker can take over (a
+    /// thief needs one), and one more may run a handler now.
+    pub(super) fn may_run_batch(&self, w: &Work) -> bool {
+        self.dispatcher.is_none() && self.config.max_workers > 1 && self.may_run_handler(w)
+    }
+
+    /// Runs `first` and `more` (drained) as this worker's batch `b`: the
+    /// work lock `w` is let go meanwhile and taken again to return.
+    pub(super) fn run_batch<'a>(
+        self: &'a Arc<Self>,
+        mut w: MutexGuard<'a, Work>,
+        b: &Arc<Batch>,
+        first: Incoming,
+        more: &mut Vec<Incoming>,
+        out: &mut Vec<(u64, WrapperFunctionBuffer)>,
+    ) -> MutexGuard<'a, Work> {
+        let mut n = 0;
+        for call in std::iter::once(first).chain(more.drain(..)) {
+            // SAFETY: between batches every cell is the owner's (`next` is
+            // FINISHED or STOLEN, and both steal nothing), and we hold the
+            // work lock, under which thieves look.
+            b.calls[n].with_mut(|c| unsafe { *c = Some(call) });
+            n += 1;
+        }
+        b.len.store(n, Ordering::Relaxed);
+        b.done.store(0, Ordering::Relaxed);
+        b.flushed.store(0, Ordering::Relaxed);
+        b.round.store(b.round.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // Relaxed: published to thieves by the work lock.
+        b.next.store(0, Ordering::Relaxed);
+        w.batches.push(Arc::clone(b));
+        if w.workers == 1 {
+            // Start the standby, once (see `run_call`).
+            self.wake_or_spawn(&mut w);
+        } else if self.timing == Timing::Notified {
+            self.work_cv.notify_one();
+        }
+        w.busy += 1;
+        if n > 1
+            && self.lead.load(Ordering::Relaxed) == WORKER
+            && !self.lead_polls.load(Ordering::Relaxed)
+        {
+            // The worker that leads may sleep in `recv` until the peer
+            // sends something, which it may do only once it has these
+            // results: make it lead again with a deadline (`busy` is up
+            // now), so that it steals them if a handler here blocks.
+            self.transport.interrupt_recv();
+        }
+        drop(w);
+        let idle_of = IDLE_WORKER_OF.with(|c| c.replace(0));
+        let prev_in = IN_HANDLER_OF.with(|h| h.replace(self.id()));
+        // Answers given through a responder join the batch's results when
+        // more calls follow; a lone call's go out at once (its handler may
+        // answer, then run on for long).
+        let (outbox, batch) = if n > 1 {
+            (self.id(), (self.id(), Arc::as_ptr(b)))
+        } else {
+            (0, (0, std::ptr::null()))
+        };
+        let prev_outbox = OUTBOX_OF.with(|o| o.replace(outbox));
+        let prev_batch = BATCH_OF.with(|c| c.replace(batch));
+        let mut stolen = false;
+        for i in 0..n {
+            // SYNC POINT: batch claim. Pairs with the thief's swap: the
+            // modification order of `next` puts one of the two first.
+            // Acquire: the cells the owner filled under the lock are its
+            // own writes; nothing else to see.
+            if !b.claim(i) {
+                stolen = true;
+                break;
+            }
+            let Some(call) = b.take_call(i) else {
+                continue;
+            };
+            if self.gate.is_closed() {
+                continue; // disconnecting: no handler starts any more
+            }
+            if let Some(result) = self.run_inline(call.seq, call.tag, call.args) {
+                if let Err((seq, result)) = b.push_result(call.seq, result) {
+                    self.answers.lock().results.push((seq, result));
+                    self.outbox_full.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        // SYNC POINT: batch claim (the end of the batch, against a steal).
+        if !stolen
+            && b.next
+                .compare_exchange(n, FINISHED, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            stolen = true;
+        }
+        BATCH_OF.with(|c| c.set(prev_batch));
+        OUTBOX_OF.with(|o| o.set(prev_outbox));
+        IN_HANDLER_OF.with(|h| h.set(prev_in));
+        IDLE_WORKER_OF.with(|c| c.set(idle_of));
+        let done = b.done.load(Ordering::Relaxed);
+        if stolen {
+            // A thief may have taken results: ours start at `flushed`,
+            // which it moves under the lock.
+            let w = self.work.lock();
+            let from = b.flushed.load(Ordering::Relaxed);
+            b.flushed.store(done, Ordering::Relaxed);
+            drop(w);
+            b.take_results(from, done, out);
+        } else {
+            b.take_results(b.flushed.load(Ordering::Relaxed), done, out);
+        }
+        if !out.is_empty() {
+            self.send_outbox(out);
+            out.clear();
+        }
+        let mut w = self.work.lock();
+        if let Some(i) = w.batches.iter().position(|x| Arc::ptr_eq(x, b)) {
+            w.batches.swap_remove(i);
+        }
+        w.busy -= 1;
+        w
+    }
+
+    /// Runs one call's handler on this thread (no dispatcher): the result
+    /// of a handler that returns it (or of an unknown tag); `None` when a
+    /// responder carries it (to [`ResultSink::send_result`]).
+    pub(super) fn run_inline(
+        self: &Arc<Self>,
+        seq: u64,
+        tag: u64,
+        args: WrapperFunctionBuffer,
+    ) -> Option<WrapperFunctionBuffer> {
+        match self.handlers.get(tag) {
+            Some(HandlerEntry { sync: Some(f), .. }) => {
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args.as_slice())));
+                Some(ran.unwrap_or_else(|_| {
+                    WrapperFunctionBuffer::out_of_band_error(
+                        "the handler panicked before it returned its result",
+                    )
+                }))
+            }
+            Some(entry) => {
+                let responder = Responder::new(seq, Arc::clone(self) as Arc<dyn ResultSink>);
+                // A panicking handler's responder answered with an error
+                // as it unwound; the worker carries on.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (entry.f)(args, responder)
+                }));
+                None
+            }
+            None => Some(self.handlers.unknown_tag_error(tag)),
+        }
+    }
+
+    /// An answer given through a responder on this thread while it runs a
+    /// batch of this endpoint: into the batch (`Err` gives it back when
+    /// this thread runs none, or the batch is full).
+    pub(super) fn answer_into_batch(
+        &self,
+        seq: u64,
+        result: WrapperFunctionBuffer,
+    ) -> Result<(), (u64, WrapperFunctionBuffer)> {
+        let (of, b) = BATCH_OF.with(|c| c.get());
+        if of != self.id() || b.is_null() {
+            return Err((seq, result));
+        }
+        // SAFETY: set by `run_batch` on this thread to a batch its `Arc`
+        // keeps alive until it resets it; this thread is its owner.
+        unsafe { &*b }.push_result(seq, result)
+    }
+
+    /// Sends the results this thread's batch holds so far (it is about to
+    /// wait for a result of its own: the peer may need these first).
+    pub(super) fn flush_own_batch(self: &Arc<Self>) {
+        let (of, b) = BATCH_OF.with(|c| c.get());
+        if of != self.id() || b.is_null() {
+            return;
+        }
+        // SAFETY: as in `answer_into_batch`.
+        let b = unsafe { &*b };
+        let done = b.done.load(Ordering::Relaxed);
+        let from = {
+            let _w = self.work.lock();
+            let from = b.flushed.load(Ordering::Relaxed);
+            b.flushed.store(done.max(from), Ordering::Relaxed);
+            from
+        };
+        if from < done {
+            let mut out = Vec::with_capacity(done - from);
+            b.take_results(from, done, &mut out);
+            self.send_outbox(&out);
+        }
+    }
+
+    /// Under the work lock: steals the batches whose owner has not moved
+    /// since the previous look (stuck in a handler), or every batch when
+    /// `all` (disconnect). Their calls go to the front of the queue
+    /// (dropped when `all`); their results not yet sent into `out`.
+    pub(super) fn steal_batches(
+        &self,
+        w: &mut Work,
+        all: bool,
+        out: &mut Vec<(u64, WrapperFunctionBuffer)>,
+    ) {
+        let Work { batches, queue, .. } = w;
+        for b in batches.iter() {
+            let next = b.next.load(Ordering::Relaxed);
+            let seen = b.round.load(Ordering::Relaxed) << 8 | (next as u64 & 0xff);
+            // Under `Timing::Notified` nothing polls: a look is a wake-up,
+            // and any batch still running may be stuck.
+            let stuck = next < BATCH
+                && (b.looked.swap(seen, Ordering::Relaxed) == seen
+                    || self.timing == Timing::Notified);
+            if !(all || stuck) {
+                continue;
+            }
+            // SYNC POINT: batch claim (the thief's half, see `run_batch`).
+            // Acquire: the owner's claims before ours are done with.
+            let from = b.next.swap(STOLEN, Ordering::Acquire);
+            if from < BATCH {
+                let len = b.len.load(Ordering::Relaxed);
+                let calls = (from..len).rev().filter_map(|i| b.take_call(i));
+                if all {
+                    calls.for_each(drop);
+                } else {
+                    for call in calls {
+                        queue.push_front(call);
+                    }
+                }
+                // SYNC POINT: batch result (Acquire half, see `push_result`).
+                let done = b.done.load(Ordering::Acquire);
+                let flushed = b.flushed.load(Ordering::Relaxed);
+                if done > flushed {
+                    b.take_results(flushed, done, out);
+                    b.flushed.store(done, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
