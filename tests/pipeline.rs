@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -333,16 +333,21 @@ fn a_call_behind_a_blocking_handler_of_its_batch_still_runs() {
 #[test]
 fn an_answer_given_before_a_handler_blocks_is_not_held_back() {
     run_bounded(LIMIT, || {
-        let seen = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&seen);
+        // Rounds whose answer the controller has: a handler of round `r`
+        // (its argument) returns once this passes `r`. (Not a flag to
+        // consume: the handler of one round may still be polling when the
+        // next round's starts.)
+        let seen = Arc::new(AtomicU8::new(0));
+        let answered = Arc::clone(&seen);
         let (controller, executor) = connect_pair(
             shm_pair(ShmConfig::default()),
             ExecutorBuilder::new()
                 .sync_function("echo", WrapperFunctionBuffer::from_slice)
-                .function("answer_then_wait", move |_, responder| {
+                .function("answer_then_wait", move |args, responder| {
                     responder.respond(WrapperFunctionBuffer::from_slice(b"answered"));
+                    let round = args.as_slice()[0];
                     let start = Instant::now();
-                    while !flag.swap(false, Ordering::AcqRel) {
+                    while answered.load(Ordering::Acquire) <= round {
                         if start.elapsed() > Duration::from_secs(10) {
                             return;
                         }
@@ -360,11 +365,11 @@ fn an_answer_given_before_a_handler_blocks_is_not_held_back() {
         let mut slowest = Duration::ZERO;
         for round in 0..20u8 {
             let start = Instant::now();
-            pipe.submit(answer, b"");
+            pipe.submit(answer, &[round]);
             pipe.submit(echo, &[round]);
             assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"answered");
             slowest = slowest.max(start.elapsed());
-            seen.store(true, Ordering::Release);
+            seen.store(round + 1, Ordering::Release);
             assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &[round]);
         }
         assert!(

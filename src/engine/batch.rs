@@ -57,6 +57,12 @@ pub(super) struct Batch {
     round: AtomicU64,
     calls: [UnsafeCell<Option<Incoming>>; BATCH],
     results: [UnsafeCell<Option<(u64, WrapperFunctionBuffer)>>; BATCH],
+    /// A reference to the endpoint for the next responder, given back by
+    /// the last one when it answered on the owner's thread: responders of
+    /// a batch pass one reference along instead of each taking and
+    /// dropping its own (two locked instructions a call). The owner's
+    /// only; emptied at the end of each batch.
+    spare: UnsafeCell<Option<Arc<dyn ResultSink>>>,
 }
 
 // SAFETY: each cell is touched by one thread at a time by the protocol
@@ -79,7 +85,15 @@ impl Batch {
             round: AtomicU64::new(0),
             calls: std::array::from_fn(|_| UnsafeCell::new(None)),
             results: std::array::from_fn(|_| UnsafeCell::new(None)),
+            spare: UnsafeCell::new(None),
         }
+    }
+
+    /// Swaps the spare reference (owner only).
+    fn swap_spare(&self, with: Option<Arc<dyn ResultSink>>) -> Option<Arc<dyn ResultSink>> {
+        // SAFETY: only the owner's thread touches `spare`, while its batch
+        // runs (`BATCH_OF` names it) or between batches.
+        self.spare.with_mut(|c| unsafe { std::mem::replace(&mut *c, with) })
     }
 
     /// The owner claims call `i` (its previous claim was `i - 1`):
@@ -136,7 +150,11 @@ impl Batch {
 
     /// Takes results `from .. to` into `out`.
     fn take_results(&self, from: usize, to: usize, out: &mut Vec<(u64, WrapperFunctionBuffer)>) {
-        out.extend((from..to).filter_map(|i| self.take_result(i)));
+        for i in from..to {
+            if let Some(r) = self.take_result(i) {
+                out.push(r);
+            }
+        }
     }
 }
 
@@ -246,6 +264,8 @@ impl Inner {
             stolen = true;
         }
         BATCH_OF.with(|c| c.set(prev_batch));
+        // Not kept across batches: the batch outlives no reference it holds.
+        drop(b.swap_spare(None));
         OUTBOX_OF.with(|o| o.set(prev_outbox));
         IN_HANDLER_OF.with(|h| h.set(prev_in));
         IDLE_WORKER_OF.with(|c| c.set(idle_of));
@@ -293,7 +313,11 @@ impl Inner {
                 }))
             }
             Some(entry) => {
-                let responder = Responder::new(seq, Arc::clone(self) as Arc<dyn ResultSink>);
+                let sink = self
+                    .own_batch()
+                    .and_then(|b| b.swap_spare(None))
+                    .unwrap_or_else(|| Arc::clone(self) as Arc<dyn ResultSink>);
+                let responder = Responder::new(seq, sink);
                 // A panicking handler's responder answered with an error
                 // as it unwound; the worker carries on.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -305,32 +329,46 @@ impl Inner {
         }
     }
 
-    /// An answer given through a responder on this thread while it runs a
-    /// batch of this endpoint: into the batch (`Err` gives it back when
-    /// this thread runs none, or the batch is full).
-    pub(super) fn answer_into_batch(
-        &self,
-        seq: u64,
-        result: WrapperFunctionBuffer,
-    ) -> Result<(), (u64, WrapperFunctionBuffer)> {
+    /// The batch of this endpoint this thread runs, if any.
+    fn own_batch(&self) -> Option<&Batch> {
         let (of, b) = BATCH_OF.with(|c| c.get());
         if of != self.id() || b.is_null() {
-            return Err((seq, result));
+            return None;
         }
         // SAFETY: set by `run_batch` on this thread to a batch its `Arc`
-        // keeps alive until it resets it; this thread is its owner.
-        unsafe { &*b }.push_result(seq, result)
+        // keeps alive until it resets it (before it returns); this thread
+        // is its owner.
+        Some(unsafe { &*b })
+    }
+
+    /// An answer given through a responder on this thread while it runs a
+    /// batch of this endpoint: into the batch, and the responder's
+    /// reference (`sink`) kept for the next one (`Err` gives the answer
+    /// back when this thread runs none, or the batch is full).
+    pub(super) fn answer_into_batch(
+        this: Arc<Self>,
+        seq: u64,
+        result: WrapperFunctionBuffer,
+    ) -> Result<(), (Arc<Self>, u64, WrapperFunctionBuffer)> {
+        let (of, b) = BATCH_OF.with(|c| c.get());
+        if of != this.id() || b.is_null() {
+            return Err((this, seq, result));
+        }
+        // SAFETY: as in `own_batch`.
+        let b = unsafe { &*b };
+        if let Err((seq, result)) = b.push_result(seq, result) {
+            return Err((this, seq, result));
+        }
+        drop(b.swap_spare(Some(this as Arc<dyn ResultSink>)));
+        Ok(())
     }
 
     /// Sends the results this thread's batch holds so far (it is about to
     /// wait for a result of its own: the peer may need these first).
     pub(super) fn flush_own_batch(self: &Arc<Self>) {
-        let (of, b) = BATCH_OF.with(|c| c.get());
-        if of != self.id() || b.is_null() {
+        let Some(b) = self.own_batch() else {
             return;
-        }
-        // SAFETY: as in `answer_into_batch`.
-        let b = unsafe { &*b };
+        };
         let done = b.done.load(Ordering::Relaxed);
         let from = {
             let _w = self.work.lock();

@@ -744,13 +744,13 @@ impl ResultSink for Inner {
         if OUTBOX_OF.with(|o| o.get()) == self.id() {
             // An inline handler on a worker: the worker sends its batch's
             // results together (`run_batch`, `flush_outbox`).
-            let Err((seq, result)) = self.answer_into_batch(seq, result) else {
+            let Err((this, seq, result)) = Self::answer_into_batch(self, seq, result) else {
                 return;
             };
-            self.answers.lock().results.push((seq, result));
+            this.answers.lock().results.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
-            self.outbox_full.store(true, Ordering::Relaxed);
+            this.outbox_full.store(true, Ordering::Relaxed);
             return;
         }
         self.send_one_result(seq, result);
