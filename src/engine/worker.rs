@@ -81,8 +81,10 @@ impl Inner {
                     w.disconnect.get_or_insert(r);
                 }
                 if let Some(call) = turn.call {
-                    if self.may_run_batch(&w) {
-                        // The usual way: this worker runs what it read.
+                    // A lone call takes `run_call` below: fewer locked
+                    // instructions on a round trip's path than a batch.
+                    if !more.is_empty() && self.may_run_batch(&w) {
+                        // Pipelined calls: this worker runs what it read.
                         w = self.run_batch(w, &batch, call, &mut more, &mut out);
                         continue;
                     }
