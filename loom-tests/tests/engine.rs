@@ -19,9 +19,13 @@
 //! * `batch_results_all_arrive`: the executor side instead (the shipped
 //!   engine running a synchronous handler and one that answers through its
 //!   responder) against a raw controller that sends two calls as one
-//!   batch. Whether the worker reads them in one turn (the first result
-//!   then waits in the outbox while the second handler runs) or one at a
-//!   time, both results arrive, once each, right; both sides hang up.
+//!   batch. Whether the worker reads them in one turn and runs them as its
+//!   batch (the first result then waits in the batch while the second
+//!   handler runs, unless the idle worker steals the second call and the
+//!   first result: it may at every look under `Notified`, and then runs
+//!   the call from the queue, its result going through the outbox) or
+//!   one at a time, both results arrive, once each, right; both sides
+//!   hang up.
 //!
 //! The engine runs under its `Notified` timing policy here (every wait
 //! ends by a notification; loom's time does not pass), the same code as
@@ -220,9 +224,9 @@ fn executor_endpoint(e: ShmTransport) -> Endpoint {
 
 /// A raw controller sends two calls as one batch, one to each kind of
 /// handler, and reads both results; the executor's worker may read them in
-/// one turn (then the first result waits in the outbox while the second
-/// handler runs) or one at a time, whoever leads. Both results arrive,
-/// right, and then both sides hang up.
+/// one turn and run them as its batch (the idle worker may steal the rest
+/// of it) or one at a time, whoever leads. Both results arrive, right,
+/// and then both sides hang up.
 fn batch_results_all_arrive() {
     let (c, e) = pair();
     let controller = thread::spawn(move || {
@@ -285,10 +289,10 @@ fn batch_results_all_arrive() {
     assert!(executor.is_disconnected());
 }
 
-/// This model's preemption bound: 2 explores 2,497,172 executions in
-/// about 11 minutes, beyond CI's budget; 1 still reaches both shapes (the
-/// two calls read in one turn, the first result then in the outbox while
-/// the second handler runs; or one at a time), and catches its broken twin.
+/// This model's preemption bound: 2 explored 2,497,172 executions in
+/// about 11 minutes (before the batches), beyond CI's budget; 1 still
+/// reaches every shape (the two calls run as a batch, stolen from or not;
+/// or one at a time), and catches its broken twins.
 const BATCH_PREEMPTIONS: usize = 1;
 
 #[test]
@@ -297,8 +301,9 @@ fn engine_batch_results_all_arrive() {
 }
 
 /// The bug: a worker leads again without sending what its outbox holds,
-/// so a result read in the same turn as a later call stays behind and
-/// the controller waits for it forever (loom: every thread blocked).
+/// so the result of a call it ran from the queue (one it stole from the
+/// other worker's batch) stays behind and the controller waits for it
+/// forever (loom: every thread blocked).
 #[cfg(orcwire_loom_broken)]
 #[test]
 #[should_panic(expected = "deadlock")]

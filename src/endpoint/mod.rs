@@ -62,15 +62,18 @@
 //!   [`EndpointConfig::max_workers`]), so handlers that call the peer back
 //!   (re-entrant chains) or block never leave the connection unread.
 //! * **Batches.** A worker that finds several calls already arrived reads
-//!   up to 16 in one turn; the ones behind the first wait in the queue,
-//!   where an idle worker takes them should a handler block. Results of
-//!   inline handlers that ran with more of the batch behind them go out
-//!   together, from an *outbox* that the worker sends when it has nothing
-//!   more to run, that any thread sends before it waits for a result, and
-//!   that an idle worker sends when it looks round (within the standby's
-//!   period below): a result never waits for a blocking handler longer
-//!   than a call not yet run would. [`Pipeline`](crate::Pipeline) sends a
-//!   caller's calls sixteen at a time.
+//!   up to 16 in one turn and runs them as its batch: it claims each with
+//!   one compare-and-swap (no lock per call), and their results —
+//!   returned, or given through a responder on its thread — go out
+//!   together when the batch ends (before that if a handler of it waits
+//!   for a result of its own). An idle worker looks at running batches
+//!   (within the standby's period below); one it finds at the same call
+//!   on two looks is stuck in a handler, and it takes over the calls not
+//!   yet started and sends the results held: a call or a result never
+//!   waits for a blocking handler of its batch much longer than a call not
+//!   yet read would. [`Pipeline`](crate::Pipeline) sends a caller's calls
+//!   sixteen at a time and takes the results of its own calls straight
+//!   from the transport when it reads them itself.
 //!
 //! ## Deadlock freedom
 //! A thread that sends and finds the transport full calls the engine's
