@@ -7,11 +7,14 @@
 //! compare a layer with the floor of the same round.
 //!
 //! ```text
-//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [transport|one-thread|pipeline|batched]
+//! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [MODE]
 //! ```
-//! With `transport` only the transport's loops run, with `one-thread` only
-//! the one-thread loop, with `pipeline` only the `Pipeline` loop, with
-//! `batched` only the transport in batches (for a profile of them alone).
+//! MODE runs one loop alone (for a profile of it): `transport`,
+//! `one-thread`, `pipeline`, `batched` (the transport in batches), or one
+//! of the two that put the engine on one side only, the other side being
+//! the transport alone in batches: `engine-executor` (a raw controller
+//! against an executor `Endpoint`) and `engine-controller` (a `Pipeline`
+//! against a raw executor). They tell which side's engine sets the pace.
 //! "In batches" is the transport alone used as an engine would at best:
 //! 64 calls in flight sent 16 to a batch, the peer echoing each batch it
 //! reads with one `send_batch`, no engine at all: the ceiling of pipelined
@@ -68,6 +71,18 @@ fn main() -> Result<(), String> {
         for round in 1..=rounds {
             let pp = endpoint_pipeline(&pair, calls)?;
             println!("round {round}: Pipeline 1 thread x {WINDOW}: {pp:.2} M/s");
+        }
+        pair.disconnect();
+        return Ok(());
+    }
+    if let Some(mode @ ("engine-executor" | "engine-controller")) = only.as_deref() {
+        for round in 1..=rounds {
+            let rate = if mode == "engine-executor" {
+                raw_controller_engine_executor(config, cpus, calls)?
+            } else {
+                pipeline_against_raw_executor(config, cpus, calls)?
+            };
+            println!("round {round}: {mode} 1 thread x {WINDOW}: {rate:.2} M/s");
         }
         pair.disconnect();
         return Ok(());
@@ -344,8 +359,17 @@ fn endpoint_pipelined(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> 
 /// The same window of calls through a [`orcwire::Pipeline`]: sent in
 /// batches, results taken in order.
 fn endpoint_pipeline(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> {
+    endpoint_pipeline_with(&pair.controller, pair.echo, calls)
+}
+
+/// [`endpoint_pipeline`] from `controller` to its peer's `echo`.
+fn endpoint_pipeline_with(
+    controller: &orcwire::Endpoint,
+    echo: orcwire::HandlerTag,
+    calls: u64,
+) -> Result<f64, String> {
     let start = Instant::now();
-    let mut pipe = pair.controller.pipeline();
+    let mut pipe = controller.pipeline();
     let mut taken = 0;
     for i in 0..calls {
         if pipe.in_flight() as u64 == WINDOW {
@@ -353,7 +377,7 @@ fn endpoint_pipeline(pair: &PinnedEchoPair, calls: u64) -> Result<f64, String> {
             check(r.map_err(|e| e.to_string())?.as_slice(), taken)?;
             taken += 1;
         }
-        pipe.submit(pair.echo, &argument(i));
+        pipe.submit(echo, &argument(i));
     }
     for r in pipe {
         check(r.map_err(|e| e.to_string())?.as_slice(), taken)?;
@@ -448,6 +472,159 @@ fn transport_batched(t: &ShmTransport, calls: u64) -> Result<f64, String> {
         }
     }
     Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// The transport alone in batches on the controller's side (as in
+/// [`transport_batched`]) against an executor `Endpoint` answering `echo`
+/// through its responder: the executor's engine alone sets the pace.
+fn raw_controller_engine_executor(
+    config: ShmConfig,
+    cpus: Pinning,
+    calls: u64,
+) -> Result<f64, String> {
+    let (c, e) = heap_transports(config)?;
+    let executor = std::thread::spawn(move || -> Result<orcwire::Endpoint, String> {
+        pin_current_thread(cpus.child)?;
+        orcwire::ExecutorBuilder::new()
+            .function("echo", |args, responder| responder.respond(args))
+            .connect(Arc::new(e) as Arc<dyn Transport>)
+            .map_err(|e| e.to_string())
+    });
+    pin_current_thread(cpus.controller)?;
+    let setup = match receive(&c)? {
+        m if m.opcode == Opcode::Setup => {
+            orcwire::sps::SetupInfo::decode(m.payload.as_slice())
+                .map_err(|e| e.to_string())?
+                .0
+        }
+        m => return Err(format!("expected the executor's Setup, got {:?}", m.opcode)),
+    };
+    let tag = setup
+        .bootstrap_symbols
+        .iter()
+        .find(|(name, _)| name == "echo")
+        .map(|(_, tag)| *tag)
+        .ok_or("the executor did not publish echo")?;
+    let executor = executor.join().map_err(|_| "the executor panicked")??;
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut args = [[0u8; BYTES]; 16];
+    let mut msg = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+    while received < calls {
+        while sent < calls && sent - received + 16 <= WINDOW {
+            let n = (calls - sent).min(16) as usize;
+            for (k, a) in args.iter_mut().enumerate().take(n) {
+                *a = argument(sent + k as u64);
+            }
+            // Sequence numbers from 1 (0 is Setup's and Hangup's).
+            let frames: [orcwire::transport::Outgoing; 16] =
+                std::array::from_fn(|k| orcwire::transport::Outgoing {
+                    opcode: Opcode::CallWrapper,
+                    seq: sent + k as u64 + 1,
+                    tag,
+                    payload: &args[k],
+                });
+            c.send_batch(&frames[..n], None, &|| {})
+                .map_err(|e| e.error.to_string())?;
+            sent += n as u64;
+        }
+        let mut bad = None;
+        c.recv_batch(None, 64, &mut msg, &mut |m| {
+            if bad.is_none() {
+                bad = check(m.payload.as_slice(), m.seq.wrapping_sub(1)).err();
+            }
+            received += 1;
+            true
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+    }
+    let rate = calls as f64 / start.elapsed().as_secs_f64() / 1e6;
+    // Hang up as a controller does, and wait for the executor's answer.
+    c.send_until(
+        Opcode::Hangup,
+        0,
+        0,
+        &orcwire::sps::encode_error(None),
+        None,
+        &|| {},
+    )
+    .map_err(|e| e.to_string())?;
+    while receive(&c).is_ok_and(|m| m.opcode != Opcode::Hangup) {}
+    executor.disconnect();
+    Ok(rate)
+}
+
+/// A controller's [`orcwire::Pipeline`] against an executor that is the
+/// transport alone in batches (it sends a `Setup` publishing `echo` as
+/// tag 1, then echoes every batch of calls it reads with one
+/// `send_batch`): the controller's engine alone sets the pace.
+fn pipeline_against_raw_executor(
+    config: ShmConfig,
+    cpus: Pinning,
+    calls: u64,
+) -> Result<f64, String> {
+    let (c, e) = heap_transports(config)?;
+    let executor = std::thread::spawn(move || -> Result<(), String> {
+        pin_current_thread(cpus.child)?;
+        let fail = |e: orcwire::transport::TransportError| e.to_string();
+        let mut setup = orcwire::sps::SetupInfo::new_orcwire("pinned-layers".into(), 4096);
+        setup.bootstrap_symbols.push(("echo".into(), 1));
+        e.send_until(Opcode::Setup, 0, 0, &setup.encode(), None, &|| {})
+            .map_err(fail)?;
+        let mut msg = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        let mut got: Vec<(u64, WrapperFunctionBuffer)> = Vec::with_capacity(16);
+        loop {
+            let mut hangup = false;
+            e.recv_batch(None, 16, &mut msg, &mut |m| {
+                if m.opcode != Opcode::CallWrapper {
+                    hangup = m.opcode == Opcode::Hangup;
+                    return false;
+                }
+                got.push((m.seq, std::mem::take(&mut m.payload)));
+                true
+            })
+            .map_err(fail)?;
+            let frames: [orcwire::transport::Outgoing; 16] = std::array::from_fn(|k| {
+                let (seq, payload) = got.get(k).map_or((0, &[][..]), |(s, p)| (*s, p.as_slice()));
+                orcwire::transport::Outgoing {
+                    opcode: Opcode::Result,
+                    seq,
+                    tag: 0, // a plain result (orcwire's RESULT_OK)
+                    payload,
+                }
+            });
+            e.send_batch(&frames[..got.len()], None, &|| {})
+                .map_err(|e| e.error.to_string())?;
+            got.clear();
+            if hangup {
+                // Acknowledge, as an executor does.
+                e.send_until(
+                    Opcode::Hangup,
+                    0,
+                    0,
+                    &orcwire::sps::encode_error(None),
+                    None,
+                    &|| {},
+                )
+                .map_err(fail)?;
+                return Ok(());
+            }
+        }
+    });
+    pin_current_thread(cpus.controller)?;
+    let controller = orcwire::ControllerBuilder::new()
+        .connect(Arc::new(c) as Arc<dyn Transport>)
+        .map_err(|e| e.to_string())?;
+    let echo = controller
+        .function_tag("echo")
+        .ok_or("the executor did not publish echo")?;
+    let rate = endpoint_pipeline_with(&controller, echo, calls)?;
+    controller.disconnect();
+    executor.join().map_err(|_| "the raw executor panicked")??;
+    Ok(rate)
 }
 
 /// Both ends of a fresh transport pair on this thread, in batches of
