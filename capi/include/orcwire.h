@@ -367,6 +367,35 @@ orcwire_status orcwire_call_sync(const orcwire_endpoint *endpoint, uint64_t tag,
 orcwire_status orcwire_call_async(const orcwire_endpoint *endpoint, uint64_t tag, const void *args, size_t len,
                                   orcwire_done_fn done, void *ctx);
 
+/** Many calls in flight from one thread, sent in batches (sixteen frames
+ *  per publication), results taken in submission order: the shape for
+ *  throughput. One thread at a time per pipeline. */
+typedef struct orcwire_pipeline orcwire_pipeline;
+
+/** A new pipeline of calls on `endpoint`; the caller owns *out
+ *  (orcwire_pipeline_free, before or after the endpoint's). */
+orcwire_status orcwire_pipeline_new(const orcwire_endpoint *endpoint, orcwire_pipeline **out);
+/** Stages a call of `tag` with `len` bytes at `args` (copied). Never
+ *  blocks; a call that cannot be sent yields its error from
+ *  orcwire_pipeline_next in its place. */
+orcwire_status orcwire_pipeline_submit(orcwire_pipeline *pipeline, uint64_t tag, const void *args, size_t len);
+/** Sends every staged call, waiting for room at most timeout_ns
+ *  (negative: no limit). TIMED_OUT leaves the rest staged. */
+orcwire_status orcwire_pipeline_flush(orcwire_pipeline *pipeline, int64_t timeout_ns);
+/** The oldest call's result, waiting at most timeout_ns (staged calls are
+ *  sent first if it has to wait). On ORCWIRE_STATUS_OK the caller owns
+ *  *out (bytes, or an out-of-band error). A failed call returns its status
+ *  (DISCONNECTED, PEER_DIED, TOO_LARGE, BUSY, ...) with *out empty and is
+ *  gone. TIMED_OUT and WOULD_DEADLOCK leave it in flight (ask again).
+ *  INVALID_STATE when no call is in flight. */
+orcwire_status orcwire_pipeline_next(orcwire_pipeline *pipeline, int64_t timeout_ns, orc_rt_WrapperFunctionBuffer *out);
+/** Calls whose results were not taken yet, staged ones included (0 for
+ *  NULL). */
+size_t orcwire_pipeline_in_flight(const orcwire_pipeline *pipeline);
+/** Frees the pipeline: staged calls are never sent, results of sent ones
+ *  are discarded when they arrive. NULL is ignored. */
+void orcwire_pipeline_free(orcwire_pipeline *pipeline);
+
 /** Answers the call with `result` (bytes, or an error made with
  *  orcwire_buffer_from_error). Consumes `responder` and `result` in every
  *  case (a NULL responder included). Any thread, once per responder.

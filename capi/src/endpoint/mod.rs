@@ -26,7 +26,9 @@ use crate::status::{c_bytes, c_str, guard, put, timeout_from_ns, Failure};
 use crate::transport::orcwire_transport;
 
 mod builder;
+mod pipeline;
 pub use builder::*;
+pub use pipeline::*;
 
 /// `void (*)(void *ctx, orc_rt_WrapperFunctionBuffer args, orcwire_responder *responder)`.
 pub type HandlerFn =

@@ -6,7 +6,9 @@
  *             another thread waits in recv, a second close, free rules
  *   endpoint  the endpoint level both ways: sync and async calls, answers
  *             given later, dropped, as errors, a call back into the
- *             controller, unknown tags and names, then disconnect from 4
+ *             controller, unknown tags and names, a pipeline of 2,000
+ *             calls in order (an unknown tag's error in its place, freed
+ *             with calls in flight), then disconnect from 4
  *             threads at once with a call pending, calls after it
  *   kill      50 async calls and a sync call pending on a function that
  *             never answers; kill -9 the executor; all must fail with
@@ -240,6 +242,19 @@ static void *disconnect_thread(void *arg) {
   return NULL;
 }
 
+/* The next result of a pipeline of add_one calls: call `i`'s 4 bytes,
+ * each plus one. */
+static void take_one(orcwire_pipeline *pipe, uint32_t i) {
+  orc_rt_WrapperFunctionBuffer out;
+  CHECK_OK(orcwire_pipeline_next(pipe, 10 * SEC, &out));
+  unsigned char want[4];
+  memcpy(want, &i, 4);
+  for (int k = 0; k < 4; k++) want[k] = (unsigned char)(want[k] + 1);
+  CHECK(orcwire_buffer_size(&out) == 4);
+  CHECK(memcmp(orcwire_buffer_data(&out), want, 4) == 0);
+  orcwire_buffer_dispose(&out);
+}
+
 static int endpoint(const char *exe) {
   spawn(exe, "endpoint");
   orcwire_builder *b = NULL;
@@ -285,6 +300,43 @@ static int endpoint(const char *exe) {
     CHECK(now_ns() < deadline);
     sleep_ns(MS);
   }
+  /* A pipeline: 2,000 calls to add_one, 64 in flight, results in
+   * submission order. */
+  orcwire_pipeline *pipe = NULL;
+  CHECK_STATUS(orcwire_pipeline_new(g_ep, NULL), ORCWIRE_STATUS_NULL_ARGUMENT);
+  CHECK_OK(orcwire_pipeline_new(g_ep, &pipe));
+  orc_rt_WrapperFunctionBuffer none;
+  CHECK_STATUS(orcwire_pipeline_next(pipe, SEC, &none), ORCWIRE_STATUS_INVALID_STATE);
+  CHECK(strstr(orcwire_last_error(), "in flight") != NULL);
+  CHECK_STATUS(orcwire_pipeline_submit(pipe, tag, NULL, 4), ORCWIRE_STATUS_INVALID_ARGUMENT);
+  uint32_t taken = 0;
+  for (uint32_t i = 0; i < 2000; i++) {
+    if (orcwire_pipeline_in_flight(pipe) == 64) take_one(pipe, taken++);
+    CHECK_OK(orcwire_pipeline_submit(pipe, tag, &i, 4));
+  }
+  CHECK_OK(orcwire_pipeline_flush(pipe, 10 * SEC));
+  while (orcwire_pipeline_in_flight(pipe) > 0) take_one(pipe, taken++);
+  CHECK(taken == 2000);
+  /* An unknown tag's error comes back in its place, the calls around it
+   * still answered. */
+  uint32_t first = 2000, last = 2001;
+  CHECK_OK(orcwire_pipeline_submit(pipe, tag, &first, 4));
+  CHECK_OK(orcwire_pipeline_submit(pipe, 999999, "x", 1));
+  CHECK_OK(orcwire_pipeline_submit(pipe, tag, &last, 4));
+  CHECK(orcwire_pipeline_in_flight(pipe) == 3);
+  take_one(pipe, first);
+  CHECK_OK(orcwire_pipeline_next(pipe, 10 * SEC, &none));
+  CHECK(orcwire_buffer_error(&none) != NULL && strstr(orcwire_buffer_error(&none), "tag") != NULL);
+  orcwire_buffer_dispose(&none);
+  take_one(pipe, last);
+  /* Freed with calls in flight and staged: their results are dropped. */
+  for (uint32_t i = 0; i < 10; i++) CHECK_OK(orcwire_pipeline_submit(pipe, tag, &i, 4));
+  CHECK_OK(orcwire_pipeline_flush(pipe, 10 * SEC));
+  CHECK_OK(orcwire_pipeline_submit(pipe, tag, &first, 4));
+  orcwire_pipeline_free(pipe);
+  orcwire_pipeline_free(NULL);
+  CHECK(orcwire_pipeline_in_flight(NULL) == 0);
+
   /* The executor's calls to us (one sync, one async). */
   while (atomic_load(&g_notes) < 2) {
     CHECK(now_ns() < deadline);
