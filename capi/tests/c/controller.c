@@ -329,6 +329,17 @@ static int endpoint(const char *exe) {
   CHECK(orcwire_buffer_error(&none) != NULL && strstr(orcwire_buffer_error(&none), "tag") != NULL);
   orcwire_buffer_dispose(&none);
   take_one(pipe, last);
+  /* A wait that times out leaves the call in flight ("later" answers
+   * after 10 ms). */
+  uint64_t later;
+  CHECK_OK(orcwire_function_tag(g_ep, "later", &later));
+  CHECK_OK(orcwire_pipeline_submit(pipe, later, NULL, 0));
+  CHECK_STATUS(orcwire_pipeline_next(pipe, MS, &none), ORCWIRE_STATUS_TIMED_OUT);
+  CHECK(strstr(orcwire_last_error(), "in flight") != NULL);
+  CHECK(orcwire_pipeline_in_flight(pipe) == 1);
+  CHECK_OK(orcwire_pipeline_next(pipe, 10 * SEC, &none));
+  CHECK(orcwire_buffer_size(&none) == 14 && memcmp(orcwire_buffer_data(&none), "answered later", 14) == 0);
+  orcwire_buffer_dispose(&none);
   /* Freed with calls in flight and staged: their results are dropped. */
   for (uint32_t i = 0; i < 10; i++) CHECK_OK(orcwire_pipeline_submit(pipe, tag, &i, 4));
   CHECK_OK(orcwire_pipeline_flush(pipe, 10 * SEC));
