@@ -20,7 +20,7 @@ use std::thread::{JoinHandle, ThreadId};
 use orcwire::{CallResult, PendingCall};
 
 use crate::buffer::orc_rt_WrapperFunctionBuffer;
-use crate::status::{orcwire_status, set_last_error, Failure};
+use crate::status::{guard, orcwire_status, put, set_last_error, Failure};
 
 /// `void (*)(void *ctx, orcwire_status status, orc_rt_WrapperFunctionBuffer result)`.
 pub type DoneFn = unsafe extern "C" fn(*mut c_void, orcwire_status, orc_rt_WrapperFunctionBuffer);
@@ -235,5 +235,37 @@ pub fn to_c(outcome: CallResult) -> (orcwire_status, orc_rt_WrapperFunctionBuffe
             set_last_error(&f.message);
             (f.status, orc_rt_WrapperFunctionBuffer::EMPTY)
         }
+    }
+}
+
+/// The body of an entry point that waits for a call's outcome and hands it
+/// to C in `*out`: `*out` is emptied first, `call` runs under [`guard`]
+/// (its `Err` is the entry point's failure), and the outcome becomes the
+/// status and `*out` ([`to_c`]).
+///
+/// # Safety
+/// `out` is NULL or writable.
+pub unsafe fn deliver_call(
+    out: *mut orc_rt_WrapperFunctionBuffer,
+    call: impl FnOnce() -> Result<CallResult, Failure>,
+) -> orcwire_status {
+    let mut status = orcwire_status::ORCWIRE_STATUS_OK;
+    let s = guard(|| {
+        if out.is_null() {
+            return Err(Failure::null("out"));
+        }
+        // SAFETY: checked non-null, writable by contract.
+        unsafe { put(out, orc_rt_WrapperFunctionBuffer::EMPTY) };
+        let (st, result) = to_c(call()?);
+        status = st;
+        // SAFETY: as above.
+        unsafe { put(out, result) };
+        Ok(())
+    });
+    // `to_c` already set the last error for a failed call.
+    if s == orcwire_status::ORCWIRE_STATUS_OK {
+        status
+    } else {
+        s
     }
 }

@@ -20,7 +20,7 @@ use orcwire::{
 };
 
 use crate::buffer::orc_rt_WrapperFunctionBuffer;
-use crate::completion::{to_c, Completions, CtxPtr, DoneFn};
+use crate::completion::{deliver_call, Completions, CtxPtr, DoneFn};
 use crate::status::orcwire_status::{self, *};
 use crate::status::{c_bytes, c_str, guard, put, timeout_from_ns, Failure};
 use crate::transport::orcwire_transport;
@@ -233,33 +233,19 @@ pub unsafe extern "C" fn orcwire_call_sync(
     timeout_ns: i64,
     out: *mut orc_rt_WrapperFunctionBuffer,
 ) -> orcwire_status {
-    let mut status = orcwire_status::ORCWIRE_STATUS_OK;
-    let s = guard(|| {
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        // SAFETY: checked non-null, writable by contract.
-        unsafe { put(out, orc_rt_WrapperFunctionBuffer::EMPTY) };
-        // SAFETY: by the caller's contract.
-        let ep = unsafe { endpoint(ep) }?;
-        // SAFETY: by the caller's contract.
-        let args = unsafe { c_bytes(args, len, "args") }?;
-        let tag = HandlerTag::new(tag);
-        let outcome = match timeout_from_ns(timeout_ns) {
-            Some(t) => ep.endpoint.call_sync_timeout(tag, args, t),
-            None => ep.endpoint.call_sync(tag, args),
-        };
-        let (st, result) = to_c(outcome);
-        status = st;
-        // SAFETY: checked non-null, writable by contract.
-        unsafe { put(out, result) };
-        Ok(())
-    });
-    // `to_c` already set the last error for a failed call.
-    if s == ORCWIRE_STATUS_OK {
-        status
-    } else {
-        s
+    // SAFETY: `out` by the caller's contract.
+    unsafe {
+        deliver_call(out, || {
+            // SAFETY: by the caller's contract.
+            let ep = endpoint(ep)?;
+            // SAFETY: by the caller's contract.
+            let args = c_bytes(args, len, "args")?;
+            let tag = HandlerTag::new(tag);
+            Ok(match timeout_from_ns(timeout_ns) {
+                Some(t) => ep.endpoint.call_sync_timeout(tag, args, t),
+                None => ep.endpoint.call_sync(tag, args),
+            })
+        })
     }
 }
 

@@ -7,9 +7,9 @@ use orcwire::{CallError, HandlerTag, Pipeline};
 
 use super::{endpoint, orcwire_endpoint};
 use crate::buffer::orc_rt_WrapperFunctionBuffer;
-use crate::completion::to_c;
+use crate::completion::deliver_call;
 use crate::status::orcwire_status::{self, *};
-use crate::status::{c_bytes, guard, put, set_last_error, timeout_from_ns, Failure};
+use crate::status::{c_bytes, guard, put, timeout_from_ns, Failure};
 
 /// A pipeline of calls on one endpoint (see [`orcwire::Pipeline`]). Used
 /// by one thread at a time.
@@ -121,42 +121,29 @@ pub unsafe extern "C" fn orcwire_pipeline_next(
     timeout_ns: i64,
     out: *mut orc_rt_WrapperFunctionBuffer,
 ) -> orcwire_status {
-    let mut status = ORCWIRE_STATUS_OK;
-    let s = guard(|| {
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        // SAFETY: checked non-null, writable by contract.
-        unsafe { put(out, orc_rt_WrapperFunctionBuffer::EMPTY) };
-        // SAFETY: by the caller's contract.
-        let p = unsafe { pipeline(p) }?;
-        let next = match timeout_from_ns(timeout_ns) {
-            None => p.pipe.next(),
-            Some(t) => p.pipe.next_deadline(Instant::now() + t),
-        };
-        let Some(outcome) = next else {
-            return Err(Failure::new(
-                ORCWIRE_STATUS_INVALID_STATE,
-                "no call is in flight in this pipeline; submit one first",
-            ));
-        };
-        if let Err(CallError::TimedOut) = &outcome {
-            // The call stays in flight: say so rather than the generic text.
-            status = ORCWIRE_STATUS_TIMED_OUT;
-            set_last_error("no result within the timeout; the call stays in flight, ask again");
-            return Ok(());
-        }
-        let (st, result) = to_c(outcome);
-        status = st;
-        // SAFETY: checked non-null, writable by contract.
-        unsafe { put(out, result) };
-        Ok(())
-    });
-    // `to_c` already set the last error for a failed call.
-    if s == ORCWIRE_STATUS_OK {
-        status
-    } else {
-        s
+    // SAFETY: `out` by the caller's contract.
+    unsafe {
+        deliver_call(out, || {
+            // SAFETY: by the caller's contract.
+            let p = pipeline(p)?;
+            let next = match timeout_from_ns(timeout_ns) {
+                None => p.pipe.next(),
+                Some(t) => p.pipe.next_deadline(Instant::now() + t),
+            };
+            match next {
+                None => Err(Failure::new(
+                    ORCWIRE_STATUS_INVALID_STATE,
+                    "no call is in flight in this pipeline; submit one first",
+                )),
+                // The call stays in flight: say so rather than the text of
+                // a handle's timeout.
+                Some(Err(CallError::TimedOut)) => Err(Failure::new(
+                    ORCWIRE_STATUS_TIMED_OUT,
+                    "no result within the timeout; the call stays in flight, ask again",
+                )),
+                Some(outcome) => Ok(outcome),
+            }
+        })
     }
 }
 
