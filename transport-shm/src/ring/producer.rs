@@ -253,6 +253,40 @@ impl RingProducer {
         }
     }
 
+    /// The common case of [`try_write`](Self::try_write), for a message
+    /// that goes out as one frame: writes it, unpublished, if it fits
+    /// before the end of the ring and the ring has room for it now, and
+    /// returns `true`. `false` (nothing written) leaves the message to
+    /// `try_write`, which pads, fragments, re-reads the head or reports a
+    /// full ring. The caller has checked the length against the limit.
+    #[inline]
+    pub fn try_write_whole(&mut self, opcode: Opcode, seq: u64, tag: u64, payload: &[u8]) -> bool {
+        let len = payload.len();
+        if self.mid_message || len > self.max_frame_payload {
+            return false;
+        }
+        let frame = frame_size(len as u64);
+        let offset = self.idx.offset(self.tail);
+        // A frame that does not fit before the ring's end needs padding
+        // first: `try_write` writes it.
+        if (self.idx.capacity - offset as u64) < frame || self.free() < self.room_for(frame) {
+            return false;
+        }
+        let header = FrameHeader {
+            len: len as u32,
+            flags: FIRST | LAST | PUBLISHED,
+            opcode: opcode.to_wire() as u8,
+            reserved: 0,
+            seq,
+            tag,
+            total: len as u64,
+        };
+        // SAFETY: the frame lies before the end of the ring and, with the
+        // gap and the slot after it, in free space (`room_for`); 16-aligned.
+        unsafe { self.put_frame(offset, header, payload, frame) };
+        true
+    }
+
     /// Writes a frame of `size` bytes at `offset` (the tail's), clears the
     /// slot after it, and moves the tail past it (and past a gap too short
     /// for a header that follows it). Its first word, which publishes it,

@@ -223,6 +223,11 @@ impl Transport for ShmTransport {
                 self.peer.notify(waiting::DATA);
             }
         };
+        // Checked once a batch (and again before any wait for room): the
+        // frames of a batch go out together or, past a hang-up, unread.
+        if let Err(e) = self.check_send() {
+            return Err(fail(0, e));
+        }
         for (sent, m) in messages.iter().enumerate() {
             if m.payload.len() as u64 > limit {
                 publish(&mut producer, &mut unpublished);
@@ -235,12 +240,21 @@ impl Transport for ShmTransport {
                 ));
             }
             self.note_size(m.payload.len());
+            // The usual case: one frame, room for it before the ring's end.
+            if producer.try_write_whole(m.opcode, m.seq, m.tag, m.payload) {
+                unpublished = true;
+                continue;
+            }
             let mut msg = OutgoingMessage::new(m.opcode, m.seq, m.tag, m.payload);
+            let mut first_try = true;
             loop {
-                if let Err(e) = self.check_send() {
-                    publish(&mut producer, &mut unpublished);
-                    return Err(fail(sent, e));
+                if !first_try {
+                    if let Err(e) = self.check_send() {
+                        publish(&mut producer, &mut unpublished);
+                        return Err(fail(sent, e));
+                    }
                 }
+                first_try = false;
                 let status = match producer.try_write(&mut msg) {
                     Ok(status) => status,
                     Err(e) => return Err(fail(sent, self.ring_failed(e))),
