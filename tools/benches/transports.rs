@@ -36,8 +36,8 @@ fn rtt(c: &mut Criterion, pinning: Option<Pinning>) {
     for direction in [Direction::ToExecutor, Direction::ToController] {
         let mut group = c.benchmark_group(format!("rtt/{}", direction.name()));
         for kind in TransportKind::ALL {
-            if kind.is_floor() && direction != Direction::ToExecutor {
-                continue; // the floor is symmetric
+            if !kind.measures_rtt(direction) {
+                continue; // the floor is symmetric; shm-raw is pipelined only
             }
             let mut p = peer(kind, pinning);
             let sizes = if kind.is_floor() {
@@ -70,9 +70,17 @@ fn pipelined(c: &mut Criterion, pinning: Option<Pinning>) {
     for direction in [Direction::ToExecutor, Direction::ToController] {
         let mut group = c.benchmark_group(format!("pipelined/{}", direction.name()));
         group.throughput(Throughput::Elements(1));
-        for kind in TransportKind::ALL.into_iter().filter(|k| !k.is_floor()) {
+        for kind in TransportKind::ALL {
+            // Floors: none; shm-raw: 1 thread to the executor only.
+            let thread_counts: Vec<usize> = [1usize, 4]
+                .into_iter()
+                .filter(|&t| kind.measures_throughput(direction, t))
+                .collect();
+            if thread_counts.is_empty() {
+                continue;
+            }
             let mut p = peer(kind, pinning);
-            for threads in [1usize, 4] {
+            for threads in thread_counts {
                 if let Err(e) = p.throughput(direction, 64, threads, WINDOW, threads * WINDOW) {
                     panic!("{kind} pipelined: {e}");
                 }
@@ -82,8 +90,12 @@ fn pipelined(c: &mut Criterion, pinning: Option<Pinning>) {
                         // At least one window per thread, so every thread
                         // actually pipelines; the time is per call.
                         let calls = (iters as usize).max(threads * WINDOW);
+                        // Every thread makes the same number of calls
+                        // (rounded up); one in SAMPLE_EVERY is sampled,
+                        // so the samples do not count them.
+                        let made = calls.div_ceil(threads) * threads;
                         match p.throughput(direction, 64, threads, WINDOW, calls) {
-                            Ok((s, took)) => took.mul_f64(iters as f64 / s.len().max(1) as f64),
+                            Ok((_, took)) => took.mul_f64(iters as f64 / made as f64),
                             Err(e) => panic!("{kind} pipelined: {e}"),
                         }
                     })

@@ -18,7 +18,9 @@
 //! "In batches" is the transport alone used as an engine would at best:
 //! 64 calls in flight sent 16 to a batch, the peer echoing each batch it
 //! reads with one `send_batch`, no engine at all: the ceiling of pipelined
-//! calls over this transport on this machine.
+//! calls over this transport on this machine (`drive_in_batches` and
+//! `echo_in_batches` of `orcwire_tools::bench`, which `orcwire bench`
+//! runs across two processes as `shm-raw`).
 //! Every reply is checked against its argument.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +32,9 @@ use orcwire::{Opcode, WrapperFunctionBuffer};
 use orcwire_shm::{
     required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
 };
-use orcwire_tools::bench::{percentile, pin_current_thread, PinnedEchoPair, Pinning};
+use orcwire_tools::bench::{
+    drive_in_batches, echo_in_batches, percentile, pin_current_thread, PinnedEchoPair, Pinning,
+};
 
 /// Calls kept in flight by the pipelined loops.
 const WINDOW: u64 = 64;
@@ -396,93 +400,26 @@ fn batched_pair(
     let (ours, theirs) = heap_transports(config)?;
     let peer = std::thread::spawn(move || -> Result<(), String> {
         pin_current_thread(cpus.child)?;
-        echo_in_batches(&theirs).map(|_| ())
+        echo_in_batches(&theirs)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     Ok((ours, peer))
-}
-
-/// Echoes calls in batches until a message other than a call arrives
-/// (returned): each `recv_batch` of up to 16 calls answered with one
-/// `send_batch`, the argument buffers handed back. The executor side of
-/// the transport alone in batches.
-fn echo_in_batches(t: &ShmTransport) -> Result<Opcode, String> {
-    let mut msg = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
-    let mut got: Vec<(u64, WrapperFunctionBuffer)> = Vec::with_capacity(16);
-    loop {
-        let mut other = None;
-        t.recv_batch(None, 16, &mut msg, &mut |m| {
-            if m.opcode != Opcode::CallWrapper {
-                other = Some(m.opcode);
-                return false;
-            }
-            got.push((m.seq, std::mem::take(&mut m.payload)));
-            true
-        })
-        .map_err(|e| e.to_string())?;
-        let frames: [orcwire::transport::Outgoing; 16] = std::array::from_fn(|k| {
-            let (seq, payload) = got.get(k).map_or((0, &[][..]), |(s, p)| (*s, p.as_slice()));
-            orcwire::transport::Outgoing {
-                opcode: Opcode::Result,
-                seq,
-                tag: 0, // a plain result (orcwire's RESULT_OK)
-                payload,
-            }
-        });
-        t.send_batch(&frames[..got.len()], None, &|| {})
-            .map_err(|e| e.error.to_string())?;
-        got.clear();
-        if let Some(opcode) = other {
-            return Ok(opcode);
-        }
-    }
-}
-
-/// 64 calls of `tag` in flight over `t`, sent 16 to a batch (sequence
-/// numbers from 1), answers read in batches and checked: the controller
-/// side of the transport alone in batches. Millions of calls a second.
-fn drive_in_batches(t: &ShmTransport, tag: u64, calls: u64) -> Result<f64, String> {
-    let start = Instant::now();
-    let (mut sent, mut received) = (0u64, 0u64);
-    let mut args = [[0u8; BYTES]; 16];
-    let mut msg = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
-    while received < calls {
-        while sent < calls && sent - received + 16 <= WINDOW {
-            let n = (calls - sent).min(16) as usize;
-            for (k, a) in args.iter_mut().enumerate().take(n) {
-                *a = argument(sent + k as u64);
-            }
-            // Sequence numbers from 1 (0 is Setup's and Hangup's).
-            let frames: [orcwire::transport::Outgoing; 16] =
-                std::array::from_fn(|k| orcwire::transport::Outgoing {
-                    opcode: Opcode::CallWrapper,
-                    seq: sent + k as u64 + 1,
-                    tag,
-                    payload: &args[k],
-                });
-            t.send_batch(&frames[..n], None, &|| {})
-                .map_err(|e| e.error.to_string())?;
-            sent += n as u64;
-        }
-        let mut bad = None;
-        t.recv_batch(None, 64, &mut msg, &mut |m| {
-            if bad.is_none() {
-                bad = check(m.payload.as_slice(), m.seq.wrapping_sub(1)).err();
-            }
-            received += 1;
-            true
-        })
-        .map_err(|e| e.to_string())?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
-    }
-    Ok(calls as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
 /// 64 calls in flight over [`batched_pair`], sent 16 to a batch, answers
 /// read in batches.
 fn transport_batched(t: &ShmTransport, calls: u64) -> Result<f64, String> {
-    drive_in_batches(t, 1, calls)
+    batched_rate(t, 1, calls)
+}
+
+/// [`drive_in_batches`] of `calls` calls of `tag`, [`BYTES`] bytes each
+/// (zeros but for the call number), [`WINDOW`] in flight: millions of
+/// calls a second.
+fn batched_rate(t: &ShmTransport, tag: u64, calls: u64) -> Result<f64, String> {
+    let (_, elapsed) = drive_in_batches(t, tag, &[0u8; BYTES], WINDOW as usize, calls as usize)
+        .map_err(|e| e.to_string())?;
+    Ok(calls as f64 / elapsed.as_secs_f64() / 1e6)
 }
 
 /// The transport alone in batches on the controller's side (as in
@@ -517,7 +454,7 @@ fn raw_controller_engine_executor(
         .map(|(_, tag)| *tag)
         .ok_or("the executor did not publish echo")?;
     let executor = executor.join().map_err(|_| "the executor panicked")??;
-    let rate = drive_in_batches(&c, tag, calls)?;
+    let rate = batched_rate(&c, tag, calls)?;
     // Hang up as a controller does, and wait for the executor's answer.
     c.send_until(
         Opcode::Hangup,
@@ -550,7 +487,7 @@ fn pipeline_against_raw_executor(
         setup.bootstrap_symbols.push(("echo".into(), 1));
         e.send_until(Opcode::Setup, 0, 0, &setup.encode(), None, &|| {})
             .map_err(fail)?;
-        if echo_in_batches(&e)? == Opcode::Hangup {
+        if echo_in_batches(&e).map_err(|e| e.to_string())? == Opcode::Hangup {
             // Acknowledge, as an executor does.
             e.send_until(
                 Opcode::Hangup,

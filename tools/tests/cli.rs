@@ -221,6 +221,7 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
         "uds",
         "floor-spin",
         "floor-futex",
+        "shm-raw",
     ];
     let mut seen = std::collections::HashSet::new();
     for o in &objects {
@@ -253,6 +254,22 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
         let p50: f64 = o["p50_ns"].parse().unwrap();
         let p999: f64 = o["p999_ns"].parse().unwrap();
         assert!(p50 <= p999, "{o:?}");
+        // Pipelined shm-* cases are held to shm-raw (of the same payload,
+        // here in the run); pipe and uds have no floor for them.
+        if o["mode"] == "throughput" {
+            assert_eq!(
+                o["ratio_to_floor"] != "null",
+                t.starts_with("shm-"),
+                "{o:?}"
+            );
+        }
+        if t == "shm-raw" {
+            assert_eq!(
+                (o["direction"].as_str(), o["threads"].as_str()),
+                ("to-executor", "1"),
+                "{o:?}"
+            );
+        }
         seen.insert((t.to_string(), o["direction"].clone(), o["mode"].clone()));
     }
     for t in allowed {
@@ -267,9 +284,77 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
             );
         }
     }
-    // 7 transports: floors 2 × 6 sizes, 5 × (5 sizes × 2 directions + 4
-    // throughput cases).
-    assert_eq!(objects.len(), 12 + 5 * 14, "{json}");
+    // 8 transports: floors 2 × 6 sizes, shm-raw 1 throughput case, 5 × (5
+    // sizes × 2 directions + 4 throughput cases).
+    assert_eq!(objects.len(), 12 + 1 + 5 * 14, "{json}");
+}
+
+#[test]
+fn bench_shm_raw_measures_the_transport_alone_and_its_child_exits_0() {
+    let dir = std::env::temp_dir().join(format!("orcwire-raw-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("raw.json");
+    // A bounded run: shm-raw's one case (1 thread × 64 in flight, 64 B,
+    // controller → child) and shm-spin's pipelined cases to compare.
+    let out = run(
+        &[
+            "bench",
+            "--case-ms",
+            "50",
+            "--payloads",
+            "none",
+            "--only",
+            "shm-raw,shm-spin",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Success includes the children: the bench fails when one does not
+    // exit 0 (within 10 s) after its Hangup or disconnect.
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pipelined shm-*"), "no legend:\n{stdout}");
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let objects: Vec<_> = json
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(flat_object)
+        .collect();
+    // shm-raw: 1 case; shm-spin: 2 directions × 2 thread counts.
+    assert_eq!(objects.len(), 1 + 4, "{json}");
+    let raw: Vec<_> = objects
+        .iter()
+        .filter(|o| o["transport"] == "shm-raw")
+        .collect();
+    let [raw] = raw.as_slice() else {
+        panic!("not one shm-raw case: {json}");
+    };
+    assert_eq!(raw["mode"], "throughput", "{raw:?}");
+    assert_eq!(raw["direction"], "to-executor", "{raw:?}");
+    assert_eq!(
+        (raw["payload"].as_str(), raw["in_flight"].as_str()),
+        ("64", "64")
+    );
+    let raw_rate: f64 = raw["ops_per_s"].parse().unwrap();
+    assert!(raw_rate > 0.0, "{raw:?}");
+    assert_eq!(raw["ratio_to_floor"], "1.0000", "{raw:?}");
+    for o in objects.iter().filter(|o| o["transport"] == "shm-spin") {
+        let rate: f64 = o["ops_per_s"].parse().unwrap();
+        let ratio: f64 = o["ratio_to_floor"].parse().unwrap();
+        assert!(rate > 0.0, "{o:?}");
+        // Printed to 4 places (and the rate to 1).
+        let expected = raw_rate / rate;
+        assert!(
+            (ratio - expected).abs() < 1e-3 * expected.max(1.0),
+            "{o:?}: {expected}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The child process of every case: this same executable, re-run with
-//! [`ENV_CHILD`] set, serving as executor (or floor partner) until the
-//! controller hangs up.
+//! [`ENV_CHILD`] set, serving as executor (or floor partner, or raw echo)
+//! until the controller hangs up.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, ExitCode};
@@ -12,7 +12,7 @@ use orcwire::{DisconnectReason, ExecutorBuilder, Transport, WrapperFunctionBuffe
 
 use orcwire_shm::attach_inherited;
 
-use super::{floor, peer, pin, BenchError, TransportKind};
+use super::{floor, peer, pin, raw, BenchError, TransportKind};
 
 /// Environment variable that makes a process a benchmark child:
 /// `<kind>;<fd>,<fd>...;<controller pid>;<cpu or ->`.
@@ -106,6 +106,11 @@ fn run(value: &str) -> Result<(), String> {
         k if k.is_floor() => {
             let fd = fds.into_iter().next().ok_or("the floor needs its memfd")?;
             return floor::serve(k, fd, parent);
+        }
+        // The transport alone: no engine, no Setup; echoes until Hangup.
+        k if k.is_raw() => {
+            let t = attach_inherited(peer::shm_config(k)).map_err(|e| e.to_string())?;
+            return raw::serve(&*t);
         }
         TransportKind::Pipe => {
             let mut it = fds.into_iter();

@@ -25,11 +25,18 @@
 //!   copies it out and the reply back in, the caller copies the reply
 //!   out). `floor-futex` is the same with a `FUTEX_WAIT`/`FUTEX_WAKE`
 //!   pair instead of spinning.
+//! * `shm-raw`: the shared-memory transport (spin preset) with no engine on
+//!   either side, pipelined calls only, one thread, controller → child:
+//!   [`drive_in_batches`] against [`echo_in_batches`]. The ceiling that
+//!   pipelined calls through the engine could reach over this transport
+//!   between the same two processes, and the floor the `shm-*` pipelined
+//!   cases are compared with (see [`Ratios::to_floor`]).
 //!
 //! Every case checks its results (echo contents, stamped with the call
 //! number) before and while it is timed; a wrong result is an error.
 //!
-//! Relies on: `orcwire_shm::ExecutorCommand` (the shared-memory child),
+//! Relies on: `orcwire_shm::ExecutorCommand` (the shared-memory and raw
+//! children),
 //! `orcwire::stream` (pipe and socket children), `orcwire_shm::Segment`
 //! (the floor's memfd), `nix` for `sched_setaffinity`, `libc` for the
 //! floor's futex.
@@ -39,12 +46,14 @@ mod floor;
 mod futex;
 mod peer;
 mod pin;
+mod raw;
 mod stats;
 mod suite;
 
 pub use child::{run_child_if_requested, ENV_CHILD};
 pub use peer::{pattern, Peer, SAMPLE_EVERY};
 pub use pin::{allowed_cpus, pin_current_thread, PinnedEchoPair, Pinning};
+pub use raw::{drive_in_batches, echo_in_batches, BATCH};
 pub use stats::{percentile, Summary};
 pub use suite::{ratios, run_suite, to_json, CaseResult, Ratios, SuiteConfig};
 
@@ -67,13 +76,17 @@ pub enum TransportKind {
     FloorSpin,
     /// The raw floor, futex wait/wake.
     FloorFutex,
+    /// The shared-memory transport (spin preset) with no engine on either
+    /// side: pipelined calls, 1 thread, controller → child only.
+    ShmRaw,
 }
 
 impl TransportKind {
-    /// Every kind, floors first (the order of a full run).
-    pub const ALL: [TransportKind; 7] = [
+    /// Every kind, floors first, then `shm-raw` (the order of a full run).
+    pub const ALL: [TransportKind; 8] = [
         TransportKind::FloorSpin,
         TransportKind::FloorFutex,
+        TransportKind::ShmRaw,
         TransportKind::ShmSpin,
         TransportKind::ShmBalanced,
         TransportKind::ShmBlock,
@@ -91,6 +104,7 @@ impl TransportKind {
             TransportKind::Uds => "uds",
             TransportKind::FloorSpin => "floor-spin",
             TransportKind::FloorFutex => "floor-futex",
+            TransportKind::ShmRaw => "shm-raw",
         }
     }
 
@@ -104,8 +118,46 @@ impl TransportKind {
         matches!(self, TransportKind::FloorSpin | TransportKind::FloorFutex)
     }
 
-    /// The floor a transport is held to: the futex floor for the blocking
-    /// preset, the spin floor for everything else.
+    /// Whether this is `shm-raw`, the transport with no engine.
+    pub const fn is_raw(self) -> bool {
+        matches!(self, TransportKind::ShmRaw)
+    }
+
+    /// Whether this runs over the shared-memory transport (the `shm-*`
+    /// kinds, `shm-raw` included).
+    pub const fn is_shm(self) -> bool {
+        matches!(
+            self,
+            TransportKind::ShmSpin
+                | TransportKind::ShmBalanced
+                | TransportKind::ShmBlock
+                | TransportKind::ShmRaw
+        )
+    }
+
+    /// Whether this kind measures round trips in `direction`: the floors
+    /// controller → child only (they are symmetric), `shm-raw` never, the
+    /// rest both ways.
+    pub const fn measures_rtt(self, direction: Direction) -> bool {
+        match self {
+            TransportKind::ShmRaw => false,
+            k if k.is_floor() => matches!(direction, Direction::ToExecutor),
+            _ => true,
+        }
+    }
+
+    /// Whether this kind measures pipelined calls from `threads` threads
+    /// in `direction`: the floors never, `shm-raw` from 1 thread
+    /// controller → child only, the rest always.
+    pub const fn measures_throughput(self, direction: Direction, threads: usize) -> bool {
+        match self {
+            TransportKind::ShmRaw => matches!(direction, Direction::ToExecutor) && threads == 1,
+            k => !k.is_floor(),
+        }
+    }
+
+    /// The floor a transport's round trips are held to: the futex floor
+    /// for the blocking preset, the spin floor for everything else.
     pub const fn floor(self) -> TransportKind {
         match self {
             TransportKind::ShmBlock | TransportKind::FloorFutex => TransportKind::FloorFutex,

@@ -21,15 +21,17 @@ use orcwire_shm::{ExecutorCommand, ExecutorProcess};
 
 use super::child::{child_env, wait_child, ChildSpec};
 use super::floor::FloorPeer;
+use super::raw::RawPeer;
 use super::{BenchError, Direction, TransportKind};
 
 /// Calls that verify a case before it is timed.
 const CHECK_CALLS: usize = 3;
 
-/// The shared-memory settings of a `shm-*` kind (both sides use them).
+/// The shared-memory settings of a `shm-*` kind (both sides use them);
+/// `shm-raw` uses the spin preset's.
 pub(super) fn shm_config(kind: TransportKind) -> ShmConfig {
     let wait = match kind {
-        TransportKind::ShmSpin => WaitStrategy::lowest_latency(),
+        TransportKind::ShmSpin | TransportKind::ShmRaw => WaitStrategy::lowest_latency(),
         TransportKind::ShmBlock => WaitStrategy::low_cpu(),
         _ => WaitStrategy::balanced(),
     };
@@ -68,6 +70,7 @@ pub struct Peer {
 
 enum Inner {
     Floor(FloorPeer),
+    Raw(RawPeer),
     Endpoint(EndpointPeer),
 }
 
@@ -315,6 +318,11 @@ impl Peer {
                 inner: Inner::Floor(FloorPeer::spawn(kind, child_cpu)?),
             });
         }
+        if kind.is_raw() {
+            return Ok(Self {
+                inner: Inner::Raw(RawPeer::spawn(kind, child_cpu)?),
+            });
+        }
         let start = |detail: String| BenchError::Start {
             kind: kind.name(),
             detail,
@@ -401,6 +409,7 @@ impl Peer {
     pub fn kind(&self) -> TransportKind {
         match &self.inner {
             Inner::Floor(f) => f.kind(),
+            Inner::Raw(r) => r.kind(),
             Inner::Endpoint(e) => e.kind,
         }
     }
@@ -410,7 +419,8 @@ impl Peer {
     ///
     /// # Errors
     /// [`BenchError::Unsupported`] for a floor in the to-controller
-    /// direction (the floor is symmetric); a failed call or wrong result.
+    /// direction (the floor is symmetric) and for `shm-raw` (pipelined
+    /// calls only); a failed call or wrong result.
     pub fn rtt(
         &mut self,
         direction: Direction,
@@ -427,6 +437,10 @@ impl Peer {
                 f.rtt(payload, CHECK_CALLS)?;
                 f.rtt(payload, calls)
             }
+            Inner::Raw(r) => Err(BenchError::Unsupported(format!(
+                "{} measures pipelined calls only, no round trips",
+                r.kind()
+            ))),
             Inner::Endpoint(e) => {
                 e.rtt(direction, payload, CHECK_CALLS)?;
                 e.rtt(direction, payload, calls)
@@ -440,8 +454,9 @@ impl Peer {
     /// samples and the elapsed time.
     ///
     /// # Errors
-    /// [`BenchError::Unsupported`] for a floor; a failed call or wrong
-    /// result.
+    /// [`BenchError::Unsupported`] for a floor, and for `shm-raw` in the
+    /// to-controller direction or from other than 1 thread; a failed call
+    /// or wrong result.
     pub fn throughput(
         &mut self,
         direction: Direction,
@@ -454,6 +469,10 @@ impl Peer {
             Inner::Floor(_) => Err(BenchError::Unsupported(
                 "the floor measures round trips only".into(),
             )),
+            Inner::Raw(r) => {
+                r.throughput(direction, payload, threads, window, threads * window)?;
+                r.throughput(direction, payload, threads, window, calls)
+            }
             Inner::Endpoint(e) => {
                 e.throughput(direction, payload, threads, window, threads * window)?;
                 e.throughput(direction, payload, threads, window, calls)
@@ -461,13 +480,15 @@ impl Peer {
         }
     }
 
-    /// Disconnects and waits for the child to exit (bounded).
+    /// Disconnects (`shm-raw`: sends `Hangup`; a floor: its quit word)
+    /// and waits for the child to exit (bounded).
     ///
     /// # Errors
     /// [`BenchError::Child`] when the child failed or had to be killed.
     pub fn finish(self) -> Result<(), BenchError> {
         match self.inner {
             Inner::Floor(f) => f.finish(),
+            Inner::Raw(r) => r.finish(),
             Inner::Endpoint(e) => e.finish(),
         }
     }
@@ -554,21 +575,26 @@ impl EndpointPeer {
         self.endpoint.disconnect();
         match &mut self.process {
             Process::Plain(child) => wait_child(child, self.kind),
-            Process::Shm(p) => match p.wait_timeout(Duration::from_secs(10)) {
-                Ok(Some(s)) if s.success() => Ok(()),
-                Ok(Some(s)) => Err(BenchError::Child(format!(
-                    "the {} child exited: {s}",
-                    self.kind
-                ))),
-                Ok(None) => {
-                    let _ = p.kill();
-                    Err(BenchError::Child(format!(
-                        "the {} child did not exit within 10 s; killed",
-                        self.kind
-                    )))
-                }
-                Err(e) => Err(BenchError::Child(format!("waiting: {e}"))),
-            },
+            Process::Shm(p) => wait_shm_child(p, self.kind),
         }
+    }
+}
+
+/// Waits (bounded) for a shared-memory child that was told to finish;
+/// kills it if it does not exit in time (dropping `p` then reaps it), and
+/// reports a failure exit.
+pub(super) fn wait_shm_child(p: &ExecutorProcess, kind: TransportKind) -> Result<(), BenchError> {
+    match p.wait_timeout(Duration::from_secs(10)) {
+        Ok(Some(s)) if s.success() => Ok(()),
+        Ok(Some(s)) => Err(BenchError::Child(format!("the {kind} child exited: {s}"))),
+        Ok(None) => {
+            let _ = p.kill();
+            Err(BenchError::Child(format!(
+                "the {kind} child did not exit within 10 s; killed"
+            )))
+        }
+        Err(e) => Err(BenchError::Child(format!(
+            "waiting for the {kind} child: {e}"
+        ))),
     }
 }

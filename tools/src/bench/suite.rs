@@ -1,5 +1,7 @@
 //! The full comparison: every transport and floor, every payload, both
-//! directions, round trips and pipelined throughput, in one run.
+//! directions, round trips and pipelined throughput, in one run (each
+//! kind runs the cases [`TransportKind::measures_rtt`] and
+//! [`TransportKind::measures_throughput`] allow).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -15,11 +17,12 @@ pub struct SuiteConfig {
     pub transports: Vec<TransportKind>,
     /// Round-trip payload sizes (floors also run the bare ping-pong, 0).
     pub payloads: Vec<usize>,
-    /// Directions (floors run controller → child only: they are symmetric).
+    /// Directions (floors and `shm-raw` run controller → child only).
     pub directions: Vec<Direction>,
-    /// Payload of the pipelined throughput cases.
+    /// Payload of the pipelined throughput cases (`shm-raw`'s too).
     pub throughput_payload: usize,
-    /// Calling threads of the throughput cases (one case each).
+    /// Calling threads of the throughput cases (one case each; `shm-raw`
+    /// runs the 1-thread case only).
     pub thread_counts: Vec<usize>,
     /// Calls each calling thread keeps in flight.
     pub window: usize,
@@ -59,13 +62,35 @@ impl SuiteConfig {
     /// How many cases [`run_suite`] runs with this configuration (and so
     /// how many times it calls `on_case`).
     pub fn case_count(&self) -> usize {
-        let floors = self.transports.iter().filter(|k| k.is_floor()).count();
-        let others = self.transports.len() - floors;
-        let floor_directions = usize::from(self.directions.contains(&Direction::ToExecutor));
-        // Floors: the bare ping-pong and every payload, one direction.
-        floors * floor_directions * (1 + self.payloads.len())
-            + others * self.directions.len() * (self.payloads.len() + self.thread_counts.len())
+        // The same loops and tests as `run_interleaved`, counted.
+        let mut count = 0;
+        for &kind in &self.transports {
+            for &direction in &self.directions {
+                count += self
+                    .rtt_sizes()
+                    .filter(|&payload| runs_rtt(kind, direction, payload))
+                    .count();
+                count += self
+                    .thread_counts
+                    .iter()
+                    .filter(|&&threads| kind.measures_throughput(direction, threads))
+                    .count();
+            }
+        }
+        count
     }
+
+    /// The round-trip sizes: 0 (the floors' bare ping-pong), then the
+    /// payloads.
+    fn rtt_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(0).chain(self.payloads.iter().copied())
+    }
+}
+
+/// Whether `kind` runs the round trip of `payload` bytes in `direction`:
+/// payload 0 is the floors' bare ping-pong only.
+fn runs_rtt(kind: TransportKind, direction: Direction, payload: usize) -> bool {
+    kind.measures_rtt(direction) && (payload > 0 || kind.is_floor())
 }
 
 /// One measured case.
@@ -89,6 +114,13 @@ pub struct Ratios {
     /// Round trips: p50 over the p50 of the matching floor (spin floor, or
     /// futex floor for `shm-block`) at the same payload. 1.0 is the floor;
     /// lower is impossible, higher is slower.
+    ///
+    /// Pipelined calls over shared memory (every `shm-*` kind, any thread
+    /// count, either direction): `shm-raw`'s calls/s (its 1-thread,
+    /// controller → child case at the same payload and window) over this
+    /// case's calls/s. 1.0 is the transport alone with no engine (so
+    /// `shm-raw` itself is 1.0); higher is slower. Other pipelined cases
+    /// (pipe, uds) have none.
     pub to_floor: Option<f64>,
     /// How many times faster than the pipe transport in the same case:
     /// pipe p50 over this p50 (round trips), this calls/s over the pipe's
@@ -100,19 +132,35 @@ fn same_shape(a: &CaseResult, b: &CaseResult) -> bool {
     a.payload == b.payload && a.mode == b.mode
 }
 
-/// Ratios of `case` to the floor and to the pipe among `all`.
+/// Ratios of `case` to its floor and to the pipe among `all` (see
+/// [`Ratios`]).
 pub fn ratios(all: &[CaseResult], case: &CaseResult) -> Ratios {
-    let floor = all.iter().find(|f| {
-        f.transport == case.transport.floor() && same_shape(f, case) && f.mode == Mode::Rtt
-    });
+    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    let to_floor = match case.mode {
+        Mode::Rtt => all
+            .iter()
+            .find(|f| {
+                f.transport == case.transport.floor() && same_shape(f, case) && f.mode == Mode::Rtt
+            })
+            .and_then(|f| div(case.summary.p50_ns as f64, f.summary.p50_ns as f64)),
+        Mode::Throughput { window, .. } if case.transport.is_shm() => all
+            .iter()
+            .find(|r| {
+                r.transport == TransportKind::ShmRaw
+                    && r.direction == Direction::ToExecutor
+                    && r.payload == case.payload
+                    && r.mode == Mode::Throughput { threads: 1, window }
+            })
+            .and_then(|r| div(r.summary.ops_per_s, case.summary.ops_per_s)),
+        Mode::Throughput { .. } => None,
+    };
     let pipe = all.iter().find(|p| {
         p.transport == TransportKind::Pipe
             && same_shape(p, case)
             && (p.direction == case.direction || case.transport.is_floor())
     });
-    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
     Ratios {
-        to_floor: floor.and_then(|f| div(case.summary.p50_ns as f64, f.summary.p50_ns as f64)),
+        to_floor,
         vs_pipe: pipe.and_then(|p| match case.mode {
             Mode::Rtt => div(p.summary.p50_ns as f64, case.summary.p50_ns as f64),
             Mode::Throughput { .. } => div(case.summary.ops_per_s, p.summary.ops_per_s),
@@ -201,17 +249,15 @@ fn run_interleaved(
         on_case(&case);
         results.push(case);
     };
-    let mut sizes = vec![0];
-    sizes.extend(&config.payloads);
+    let sizes: Vec<usize> = config.rtt_sizes().collect();
     for &direction in &config.directions {
         for &payload in &sizes {
             for peer in peers.iter_mut() {
                 let kind = peer.kind();
                 // Floors run controller → child only (they are
-                // symmetric); payload 0 is the floors' bare ping-pong.
-                if kind.is_floor() && direction != Direction::ToExecutor
-                    || payload == 0 && !kind.is_floor()
-                {
+                // symmetric), shm-raw no round trips; payload 0 is the
+                // floors' bare ping-pong.
+                if !runs_rtt(kind, direction, payload) {
                     continue;
                 }
                 record(rtt_case(peer, direction, payload, config)?);
@@ -220,7 +266,11 @@ fn run_interleaved(
     }
     for &direction in &config.directions {
         for &threads in &config.thread_counts {
-            for peer in peers.iter_mut().filter(|p| !p.kind().is_floor()) {
+            // Floors: none; shm-raw: 1 thread, controller → child.
+            for peer in peers
+                .iter_mut()
+                .filter(|p| p.kind().measures_throughput(direction, threads))
+            {
                 record(throughput_case(peer, direction, threads, config)?);
             }
         }
@@ -284,8 +334,8 @@ fn json_number(v: Option<f64>) -> String {
 /// The results as a JSON array, one object per case: `transport`,
 /// `direction`, `payload`, `mode`, `threads`, `in_flight`, `calls`,
 /// `p50_ns`, `p99_ns`, `p999_ns`, `ops_per_s`, `ratio_to_floor`,
-/// `speedup_vs_pipe` (the last two `null` when there is nothing to
-/// compare with).
+/// `speedup_vs_pipe` (the last two as [`Ratios`], `null` when there is
+/// nothing to compare with).
 pub fn to_json(results: &[CaseResult]) -> String {
     let mut out = String::from("[\n");
     for (i, c) in results.iter().enumerate() {
@@ -341,16 +391,33 @@ mod tests {
 
     #[test]
     fn case_count_matches_the_cases_run() {
-        // Floors: 2 × (bare + 5 sizes), one direction; the other 5: 5
-        // sizes and 2 thread counts, both directions.
-        assert_eq!(SuiteConfig::full().case_count(), 12 + 5 * 14);
+        // Floors: 2 × (bare + 5 sizes), one direction; shm-raw: 1 thread,
+        // one direction; the other 5: 5 sizes and 2 thread counts, both
+        // directions.
+        assert_eq!(SuiteConfig::full().case_count(), 12 + 1 + 5 * 14);
         let small = SuiteConfig {
-            transports: vec![TransportKind::FloorSpin, TransportKind::Pipe],
+            transports: vec![
+                TransportKind::FloorSpin,
+                TransportKind::ShmRaw,
+                TransportKind::Pipe,
+            ],
             payloads: vec![8, 4096],
             directions: vec![Direction::ToController],
             ..SuiteConfig::quick()
         };
+        // Nothing of the floor nor of shm-raw runs to the controller.
         assert_eq!(small.case_count(), 2 + 2);
+        let raw_only = |payloads: Vec<usize>, thread_counts: Vec<usize>| SuiteConfig {
+            transports: vec![TransportKind::ShmRaw, TransportKind::ShmSpin],
+            payloads,
+            thread_counts,
+            ..SuiteConfig::quick()
+        };
+        // `--payloads none`: shm-raw's one case, shm-spin's 2 × 2
+        // pipelined ones (no round trip has a payload).
+        assert_eq!(raw_only(Vec::new(), vec![1, 4]).case_count(), 1 + 4);
+        // No 1-thread case: nothing for shm-raw.
+        assert_eq!(raw_only(vec![64], vec![4]).case_count(), 2 * 2);
     }
 
     #[test]
@@ -380,5 +447,59 @@ mod tests {
         assert_eq!(json.matches("\"p50_ns\"").count(), all.len());
         assert!(json.contains("\"mode\": \"throughput\""));
         assert!(json.trim_end().ends_with(']'));
+    }
+
+    #[test]
+    fn shm_pipelined_cases_are_held_to_shm_raw() {
+        let tp = |threads| Mode::Throughput {
+            threads,
+            window: 64,
+        };
+        let from = |mut c: CaseResult, d| {
+            c.direction = d;
+            c
+        };
+        let tc = Direction::ToController;
+        let all = vec![
+            case(TransportKind::FloorSpin, 64, 100, 1e7, Mode::Rtt),
+            case(TransportKind::ShmRaw, 64, 0, 8e6, tp(1)),
+            case(TransportKind::ShmSpin, 64, 150, 6e6, Mode::Rtt),
+            case(TransportKind::ShmSpin, 64, 0, 4e6, tp(1)),
+            from(case(TransportKind::ShmBalanced, 64, 0, 2e6, tp(4)), tc),
+            case(TransportKind::ShmBlock, 64, 0, 1e6, tp(1)),
+            case(TransportKind::Pipe, 64, 0, 1e6, tp(1)),
+            case(TransportKind::ShmSpin, 4096, 0, 1e6, tp(1)),
+            case(
+                TransportKind::ShmSpin,
+                64,
+                0,
+                4e6,
+                Mode::Throughput {
+                    threads: 1,
+                    window: 8,
+                },
+            ),
+        ];
+        let to_floor = |i: usize| ratios(&all, &all[i]).to_floor;
+        // shm-raw is its own floor; shm-spin makes half its calls/s.
+        assert_eq!(to_floor(1), Some(1.0));
+        assert_eq!(to_floor(3), Some(2.0));
+        // Any thread count, either direction, every preset.
+        assert_eq!(to_floor(4), Some(4.0));
+        assert_eq!(to_floor(5), Some(8.0));
+        // Round trips keep their floor.
+        assert_eq!(to_floor(2), Some(1.5));
+        // Not over shared memory, or no shm-raw case of that payload or
+        // window: nothing to compare with.
+        assert_eq!(to_floor(6), None);
+        assert_eq!(to_floor(7), None);
+        assert_eq!(to_floor(8), None);
+        // The pipe comparison is unchanged: shm-raw's 8e6 over its 1e6.
+        assert_eq!(ratios(&all, &all[1]).vs_pipe, Some(8.0));
+        assert!(to_json(&all).contains(
+            "\"transport\": \"shm-spin\", \"direction\": \"to-executor\", \"payload\": 64, \
+             \"mode\": \"throughput\", \"threads\": 1, \"in_flight\": 64"
+        ));
+        assert!(to_json(&all).contains("\"ratio_to_floor\": 2.0000"));
     }
 }

@@ -1,5 +1,6 @@
-//! `orcwire bench`: every transport next to the pipe transport and the
-//! raw floor, measured in one run; see `orcwire_tools::bench`. A progress
+//! `orcwire bench`: every transport next to the pipe transport, the raw
+//! floors and the transport with no engine (`shm-raw`), measured in one
+//! run; see `orcwire_tools::bench`. A progress
 //! bar over the cases goes to stderr (when it is a terminal), the table to
 //! stdout, and optionally the JSON report and the SVG chart to files.
 
@@ -116,8 +117,10 @@ fn print_table(results: &[CaseResult]) {
         );
     }
     println!(
-        "÷floor: p50 over the same-size floor round trip (spin floor; futex floor for shm-block); \
-         vs pipe: times faster than the pipe transport in the same case."
+        "÷floor: round trips: p50 over the same-size floor round trip (spin floor; futex floor \
+         for shm-block); pipelined shm-* (any threads, either direction): shm-raw's calls/s \
+         (1 thread, same payload and window) over this case's (1.00× = the transport with no \
+         engine); vs pipe: times faster than the pipe transport in the same case."
     );
 }
 

@@ -191,8 +191,8 @@ pub struct BenchArgs {
     /// and direction, log-log axes) as an SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Run only this shared-memory wait preset (the other transports and
-    /// the floors still run).
+    /// Run only this shared-memory wait preset (the other transports, the
+    /// floors and shm-raw still run).
     #[arg(long, value_enum)]
     pub wait: Option<WaitPreset>,
     /// Leave CPU placement to the scheduler instead of pinning the two
@@ -200,7 +200,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pin: bool,
     /// Run only these transports, comma-separated: floor-spin, floor-futex,
-    /// shm-spin, shm-balanced, shm-block, pipe, uds.
+    /// shm-raw, shm-spin, shm-balanced, shm-block, pipe, uds (shm-raw: the
+    /// shared-memory transport with no engine, pipelined 1 thread
+    /// controller → child only; the pipelined shm-* cases' floor).
     #[arg(long, value_name = "LIST", value_parser = transports)]
     pub only: Option<Transports>,
     /// Round-trip payload sizes in bytes, comma-separated (default

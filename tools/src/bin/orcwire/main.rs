@@ -62,11 +62,13 @@ enum Command {
     /// Measure every transport next to the pipe transport and the raw floor
     ///
     /// One run measures the shared-memory transport under each wait
-    /// preset, the stream transport over pipes and a Unix socket, and the
-    /// raw floor (an atomic ping-pong over a memfd): round trips of 8 B ..
-    /// 1 MiB both ways and pipelined calls from 1 and 4 threads, every
-    /// result checked. Prints p50/p99/p99.9, calls/s and the ratios to the
-    /// floor and to the pipe.
+    /// preset, the stream transport over pipes and a Unix socket, the raw
+    /// floor (an atomic ping-pong over a memfd) and shm-raw (the
+    /// shared-memory transport with no engine on either side, pipelined
+    /// calls from 1 thread to the child): round trips of 8 B .. 1 MiB both
+    /// ways and pipelined calls from 1 and 4 threads, every result
+    /// checked. Prints p50/p99/p99.9, calls/s and the ratios to the floor
+    /// (round trips: the floor; pipelined shm-*: shm-raw) and to the pipe.
     Bench(BenchArgs),
     /// Measure orcwire against LLVM's own programs over pipes
     ///
