@@ -401,6 +401,37 @@ fn crafted_frames_are_clean_errors() {
             }),
         ),
         (
+            "whole frame whose total is not its length",
+            Box::new(|x| {
+                x.put_header(
+                    0,
+                    FrameHeader {
+                        len: 16,
+                        flags: FIRST | LAST,
+                        opcode: 2,
+                        total: 17,
+                        ..Default::default()
+                    },
+                );
+            }),
+        ),
+        (
+            "whole frame with reserved bits set",
+            Box::new(|x| {
+                x.put_header(
+                    0,
+                    FrameHeader {
+                        len: 16,
+                        flags: FIRST | LAST,
+                        opcode: 2,
+                        reserved: 1,
+                        total: 16,
+                        ..Default::default()
+                    },
+                );
+            }),
+        ),
+        (
             "continuation without a first fragment",
             Box::new(|x| {
                 x.put_header(
@@ -488,6 +519,27 @@ fn crafted_frames_are_clean_errors() {
         // Sticky: the ring stays failed.
         assert_eq!(rx.try_recv(), first, "{what}");
         assert!(largest() <= MAX, "{what}: allocated {} bytes", largest());
+    }
+}
+
+#[test]
+fn a_whole_frame_over_the_limit_is_refused() {
+    // Small enough for the consumer's whole-frame path, over this ring's
+    // message limit: refused, as a larger one is.
+    let (x, _tx, mut rx) = Exposed::new(4096, 8);
+    x.put_header(
+        0,
+        FrameHeader {
+            len: 16,
+            flags: FIRST | LAST,
+            opcode: 2,
+            total: 16,
+            ..Default::default()
+        },
+    );
+    match rx.try_recv() {
+        Err(RingError::Corrupt(what)) => assert!(what.contains("limit"), "{what}"),
+        other => panic!("a 16-byte message over an 8-byte limit gave {other:?}"),
     }
 }
 

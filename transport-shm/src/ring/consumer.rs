@@ -159,6 +159,9 @@ impl RingConsumer {
     /// As [`try_recv_into`](Self::try_recv_into).
     #[inline(always)]
     pub fn try_recv_into_held(&mut self, into: &mut Message) -> Result<bool, RingError> {
+        if self.try_take_whole(into) {
+            return Ok(true);
+        }
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -168,6 +171,67 @@ impl RingConsumer {
             self.partial = None;
         }
         result
+    }
+
+    /// The usual frame, read with fewer steps than `read_frames`: a whole
+    /// message (flags exactly `FIRST | LAST | PUBLISHED`, reserved bits 0,
+    /// a known opcode, `total` equal to its length) of at most [`SMALL`]
+    /// bytes and within the limit, at the head, while no fragmented
+    /// message is in progress and the ring has not failed. `true`: it is
+    /// in `into` and the head is past it. `false`: nothing consumed —
+    /// `read_frames` reads whatever is there (and reports it if it breaks
+    /// the protocol); `into` may have been written.
+    #[inline(always)]
+    fn try_take_whole(&mut self, into: &mut Message) -> bool {
+        const WHOLE: u64 = (FIRST | LAST | PUBLISHED) as u64;
+        if self.failed.is_some() || self.partial.is_some() {
+            return false;
+        }
+        let offset = self.idx.offset(self.head);
+        let contiguous = self.idx.capacity - offset as u64;
+        if contiguous < HEADER {
+            return false;
+        }
+        // SAFETY: `offset + 32 <= capacity`, 16-aligned.
+        let word0 = unsafe { self.mem.data.load_commit(offset) };
+        let len = word0 as u32 as usize;
+        // Flags and the reserved bits in one test (the opcode's byte masked
+        // out); 0 (nothing published) fails it too.
+        if (word0 >> 32) & 0xffff_00ff != WHOLE
+            || len > SMALL
+            || len as u64 > self.max_message_size
+        {
+            return false;
+        }
+        let Ok(opcode) = Opcode::from_wire((word0 >> 40) & 0xff) else {
+            return false;
+        };
+        let size = frame_size(len as u64);
+        if size > contiguous {
+            return false;
+        }
+        self.mem.data.hint_lines(offset, (size as usize).min(PREFETCH), hint::for_read);
+        // SAFETY: the frame is published (its first word, read with
+        // `Acquire`, is set) and lies inside the ring (`size <= contiguous`).
+        let [seq, tag, total] = unsafe { self.mem.data.read_header_rest(offset) };
+        if total != len as u64 {
+            return false;
+        }
+        let Ok(dst) = into.payload.refill(len) else {
+            return false;
+        };
+        // SAFETY: the payload lies inside the checked, published frame;
+        // `dst` is a private buffer of `len` bytes.
+        unsafe {
+            self.mem
+                .data
+                .read(offset + FRAME_HEADER_SIZE, dst.as_mut_ptr(), len)
+        };
+        into.opcode = opcode;
+        into.seq = seq;
+        into.tag = tag;
+        self.head = self.idx.advance(self.head, size);
+        true
     }
 
     /// Publishes the head past every frame read (see
