@@ -172,18 +172,32 @@ impl WrapperFunctionBuffer {
     /// ```
     #[inline]
     pub fn refill(&mut self, len: usize) -> Result<&mut [u8], AllocError> {
+        // The usual case, inlined at the caller's: an inline buffer refilled
+        // with a small payload (every receive of one).
+        if len > INLINE_CAPACITY || !matches!(self.repr, Repr::Inline(_)) {
+            return self.refill_other(len);
+        }
+        let Repr::Inline(inline) = &mut self.repr else {
+            unreachable!("checked above")
+        };
+        let old = usize::from(inline.len);
+        if old > len {
+            // Bytes past `len` stay zero.
+            inline.data[len..old].fill(0);
+        }
+        inline.len = len as u8;
+        Ok(&mut inline.data[..len])
+    }
+
+    /// [`refill`](Self::refill) for a buffer that changes representation
+    /// or is (or becomes) a heap buffer.
+    #[inline(never)]
+    fn refill_other(&mut self, len: usize) -> Result<&mut [u8], AllocError> {
         if len <= INLINE_CAPACITY {
-            if !matches!(self.repr, Repr::Inline(_)) {
-                *self = Self::new();
-            }
+            *self = Self::new();
             let Repr::Inline(inline) = &mut self.repr else {
                 unreachable!("the buffer was just made inline")
             };
-            let old = usize::from(inline.len);
-            if old > len {
-                // Bytes past `len` stay zero.
-                inline.data[len..old].fill(0);
-            }
             inline.len = len as u8;
             return Ok(&mut inline.data[..len]);
         }
