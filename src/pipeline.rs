@@ -207,6 +207,7 @@ impl Pipeline {
     }
 
     /// The oldest call's result, if it is there: taken (the entry popped).
+    #[inline]
     fn take_front(&mut self) -> Option<CallResult> {
         let r = match self.sent.front()? {
             Entry::Sent { seq, registered } => {
@@ -277,6 +278,7 @@ impl Pipeline {
 /// freed with one read-modify-write ([`PendingTable::release_own`]);
 /// `false` leaves the result to the usual way (another thread's call, or a
 /// slot a completer claimed or a waker is registered in).
+#[inline]
 fn take_mine(
     pending: &PendingTable,
     sent: &mut VecDeque<Entry>,

@@ -131,6 +131,7 @@ impl Batch {
     /// The owner's result: into the next cell, published. `Err` gives it
     /// back when every cell is used (a handler answered other calls'
     /// responders too).
+    #[inline(always)]
     fn push_result(
         &self,
         seq: u64,
@@ -345,6 +346,7 @@ impl Inner {
     /// batch of this endpoint: into the batch, and the responder's
     /// reference (`sink`) kept for the next one (`Err` gives the answer
     /// back when this thread runs none, or the batch is full).
+    #[inline(always)]
     pub(super) fn answer_into_batch(
         this: Arc<Self>,
         seq: u64,

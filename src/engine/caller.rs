@@ -13,20 +13,23 @@ impl Inner {
         deadline: Option<Instant>,
         registered: &mut bool,
     ) -> Result<(), CallError> {
-        self.wait_for_mine(seq, deadline, registered, None)
+        self.wait_for_mine(seq, deadline, registered, None::<&mut Mine<'_>>)
     }
 
     /// [`wait_for_call`](Self::wait_for_call) for a caller that takes the
     /// results of its own calls as it reads them (`mine`, see
     /// [`lead_turn`](Self::lead_turn)): it also ends once `mine` took call
     /// `seq`'s.
-    pub(crate) fn wait_for_mine(
+    pub(crate) fn wait_for_mine<M>(
         self: &Arc<Self>,
         seq: u64,
         deadline: Option<Instant>,
         registered: &mut bool,
-        mut mine: Option<&mut Mine<'_>>,
-    ) -> Result<(), CallError> {
+        mut mine: Option<&mut M>,
+    ) -> Result<(), CallError>
+    where
+        M: FnMut(u64, &mut WrapperFunctionBuffer) -> bool + ?Sized,
+    {
         // This thread's waker is made on its first wait, not on the first
         // time it happens to park: a thread's calls then allocate nothing
         // after its first one, however the scheduler interleaves them.
@@ -73,14 +76,17 @@ impl Inner {
     /// a re-entrant chain), so a worker should lead and run those calls on
     /// the thread that reads them, and this caller's result reaches it by
     /// its waker. A passive caller still takes a lead that lies free.
-    pub(super) fn caller_loop(
+    pub(super) fn caller_loop<M>(
         self: &Arc<Self>,
         seq: u64,
         deadline: Option<Instant>,
         active: &mut bool,
         registered: &mut bool,
-        mine: &mut Option<&mut Mine<'_>>,
-    ) -> Result<(), CallError> {
+        mine: &mut Option<&mut M>,
+    ) -> Result<(), CallError>
+    where
+        M: FnMut(u64, &mut WrapperFunctionBuffer) -> bool + ?Sized,
+    {
         let mut interrupted = false;
         loop {
             if self.pending.is_done(seq) || deadline.is_some_and(|d| Instant::now() >= d) {

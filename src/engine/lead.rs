@@ -45,13 +45,16 @@ impl Inner {
     /// so, and the result then skips the pending slot (see
     /// [`PendingTable::release_own`]); a turn whose `own` call was taken so
     /// ends like one whose call is done.
-    pub(super) fn lead_turn(
+    pub(super) fn lead_turn<M>(
         self: &Arc<Self>,
         own: Option<u64>,
         deadline: Option<Instant>,
         more: &mut Vec<Incoming>,
-        mut mine: Option<&mut Mine<'_>>,
-    ) -> Turn {
+        mut mine: Option<&mut M>,
+    ) -> Turn
+    where
+        M: FnMut(u64, &mut WrapperFunctionBuffer) -> bool + ?Sized,
+    {
         let mut turn = Turn::default();
         // Every message of the turn lands here, in place (see
         // `Transport::recv_into`); routing takes its payload out.

@@ -627,7 +627,7 @@ impl Inner {
         self: &Arc<Self>,
         calls: &[(u64, &[u8])],
         deadline: Option<Instant>,
-        done: &mut dyn FnMut(Result<u64, CallError>),
+        done: &mut impl FnMut(Result<u64, CallError>),
     ) -> usize {
         let Ok(_inside) = self.gate.enter() else {
             let err = self.closed_error();
@@ -755,19 +755,23 @@ impl ResultSink for Inner {
     }
 
     fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
-        if OUTBOX_OF.with(|o| o.get()) == self.id() {
-            // An inline handler on a worker: the worker sends its batch's
-            // results together (`run_batch`, `flush_outbox`).
-            let Err((this, seq, result)) = Self::answer_into_batch(self, seq, result) else {
-                return;
-            };
+        // An inline handler on a worker running a batch of this endpoint:
+        // into the batch's cells (one thread-local look, the usual case).
+        let (this, seq, result) = match Self::answer_into_batch(self, seq, result) {
+            Ok(()) => return,
+            Err(back) => back,
+        };
+        if OUTBOX_OF.with(|o| o.get()) == this.id() {
+            // An inline handler on a worker whose results go out together
+            // (`run_call` with calls queued behind it, or a batch whose
+            // cells are full): into the outbox (`flush_outbox`).
             this.answers.lock().results.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
             this.outbox_full.store(true, Ordering::Relaxed);
             return;
         }
-        self.send_one_result(seq, result);
+        this.send_one_result(seq, result);
     }
 }
 

@@ -85,7 +85,7 @@ impl Inner {
                 drop(w);
                 poll = base;
                 grace = base;
-                let mut turn = self.lead_turn(None, deadline, &mut more, None);
+                let mut turn = self.lead_turn(None, deadline, &mut more, None::<&mut Mine<'_>>);
                 self.release_lead();
                 w = self.work.lock();
                 if let Some(r) = turn.disconnect {
