@@ -124,9 +124,9 @@ pub struct EndpointConfig {
     /// time, up to 32 times this value, so that the worker does not wake
     /// every 200 µs on the callers' CPU; it is back to this value once the
     /// worker leads or runs a call. So the peer's calls, and results
-    /// nobody waits for synchronously, are read at most 32 × this after
-    /// the last caller leaves (6.4 ms by default; 200 µs after a quiet
-    /// spell). Default 200 µs.
+    /// nobody waits for synchronously, are read at most two graces after
+    /// the last caller leaves: 12.8 ms by default after busy callers,
+    /// 400 µs after a quiet spell. Default 200 µs.
     ///
     /// [`Pipeline`]: crate::Pipeline
     pub reader_grace: Duration,
