@@ -126,7 +126,8 @@ pub struct EndpointConfig {
     /// worker leads or runs a call. So the peer's calls, and results
     /// nobody waits for synchronously, are read at most two graces after
     /// the last caller leaves: 12.8 ms by default after busy callers,
-    /// 400 µs after a quiet spell. Default 200 µs.
+    /// 400 µs after a quiet spell (lower this value to tighten both).
+    /// Default 200 µs.
     ///
     /// [`Pipeline`]: crate::Pipeline
     pub reader_grace: Duration,
