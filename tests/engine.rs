@@ -440,3 +440,48 @@ fn calls_beyond_the_queue_are_refused_as_busy() {
         executor.disconnect();
     });
 }
+
+/// A worker's grace grows while a thread keeps calling (a pipeline
+/// between two results), and nobody reads the connection during it: a
+/// call from the peer right after such a burst must still be read within
+/// two graces (12.8 ms by default). Measured as the peer's whole round
+/// trip, after each of three bursts of 200 ms of pipelined calls, with a
+/// wide margin for this machine's noise: a grace that grew without bound
+/// would reach 100-200 ms in such a burst, and then this fails.
+#[test]
+fn the_peers_call_after_a_burst_of_calls_is_read_within_two_graces() {
+    run_bounded(LIMIT, || {
+        let (c, e) = shm_pair(ShmConfig::default());
+        let (controller, executor) = echo_pair(c, e, None, EndpointConfig::default());
+        let to_executor = controller.function_tag("echo").unwrap();
+        let to_controller = executor.handler_tag("echo").unwrap();
+        let mut slowest = Duration::ZERO;
+        for burst in 0..3u8 {
+            let mut pipe = controller.pipeline();
+            let until = Instant::now() + Duration::from_millis(200);
+            let mut i = 0u32;
+            while Instant::now() < until {
+                if pipe.in_flight() == 64 {
+                    assert!(pipe.next().unwrap().is_ok());
+                }
+                pipe.submit(to_executor, &i.to_le_bytes());
+                i += 1;
+            }
+            for r in pipe {
+                assert!(r.is_ok());
+            }
+            let start = Instant::now();
+            let got = executor
+                .call_sync_timeout(to_controller, &[burst], Duration::from_secs(5))
+                .unwrap();
+            slowest = slowest.max(start.elapsed());
+            assert_eq!(got.as_slice(), &[burst]);
+        }
+        assert!(
+            slowest < Duration::from_millis(100),
+            "the peer's call took {slowest:?} after a burst"
+        );
+        controller.disconnect();
+        executor.disconnect();
+    });
+}
