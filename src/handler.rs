@@ -241,6 +241,7 @@ impl HandlerTable {
         self.unbound.insert(tag.get(), Arc::from(name));
     }
 
+    #[inline]
     pub(crate) fn get(&self, tag: u64) -> Option<&HandlerEntry> {
         if tag < DENSE_TAGS {
             // `tag < 4096` fits a usize; past the end means unbound.

@@ -14,13 +14,10 @@ use crate::pending::{CallError, CallResult, PendingTable};
 /// them in batches of its own size).
 const CHUNK: usize = 16;
 
-/// A call of a pipeline, sent or failed, whose result was not taken yet.
+/// A call of a pipeline whose result is not in `done` yet.
 enum Entry {
     /// Sent under `seq`; `registered`: a waker was left in its slot.
     Sent { seq: u64, registered: bool },
-    /// Answered, read by this pipeline itself: the result, its slot
-    /// already free.
-    Done(WrapperFunctionBuffer),
     /// Never sent: its result is this error.
     Failed(CallError),
 }
@@ -84,21 +81,22 @@ pub struct Pipeline {
     endpoint: Endpoint,
     /// Arguments of the staged calls, back to back.
     args: Vec<u8>,
-    /// Staged calls: tag and argument length, oldest first.
-    staged: VecDeque<(u64, usize)>,
-    /// Sent or failed calls whose results were not taken, oldest first.
+    /// Staged calls, oldest first: tag, and where in `args` their
+    /// arguments start and end.
+    staged: VecDeque<(u64, usize, usize)>,
+    /// Results of the oldest calls, in order, not yet returned by `next`.
+    done: VecDeque<CallResult>,
+    /// The calls after those, oldest first (sent or failed). The front is
+    /// never `Failed`: a failure that reaches it moves to `done` (see
+    /// [`Pipeline::settle`]).
     sent: VecDeque<Entry>,
-    /// Index in `sent` from which results this pipeline reads itself are
-    /// looked for: every entry before it is done or failed, or was
-    /// registered (see [`take_mine`]).
-    cursor: usize,
 }
 
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("staged", &self.staged.len())
-            .field("sent", &self.sent.len())
+            .field("sent", &(self.done.len() + self.sent.len()))
             .finish_non_exhaustive()
     }
 }
@@ -111,8 +109,8 @@ impl Endpoint {
             endpoint: self.clone(),
             args: Vec::new(),
             staged: VecDeque::new(),
+            done: VecDeque::new(),
             sent: VecDeque::new(),
-            cursor: 0,
         }
     }
 }
@@ -123,8 +121,9 @@ impl Pipeline {
     /// otherwise wait. Never blocks, never fails: a call that cannot be
     /// sent yields its error from `next`, in its place.
     pub fn submit(&mut self, tag: HandlerTag, args: &[u8]) {
+        let at = self.args.len();
         self.args.extend_from_slice(args);
-        self.staged.push_back((tag.get(), args.len()));
+        self.staged.push_back((tag.get(), at, self.args.len()));
         if self.staged.len() >= CHUNK {
             // A full batch goes out now if the transport has room for it:
             // the peer works on it while this thread takes results.
@@ -135,7 +134,7 @@ impl Pipeline {
     /// Calls whose results [`next`](Self::next) has not returned yet,
     /// staged ones included.
     pub fn in_flight(&self) -> usize {
-        self.staged.len() + self.sent.len()
+        self.staged.len() + self.done.len() + self.sent.len()
     }
 
     /// Calls submitted and not yet sent.
@@ -166,37 +165,40 @@ impl Pipeline {
         }
         self.endpoint.send_releases(deadline);
         let inner = &self.endpoint.inner;
-        let mut used = 0;
-        let mut result = Ok(());
-        while !self.staged.is_empty() {
-            let mut calls: [(u64, &[u8]); CHUNK] = [(0, &[]); CHUNK];
-            let mut n = 0;
-            let mut at = used;
-            for &(tag, len) in self.staged.iter().take(CHUNK) {
-                calls[n] = (tag, &self.args[at..at + len]);
-                at += len;
-                n += 1;
-            }
-            let sent = &mut self.sent;
-            let handled = inner.call_batch(&calls[..n], deadline, &mut |r| {
-                sent.push_back(match r {
-                    Ok(seq) => Entry::Sent {
-                        seq,
-                        registered: false,
-                    },
-                    Err(e) => Entry::Failed(e),
-                })
-            });
-            for (_, len) in self.staged.drain(..handled) {
-                used += len;
-            }
-            if handled < n {
-                result = Err(CallError::TimedOut);
-                break;
-            }
+        let (staged, args) = (&self.staged, &self.args[..]);
+        let (done, sent) = (&mut self.done, &mut self.sent);
+        let handled = inner.call_batch(
+            staged.len(),
+            |i| {
+                let (tag, from, to) = staged[i];
+                (tag, &args[from..to])
+            },
+            deadline,
+            &mut |r| match r {
+                Ok(seq) => sent.push_back(Entry::Sent {
+                    seq,
+                    registered: false,
+                }),
+                // Every call before it is done: its place is in `done`.
+                Err(e) if sent.is_empty() => done.push_back(Err(e)),
+                Err(e) => sent.push_back(Entry::Failed(e)),
+            },
+        );
+        if handled == self.staged.len() {
+            self.staged.clear();
+            self.args.clear();
+            return Ok(());
+        }
+        // Timed out with calls left: they stay staged, their arguments
+        // moved to the front.
+        let used = self.staged[handled].1;
+        self.staged.drain(..handled);
+        for (_, from, to) in &mut self.staged {
+            *from -= used;
+            *to -= used;
         }
         self.args.drain(..used);
-        result
+        Err(CallError::TimedOut)
     }
 
     /// As [`next`](Self::next), but gives up at `deadline` with
@@ -206,27 +208,19 @@ impl Pipeline {
         self.next_until(Some(deadline))
     }
 
-    /// The oldest call's result, if it is there: taken (the entry popped).
-    #[inline]
+    /// The oldest call's result, if it is there: taken.
+    #[inline(always)]
     fn take_front(&mut self) -> Option<CallResult> {
-        let r = match self.sent.front()? {
-            Entry::Sent { seq, registered } => {
-                self.endpoint.inner.pending.try_take(*seq, *registered)?
-            }
-            Entry::Done(_) | Entry::Failed(_) => match self.sent.pop_front() {
-                Some(Entry::Done(r)) => {
-                    self.cursor = self.cursor.saturating_sub(1);
-                    return Some(Ok(r));
-                }
-                Some(Entry::Failed(e)) => {
-                    self.cursor = self.cursor.saturating_sub(1);
-                    return Some(Err(e));
-                }
-                _ => unreachable!("the front was done or failed"),
-            },
+        if let Some(r) = self.done.pop_front() {
+            return Some(r);
+        }
+        // Completed the usual way (read by another thread, or out of order).
+        let &Entry::Sent { seq, registered } = self.sent.front()? else {
+            unreachable!("a failure at the front moves to `done`")
         };
+        let r = self.endpoint.inner.pending.try_take(seq, registered)?;
         self.sent.pop_front();
-        self.cursor = self.cursor.saturating_sub(1);
+        settle(&mut self.done, &mut self.sent);
         Some(r)
     }
 
@@ -247,22 +241,26 @@ impl Pipeline {
                 return Some(r);
             }
             let &Entry::Sent { seq, registered } = self.sent.front()? else {
-                unreachable!("take_front takes done and failed calls")
+                unreachable!("a failure at the front moves to `done`")
             };
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Some(Err(CallError::TimedOut));
             }
             let mut reg = registered;
-            let (sent, cursor) = (&mut self.sent, &mut self.cursor);
+            let (done, sent) = (&mut self.done, &mut self.sent);
             let inner = &self.endpoint.inner;
             let waited = inner.wait_for_mine(
                 seq,
                 deadline,
                 &mut reg,
-                Some(&mut |s, payload| take_mine(&inner.pending, sent, cursor, s, payload)),
+                Some(&mut |s, payload| take_mine(&inner.pending, done, sent, s, payload)),
             );
-            if let Some(Entry::Sent { registered, .. }) = self.sent.front_mut() {
-                *registered = reg;
+            // The call waited for may be done and gone from `sent` (taken
+            // by `take_mine`, which it was only if no waker was left).
+            if let Some(Entry::Sent { seq: s, registered }) = self.sent.front_mut() {
+                if *s == seq {
+                    *registered = reg;
+                }
             }
             if let Err(e) = waited {
                 // The call stays in flight (a would-deadlock error).
@@ -272,39 +270,42 @@ impl Pipeline {
     }
 }
 
-/// A result this pipeline read while it led: if it answers one of its own
-/// calls (in `sent`, looked for from `cursor`, where in-order results are
-/// found at once), `payload` is taken into that call's entry and its slot
-/// freed with one read-modify-write ([`PendingTable::release_own`]);
-/// `false` leaves the result to the usual way (another thread's call, or a
-/// slot a completer claimed or a waker is registered in).
+/// Moves failures that reached the front of `sent` to `done`.
+#[inline(always)]
+fn settle(done: &mut VecDeque<CallResult>, sent: &mut VecDeque<Entry>) {
+    while let Some(Entry::Failed(_)) = sent.front() {
+        if let Some(Entry::Failed(e)) = sent.pop_front() {
+            done.push_back(Err(e));
+        }
+    }
+}
+
+/// A result this pipeline read while it led: if it answers its oldest
+/// call not yet done (the front of `sent`: results come in order unless
+/// the peer answers out of order), `payload` is taken into `done` and the
+/// call's slot freed with one read-modify-write
+/// ([`PendingTable::release_own`]); `false` leaves the result to the
+/// usual way (another thread's call, a later call of ours answered early,
+/// or a slot a completer claimed or a waker is registered in), where
+/// [`Pipeline::take_front`] finds it once its call is the oldest.
 #[inline]
 fn take_mine(
     pending: &PendingTable,
+    done: &mut VecDeque<CallResult>,
     sent: &mut VecDeque<Entry>,
-    cursor: &mut usize,
     seq: u64,
     payload: &mut WrapperFunctionBuffer,
 ) -> bool {
-    // Sequence numbers of a pipeline's calls grow in submission order.
-    let mut at = *cursor;
-    let found = loop {
-        match sent.get(at) {
-            None => return false,
-            Some(&Entry::Sent { seq: s, .. }) if s == seq => break at,
-            Some(&Entry::Sent { seq: s, .. }) if s > seq => return false,
-            Some(_) => at += 1,
-        }
-    };
+    match sent.front() {
+        Some(&Entry::Sent { seq: s, .. }) if s == seq => {}
+        _ => return false,
+    }
     if !pending.release_own(seq) {
         return false;
     }
-    sent[found] = Entry::Done(std::mem::take(payload));
-    if found == *cursor {
-        while matches!(sent.get(*cursor), Some(Entry::Done(_) | Entry::Failed(_))) {
-            *cursor += 1;
-        }
-    }
+    sent.pop_front();
+    done.push_back(Ok(std::mem::take(payload)));
+    settle(done, sent);
     true
 }
 

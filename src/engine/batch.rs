@@ -118,7 +118,17 @@ impl Batch {
             .is_ok()
     }
 
-    fn take_call(&self, i: usize) -> Option<Incoming> {
+    /// The owner puts call `i` of its next batch in its cell (between
+    /// batches: `next` is FINISHED or STOLEN, so no thief takes calls, and
+    /// the batch is not in `Work::batches`, so none looks).
+    #[inline]
+    pub(super) fn put_call(&self, i: usize, call: Incoming) {
+        // SAFETY: between batches every cell is the owner's (above), and
+        // only the owner's thread runs its lead turns.
+        self.calls[i].with_mut(|c| unsafe { *c = Some(call) });
+    }
+
+    pub(super) fn take_call(&self, i: usize) -> Option<Incoming> {
         // SAFETY: the caller owns call cell `i` (module docs).
         self.calls[i].with_mut(|c| unsafe { (*c).take() })
     }
@@ -147,6 +157,21 @@ impl Batch {
         // load of `done`: the cell written above is visible to it.
         self.done.store(done + 1, Ordering::Release);
         Ok(())
+    }
+
+    /// Result `i` of a batch its owner finished (`next` is [`FINISHED`]:
+    /// no thief takes it any more), borrowed where it lies.
+    #[inline]
+    fn finished_result(&self, i: usize) -> (u64, &WrapperFunctionBuffer) {
+        // SAFETY: the owner's own cell (module docs: after FINISHED, results
+        // between `flushed` and `done` are the owner's alone), written by
+        // `push_result` and not touched until the owner takes it after
+        // this borrow ends (the borrow is of `self`, which the owner holds).
+        let cell = self.results[i].with(|c| unsafe { &*c });
+        match cell {
+            Some((seq, r)) => (*seq, r),
+            None => unreachable!("results below `done` are in their cells"),
+        }
     }
 
     /// Takes results `from .. to` into `out`.
@@ -178,24 +203,16 @@ impl Inner {
         self.dispatcher.is_none() && self.config.max_workers > 1 && self.may_run_handler(w)
     }
 
-    /// Runs `first` and `more` (drained) as this worker's batch `b`: the
-    /// work lock `w` is let go meanwhile and taken again to return.
+    /// Runs the `n` calls in the cells of this worker's batch `b` (put
+    /// there by its lead turn, see [`Batch::put_call`]): the work lock `w`
+    /// is let go meanwhile and taken again to return.
     pub(super) fn run_batch<'a>(
         self: &'a Arc<Self>,
         mut w: MutexGuard<'a, Work>,
         b: &Arc<Batch>,
-        first: Incoming,
-        more: &mut Vec<Incoming>,
+        n: usize,
         out: &mut Vec<(u64, WrapperFunctionBuffer)>,
     ) -> MutexGuard<'a, Work> {
-        let mut n = 0;
-        for call in std::iter::once(first).chain(more.drain(..)) {
-            // SAFETY: between batches every cell is the owner's (`next` is
-            // FINISHED or STOLEN, and both steal nothing), and we hold the
-            // work lock, under which thieves look.
-            b.calls[n].with_mut(|c| unsafe { *c = Some(call) });
-            n += 1;
-        }
         b.len.store(n, Ordering::Relaxed);
         b.done.store(0, Ordering::Relaxed);
         b.flushed.store(0, Ordering::Relaxed);
@@ -233,6 +250,9 @@ impl Inner {
         };
         let prev_outbox = OUTBOX_OF.with(|o| o.replace(outbox));
         let prev_batch = BATCH_OF.with(|c| c.replace(batch));
+        // The batch responders hand their reference back to (as `BATCH_OF`
+        // says, without a thread-local look per call).
+        let own = (n > 1).then_some(&**b);
         let mut stolen = false;
         for i in 0..n {
             // SYNC POINT: batch claim. Pairs with the thief's swap: the
@@ -249,7 +269,7 @@ impl Inner {
             if self.gate.is_closed() {
                 continue; // disconnecting: no handler starts any more
             }
-            if let Some(result) = self.run_inline(call.seq, call.tag, call.args) {
+            if let Some(result) = self.run_inline(call.seq, call.tag, call.args, own) {
                 if let Err((seq, result)) = b.push_result(call.seq, result) {
                     self.answers.lock().results.push((seq, result));
                     self.outbox_full.store(true, Ordering::Relaxed);
@@ -280,7 +300,13 @@ impl Inner {
             drop(w);
             b.take_results(from, done, out);
         } else {
-            b.take_results(b.flushed.load(Ordering::Relaxed), done, out);
+            // Nobody steals from a finished batch: its results are ours,
+            // sent from their cells and then dropped there.
+            let from = b.flushed.load(Ordering::Relaxed);
+            if from < done {
+                self.send_results(done - from, |i| b.finished_result(from + i));
+                (from..done).for_each(|i| drop(b.take_result(i)));
+            }
         }
         if !out.is_empty() {
             self.send_outbox(out);
@@ -297,11 +323,13 @@ impl Inner {
     /// Runs one call's handler on this thread (no dispatcher): the result
     /// of a handler that returns it (or of an unknown tag); `None` when a
     /// responder carries it (to [`ResultSink::send_result`]).
+    #[inline]
     pub(super) fn run_inline(
         self: &Arc<Self>,
         seq: u64,
         tag: u64,
         args: WrapperFunctionBuffer,
+        own: Option<&Batch>,
     ) -> Option<WrapperFunctionBuffer> {
         match self.handlers.get(tag) {
             Some(HandlerEntry { sync: Some(f), .. }) => {
@@ -314,8 +342,7 @@ impl Inner {
                 }))
             }
             Some(entry) => {
-                let sink = self
-                    .own_batch()
+                let sink = own
                     .and_then(|b| b.swap_spare(None))
                     .unwrap_or_else(|| Arc::clone(self) as Arc<dyn ResultSink>);
                 let responder = Responder::new(seq, sink);

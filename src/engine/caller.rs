@@ -109,7 +109,7 @@ impl Inner {
             }
             if self.try_lead(CALLER) {
                 interrupted = false;
-                let turn = self.lead_turn(Some(seq), deadline, &mut Vec::new(), mine.as_deref_mut());
+                let turn = self.lead_turn(Some(seq), deadline, None, mine.as_deref_mut());
                 self.release_lead();
                 let (saw_call, own_taken) = (turn.saw_call, turn.own_taken);
                 self.after_caller_turn(turn);

@@ -37,7 +37,8 @@ impl Inner {
     /// [`DRAIN_BATCH`] messages: the waits behind a pipelined call then
     /// find their results done without leading at all) or `deadline`
     /// passes. A worker stops once it has read calls to run (up to
-    /// [`WORKER_BATCH`]: the first in `turn.call`, the rest in `more`) or
+    /// [`batch::BATCH`], into the cells of its batch `cells`, counted in
+    /// `turn.read`) or
     /// when a caller wants the lead.
     ///
     /// `mine`, a caller's, is offered every plain result first (with its
@@ -49,7 +50,7 @@ impl Inner {
         self: &Arc<Self>,
         own: Option<u64>,
         deadline: Option<Instant>,
-        more: &mut Vec<Incoming>,
+        cells: Option<&batch::Batch>,
         mut mine: Option<&mut M>,
     ) -> Turn
     where
@@ -78,13 +79,13 @@ impl Inner {
                         return true;
                     }
                 }
-                self.route(m, worker, &mut turn, more);
-                let read_calls = turn.call.is_some() && (more.len() >= WORKER_BATCH);
+                self.route(m, cells, &mut turn);
+                let read_calls = turn.read >= batch::BATCH;
                 !(read_calls || turn.disconnect.is_some() || turn.saw_call)
             });
             match arrival {
                 Ok(Arrival::Message) => {
-                    if turn.call.is_some() || turn.disconnect.is_some() || turn.saw_call {
+                    if turn.read > 0 || turn.disconnect.is_some() || turn.saw_call {
                         return turn;
                     }
                 }
@@ -144,13 +145,13 @@ impl Inner {
         }
     }
 
-    /// Routes one message (taking its payload out). Never blocks.
+    /// Routes one message (taking its payload out). Never blocks. A call
+    /// read by a worker goes into the next cell of its batch (`cells`).
     pub(super) fn route(
         self: &Arc<Self>,
         msg: &mut Message,
-        worker: bool,
+        cells: Option<&batch::Batch>,
         turn: &mut Turn,
-        more: &mut Vec<Incoming>,
     ) {
         match msg.opcode {
             Opcode::Result => match self.outcome_of(msg) {
@@ -170,12 +171,9 @@ impl Inner {
                     tag: msg.tag,
                     args: std::mem::take(&mut msg.payload),
                 };
-                if worker {
-                    if turn.call.is_none() {
-                        turn.call = Some(call);
-                    } else {
-                        more.push(call);
-                    }
+                if let Some(b) = cells {
+                    b.put_call(turn.read, call);
+                    turn.read += 1;
                     return;
                 }
                 turn.saw_call = true;

@@ -21,10 +21,12 @@ use crate::sync::{
     MutexGuard, Ordering,
 };
 use crate::transport::{Arrival, Outgoing, Received, Transport, TransportError};
+use frames::Frames;
 
 mod batch;
 mod caller;
 mod disconnect;
+mod frames;
 mod lead;
 mod worker;
 
@@ -301,8 +303,9 @@ pub(crate) type Mine<'a> = dyn FnMut(u64, &mut WrapperFunctionBuffer) -> bool + 
 struct Turn {
     /// The caller's own call's result was taken by its `mine`.
     own_taken: bool,
-    /// A call a worker read: it runs it after giving up the lead.
-    call: Option<Incoming>,
+    /// Calls a worker read (into the cells of its batch): it runs them
+    /// after giving up the lead.
+    read: usize,
     disconnect: Option<DisconnectReason>,
     /// A caller read an incoming call (and queued or refused it).
     saw_call: bool,
@@ -617,35 +620,31 @@ impl Inner {
         }
     }
 
-    /// Sends `calls` (tag, arguments) in order as batches of up to
+    /// Sends `count` calls (`call(i)`: the tag and arguments of call `i`)
+    /// in order as batches of up to
     /// [`CALL_BATCH`]: a slot for each, then their frames with one
     /// publication and one wake-up check per batch (the fast path of
     /// [`Pipeline`](crate::Pipeline)). Reports each call to `done`, in
     /// order: its sequence number, or why it was not sent. Returns how many
     /// calls were reported; fewer than all when `deadline` passed with the
     /// transport full (the rest are untouched, not sent).
-    pub(crate) fn call_batch(
+    pub(crate) fn call_batch<'a>(
         self: &Arc<Self>,
-        calls: &[(u64, &[u8])],
+        count: usize,
+        call: impl Fn(usize) -> (u64, &'a [u8]),
         deadline: Option<Instant>,
         done: &mut impl FnMut(Result<u64, CallError>),
     ) -> usize {
         let Ok(_inside) = self.gate.enter() else {
             let err = self.closed_error();
-            calls.iter().for_each(|_| done(Err(err.clone())));
-            return calls.len();
+            (0..count).for_each(|_| done(Err(err.clone())));
+            return count;
         };
         let mut handled = 0;
-        while handled < calls.len() {
-            let chunk = &calls[handled..calls.len().min(handled + CALL_BATCH)];
+        while handled < count {
+            let want = (count - handled).min(CALL_BATCH);
             let mut seqs = [0u64; CALL_BATCH];
-            let mut frames = [Outgoing {
-                opcode: Opcode::CallWrapper,
-                seq: 0,
-                tag: 0,
-                payload: &[],
-            }; CALL_BATCH];
-            let n = match self.pending.register_many(&mut seqs[..chunk.len()]) {
+            let n = match self.pending.register_many(&mut seqs[..want]) {
                 Ok(n) => n,
                 // Every slot is taken: this call fails (later ones may
                 // find slots freed meanwhile).
@@ -655,18 +654,19 @@ impl Inner {
                     continue;
                 }
             };
-            for ((frame, &seq), &(tag, args)) in frames.iter_mut().zip(&seqs[..n]).zip(chunk) {
-                *frame = Outgoing {
+            let mut frames = Frames::<'a, CALL_BATCH>::new();
+            for (i, &seq) in seqs[..n].iter().enumerate() {
+                let (tag, payload) = call(handled + i);
+                frames.push(Outgoing {
                     opcode: Opcode::CallWrapper,
                     seq,
                     tag,
-                    payload: args,
-                };
+                    payload,
+                });
             }
-            let (sent, error) = match self
-                .transport
-                .send_batch(&frames[..n], deadline, &|| self.ensure_reader())
-            {
+            let (sent, error) = match self.transport.send_batch(frames.as_slice(), deadline, &|| {
+                self.ensure_reader()
+            }) {
                 Ok(()) => (n, None),
                 Err(e) => (e.sent.min(n), Some(e.error)),
             };
@@ -689,8 +689,8 @@ impl Inner {
                     handled += 1;
                 }
                 e => {
-                    calls[handled..].iter().for_each(|_| done(Err(e.clone())));
-                    return calls.len();
+                    (handled..count).for_each(|_| done(Err(e.clone())));
+                    return count;
                 }
             }
         }
@@ -853,36 +853,42 @@ impl Inner {
 
     /// Sends `outbox`'s results as batches (one publication each).
     pub(super) fn send_outbox(self: &Arc<Self>, outbox: &[(u64, WrapperFunctionBuffer)]) {
+        self.send_results(outbox.len(), |i| (outbox[i].0, &outbox[i].1));
+    }
+
+    /// Sends `count` results (`result(i)`: result `i`'s sequence number
+    /// and bytes) as batches (one publication each).
+    #[inline]
+    pub(super) fn send_results<'r>(
+        self: &Arc<Self>,
+        count: usize,
+        result: impl Fn(usize) -> (u64, &'r WrapperFunctionBuffer),
+    ) {
         let Ok(_inside) = self.gate.enter() else {
             return;
         };
         let mut at = 0;
-        while at < outbox.len() {
-            let chunk = &outbox[at..outbox.len().min(at + CALL_BATCH)];
-            let mut frames = [Outgoing {
-                opcode: Opcode::Result,
-                seq: 0,
-                tag: 0,
-                payload: &[],
-            }; CALL_BATCH];
-            for (frame, (seq, result)) in frames.iter_mut().zip(chunk) {
-                let (kind, bytes) = self.result_wire(result);
-                *frame = Outgoing {
+        while at < count {
+            let mut frames = Frames::<'r, CALL_BATCH>::new();
+            for i in at..count.min(at + CALL_BATCH) {
+                let (seq, r) = result(i);
+                let (kind, bytes) = self.result_wire(r);
+                frames.push(Outgoing {
                     opcode: Opcode::Result,
-                    seq: *seq,
+                    seq,
                     tag: kind,
                     payload: bytes,
-                };
+                });
             }
-            let n = chunk.len();
+            let n = frames.len();
             match self
                 .transport
-                .send_batch(&frames[..n], None, &|| self.ensure_reader())
+                .send_batch(frames.as_slice(), None, &|| self.ensure_reader())
             {
                 Ok(()) => at += n,
                 Err(e) => {
                     let failed = at + e.sent.min(n);
-                    if !self.result_not_sent(outbox[failed].0, e.error) {
+                    if !self.result_not_sent(result(failed).0, e.error) {
                         break;
                     }
                     at = failed + 1;

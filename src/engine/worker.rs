@@ -16,11 +16,8 @@ impl Inner {
         // second on its CPU and 15-25 % of its pipelined rate (2026-11-30
         // (7)). Back to `base` once this worker leads or runs a call.
         let mut grace = base;
-        // The calls a lead turn read beyond the first (reused: no
-        // allocation per turn).
-        let mut more = Vec::with_capacity(WORKER_BATCH);
-        // This worker's batch, and where its results (or stolen ones) are
-        // gathered to be sent: made once.
+        // This worker's batch (its lead turns read calls into its cells),
+        // and where stolen results are gathered to be sent: made once.
         let batch = Arc::new(batch::Batch::new());
         let mut out = Vec::with_capacity(batch::BATCH);
         let mut next_look = Instant::now();
@@ -85,27 +82,24 @@ impl Inner {
                 drop(w);
                 poll = base;
                 grace = base;
-                let mut turn = self.lead_turn(None, deadline, &mut more, None::<&mut Mine<'_>>);
+                let turn = self.lead_turn(None, deadline, Some(&*batch), None::<&mut Mine<'_>>);
                 self.release_lead();
                 w = self.work.lock();
                 if let Some(r) = turn.disconnect {
                     w.disconnect.get_or_insert(r);
                 }
-                if let Some(call) = turn.call {
-                    // A lone call takes `run_call` below: fewer locked
-                    // instructions on a round trip's path than a batch.
-                    if !more.is_empty() && self.may_run_batch(&w) {
-                        // Pipelined calls: this worker runs what it read.
-                        w = self.run_batch(w, &batch, call, &mut more, &mut out);
-                        continue;
-                    }
-                    turn.call = Some(call);
+                // A lone call takes `run_call` below: fewer locked
+                // instructions on a round trip's path than a batch.
+                if turn.read > 1 && self.may_run_batch(&w) {
+                    // Pipelined calls: this worker runs what it read.
+                    w = self.run_batch(w, &batch, turn.read, &mut out);
+                    continue;
                 }
                 // This worker runs them next, unless a handler blocks it:
                 // then another takes them from the queue (nobody is woken
                 // for them now; an idle worker looks at the queue within
                 // `IDLE_LOOK`, then every `HANDOVER` while handlers run).
-                for call in more.drain(..) {
+                for call in (1..turn.read).filter_map(|i| batch.take_call(i)) {
                     if !self.enqueue_quietly(&mut w, call) {
                         w.disconnect.get_or_insert(DisconnectReason::Protocol(
                             "the peer keeps sending calls while it does not read their results"
@@ -113,7 +107,7 @@ impl Inner {
                         ));
                     }
                 }
-                if let Some(call) = turn.call {
+                if let Some(call) = (turn.read > 0).then(|| batch.take_call(0)).flatten() {
                     if self.may_run_handler(&w) {
                         w = self.run_call(w, call);
                     } else if !self.enqueue(&mut w, call) {
