@@ -111,6 +111,13 @@ pub struct RingProducer {
     /// whose first words are already stored). `None` when everything
     /// written is published.
     held: Option<(usize, u64)>,
+    /// Bytes from `tail` that [`try_write_whole`](Self::try_write_whole)
+    /// may fill without further checks: a frame of `size` bytes with
+    /// `size + ALIGN <= fast_room` ends at least a header before the end
+    /// of the ring (so no gap follows it) and fits, with the slot after it,
+    /// in the free space the cached head leaves. 0 whenever the tail moves
+    /// any other way (it is recomputed on the next fast write).
+    fast_room: u64,
 }
 
 impl fmt::Debug for RingProducer {
@@ -157,6 +164,7 @@ impl RingProducer {
             max_message_size,
             mid_message: false,
             held: None,
+            fast_room: 0,
         })
     }
 
@@ -213,6 +221,7 @@ impl RingProducer {
                 // skips such a gap as soon as a frame ends at it, so only
                 // a ring left so by another producer gets here.)
                 self.tail = self.idx.advance(self.tail, contiguous);
+                self.fast_room = 0;
                 continue;
             }
             if contiguous < frame {
@@ -266,13 +275,16 @@ impl RingProducer {
             return false;
         }
         let frame = frame_size(len as u64);
-        let offset = self.idx.offset(self.tail);
-        // A frame that does not fit before the ring's end needs padding
-        // first: `try_write` writes it.
-        if (self.idx.capacity - offset as u64) < frame || self.free() < self.room_for(frame) {
-            return false;
+        if frame + ALIGN > self.fast_room {
+            self.fast_room = self.fast_window();
+            // Padding at the ring's end, a gap, or a ring that looks full:
+            // `try_write` sees to those.
+            if frame + ALIGN > self.fast_room {
+                return false;
+            }
         }
-        let header = FrameHeader {
+        let offset = self.idx.offset(self.tail);
+        let [word0, seq, tag, total] = FrameHeader {
             len: len as u32,
             flags: FIRST | LAST | PUBLISHED,
             opcode: opcode.to_wire() as u8,
@@ -280,11 +292,47 @@ impl RingProducer {
             seq,
             tag,
             total: len as u64,
-        };
-        // SAFETY: the frame lies before the end of the ring and, with the
-        // gap and the slot after it, in free space (`room_for`); 16-aligned.
-        unsafe { self.put_frame(offset, header, payload, frame) };
+        }
+        .to_words();
+        // SAFETY: `frame + ALIGN <= fast_room`: the frame and the slot
+        // after it lie before the end of the ring and in free space (see
+        // `fast_room`); 16-aligned (the tail and frame sizes are).
+        unsafe {
+            self.mem.data.write_header_rest(offset, [seq, tag, total]);
+            if len != 0 {
+                self.mem.data.write(offset + FRAME_HEADER_SIZE, payload);
+            }
+            // The slot after reads 0 until a frame is published there (as
+            // in `put_frame`). `Relaxed`: the publishing `Release` store
+            // orders it.
+            self.mem
+                .data
+                .store_commit(offset + frame as usize, 0, Ordering::Relaxed);
+        }
+        self.tail = self.idx.advance(self.tail, frame);
+        self.fast_room -= frame;
+        self.hold_or_store(offset, word0);
         true
+    }
+
+    /// The `fast_room` the tail and the cached head leave now.
+    #[inline]
+    fn fast_window(&self) -> u64 {
+        let before_end = self.idx.capacity - self.idx.offset(self.tail) as u64;
+        before_end.saturating_sub(HEADER).min(self.free())
+    }
+
+    /// The first word of the frame just written at `offset`: held back if
+    /// it is the first unpublished frame (`publish` stores it), else
+    /// stored now (the held one publishes it).
+    #[inline(always)]
+    fn hold_or_store(&mut self, offset: usize, word0: u64) {
+        if self.held.is_none() {
+            self.held = Some((offset, word0));
+        } else {
+            // SAFETY: the frame just written; published by the held one.
+            unsafe { self.mem.data.store_commit(offset, word0, Ordering::Relaxed) };
+        }
     }
 
     /// Writes a frame of `size` bytes at `offset` (the tail's), clears the
@@ -307,6 +355,7 @@ impl RingProducer {
         }
         let after = self.idx.advance(self.tail, size);
         self.tail = self.idx.advance(after, self.gap_at(after));
+        self.fast_room = 0;
         // The slot after this frame reads 0 until a frame is published
         // there: whatever an earlier lap left in those bytes is cleared
         // before this frame can be seen. `Relaxed`: this frame's (or the
@@ -317,12 +366,7 @@ impl RingProducer {
                 .data
                 .store_commit(self.idx.offset(self.tail), 0, Ordering::Relaxed)
         };
-        if self.held.is_none() {
-            self.held = Some((offset, word0));
-        } else {
-            // SAFETY: the frame just written; published by the held one.
-            unsafe { self.mem.data.store_commit(offset, word0, Ordering::Relaxed) };
-        }
+        self.hold_or_store(offset, word0);
     }
 
     /// Bytes from `pos` to the end of the ring if too few for a header
@@ -397,6 +441,7 @@ impl RingProducer {
             // Nothing was published, so the frames can be taken back: the
             // slot at `start` must read 0 again.
             self.tail = start;
+            self.fast_room = 0;
             self.mid_message = false;
             if held_before {
                 // SAFETY: `start` was the tail: a free, 16-aligned slot.
