@@ -69,6 +69,11 @@ pub struct RingConsumer {
     failed: Option<RingError>,
     /// `head` was published since the last `take_freed_space`.
     freed: bool,
+    /// Bytes from `head` to the end of the ring, known while the fast path
+    /// of [`try_take_whole`](Self::try_take_whole) reads frame after frame
+    /// (no failure, no fragmented message in progress); 0 when not known
+    /// (`read_frames` moved the head), then worked out again.
+    fast_room: u64,
 }
 
 impl fmt::Debug for RingConsumer {
@@ -112,6 +117,7 @@ impl RingConsumer {
             partial: None,
             failed: None,
             freed: false,
+            fast_room: 0,
         })
     }
 
@@ -165,6 +171,7 @@ impl RingConsumer {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        self.fast_room = 0;
         let result = self.read_frames(into);
         if let Err(e) = &result {
             self.failed = Some(e.clone());
@@ -184,14 +191,17 @@ impl RingConsumer {
     #[inline(always)]
     fn try_take_whole(&mut self, into: &mut Message) -> bool {
         const WHOLE: u64 = (FIRST | LAST | PUBLISHED) as u64;
-        if self.failed.is_some() || self.partial.is_some() {
-            return false;
-        }
-        let offset = self.idx.offset(self.head);
-        let contiguous = self.idx.capacity - offset as u64;
+        let mut contiguous = self.fast_room;
         if contiguous < HEADER {
-            return false;
+            if self.failed.is_some() || self.partial.is_some() {
+                return false;
+            }
+            contiguous = self.idx.capacity - self.idx.offset(self.head) as u64;
+            if contiguous < HEADER {
+                return false;
+            }
         }
+        let offset = (self.idx.capacity - contiguous) as usize;
         // SAFETY: `offset + 32 <= capacity`, 16-aligned.
         let word0 = unsafe { self.mem.data.load_commit(offset) };
         let len = word0 as u32 as usize;
@@ -231,6 +241,7 @@ impl RingConsumer {
         into.seq = seq;
         into.tag = tag;
         self.head = self.idx.advance(self.head, size);
+        self.fast_room = contiguous - size;
         true
     }
 

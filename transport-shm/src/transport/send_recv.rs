@@ -22,12 +22,13 @@ impl ShmTransport {
     /// One `try_recv_into`, waking a peer waiting for space if it freed
     /// some (unless `hold`: then the room stays unpublished, see
     /// [`Self::release_held`]). `waited`: whether the caller waited for
-    /// this message (see `in_step`).
+    /// this message (see `in_step`; `None` leaves it as it is: the rest
+    /// of a batch, whose first message set it).
     #[inline(always)]
     fn try_take(
         &self,
         consumer: &mut RingConsumer,
-        waited: bool,
+        waited: Option<bool>,
         hold: bool,
         into: &mut Message,
     ) -> Result<bool, TransportError> {
@@ -43,8 +44,10 @@ impl ShmTransport {
             Ok(true) => {
                 self.note_size(into.payload.len());
                 // Relaxed: only a hint for how to publish.
-                if self.in_step.load(Ordering::Relaxed) != waited {
-                    self.in_step.store(waited, Ordering::Relaxed);
+                if let Some(waited) = waited {
+                    if self.in_step.load(Ordering::Relaxed) != waited {
+                        self.in_step.store(waited, Ordering::Relaxed);
+                    }
                 }
                 Ok(true)
             }
@@ -93,7 +96,7 @@ impl ShmTransport {
                 self.release_held(consumer);
                 return Ok(Arrival::Interrupted);
             }
-            if self.try_take(consumer, *waited, hold, into)? {
+            if self.try_take(consumer, Some(*waited), hold, into)? {
                 return Ok(Arrival::Message);
             }
             // A message may be partly read: free its room before waiting
@@ -106,7 +109,7 @@ impl ShmTransport {
                     return Err(TransportError::PeerHungUp);
                 }
                 // Everything the peer published before its bit is visible.
-                if self.try_take(consumer, *waited, false, into)? {
+                if self.try_take(consumer, Some(*waited), false, into)? {
                     return Ok(Arrival::Message);
                 }
                 if consumer.has_frames() {
@@ -364,7 +367,7 @@ impl Transport for ShmTransport {
             if consumer.held_bytes() >= quarter {
                 self.release_held(&mut consumer);
             }
-            if !self.try_take(&mut consumer, false, true, into)? {
+            if !self.try_take(&mut consumer, None, true, into)? {
                 break;
             }
             taken += 1;
@@ -398,7 +401,7 @@ impl Transport for ShmTransport {
         }
         // Nothing whole yet, or the peer hung up: `recv` finds out which
         // (it drains what the peer published before its bit first).
-        self.try_take(&mut consumer, false, false, into)
+        self.try_take(&mut consumer, Some(false), false, into)
     }
 
     fn interrupt_recv(&self) {
