@@ -83,7 +83,7 @@ pub struct Pipeline {
     args: Vec<u8>,
     /// Staged calls, oldest first: tag, and where in `args` their
     /// arguments start and end.
-    staged: VecDeque<(u64, usize, usize)>,
+    staged: Vec<(u64, usize, usize)>,
     /// Results of the oldest calls, in order, not yet returned by `next`.
     done: VecDeque<CallResult>,
     /// The calls after those, oldest first (sent or failed). The front is
@@ -108,7 +108,7 @@ impl Endpoint {
         Pipeline {
             endpoint: self.clone(),
             args: Vec::new(),
-            staged: VecDeque::new(),
+            staged: Vec::new(),
             done: VecDeque::new(),
             sent: VecDeque::new(),
         }
@@ -120,10 +120,11 @@ impl Pipeline {
     /// [`flush`](Self::flush), or by [`next`](Self::next) when that would
     /// otherwise wait. Never blocks, never fails: a call that cannot be
     /// sent yields its error from `next`, in its place.
+    #[inline]
     pub fn submit(&mut self, tag: HandlerTag, args: &[u8]) {
         let at = self.args.len();
         self.args.extend_from_slice(args);
-        self.staged.push_back((tag.get(), at, self.args.len()));
+        self.staged.push((tag.get(), at, self.args.len()));
         if self.staged.len() >= CHUNK {
             // A full batch goes out now if the transport has room for it:
             // the peer works on it while this thread takes results.
@@ -319,7 +320,12 @@ fn take_mine(
 impl Iterator for Pipeline {
     type Item = CallResult;
 
+    #[inline]
     fn next(&mut self) -> Option<CallResult> {
+        // The usual case, inlined at the caller: the result is in.
+        if let Some(r) = self.done.pop_front() {
+            return Some(r);
+        }
         self.next_until(None)
     }
 }
