@@ -14,12 +14,47 @@ use crate::pending::{CallError, CallResult, PendingTable};
 /// them in batches of its own size).
 const CHUNK: usize = 16;
 
-/// A call of a pipeline whose result is not in `done` yet.
-enum Entry {
-    /// Sent under `seq`; `registered`: a waker was left in its slot.
-    Sent { seq: u64, registered: bool },
-    /// Never sent: its result is this error.
-    Failed(CallError),
+/// The calls of a pipeline whose results are not in `done` yet, oldest
+/// first: a sent call is its sequence number shifted left once, with the
+/// low bit set when a waker was left in its slot; a call that was never
+/// sent is [`FAILED`] (sequence numbers start at 1), its error in
+/// `failures`, in the same order. Eight bytes a call: the pipelined path
+/// pushes and pops one per call.
+#[derive(Default)]
+struct Waiting {
+    sent: VecDeque<u64>,
+    failures: VecDeque<CallError>,
+}
+
+/// A call of `Waiting::sent` that was never sent.
+const FAILED: u64 = 0;
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    /// The oldest call: its sequence number and whether a waker is in its
+    /// slot (`None` when there is none; never a failed call, see
+    /// [`settle`]).
+    #[inline(always)]
+    fn front(&self) -> Option<(u64, bool)> {
+        let &e = self.sent.front()?;
+        debug_assert!(e != FAILED, "a failure at the front moves to `done`");
+        Some((e >> 1, e & 1 != 0))
+    }
+
+    fn set_registered(&mut self, seq: u64, registered: bool) {
+        if let Some(e) = self.sent.front_mut() {
+            if *e != FAILED && *e >> 1 == seq {
+                *e = seq << 1 | u64::from(registered);
+            }
+        }
+    }
 }
 
 /// Many calls in flight from one thread: calls are *submitted* (staged,
@@ -86,10 +121,10 @@ pub struct Pipeline {
     staged: Vec<(u64, usize, usize)>,
     /// Results of the oldest calls, in order, not yet returned by `next`.
     done: VecDeque<CallResult>,
-    /// The calls after those, oldest first (sent or failed). The front is
-    /// never `Failed`: a failure that reaches it moves to `done` (see
-    /// [`Pipeline::settle`]).
-    sent: VecDeque<Entry>,
+    /// The calls after those (sent or failed). The oldest is never a
+    /// failure: a failure that becomes the oldest moves to `done` (see
+    /// [`settle`]).
+    sent: Waiting,
 }
 
 impl fmt::Debug for Pipeline {
@@ -110,7 +145,7 @@ impl Endpoint {
             args: Vec::new(),
             staged: Vec::new(),
             done: VecDeque::new(),
-            sent: VecDeque::new(),
+            sent: Waiting::default(),
         }
     }
 }
@@ -176,13 +211,13 @@ impl Pipeline {
             },
             deadline,
             &mut |r| match r {
-                Ok(seq) => sent.push_back(Entry::Sent {
-                    seq,
-                    registered: false,
-                }),
+                Ok(seq) => sent.sent.push_back(seq << 1),
                 // Every call before it is done: its place is in `done`.
                 Err(e) if sent.is_empty() => done.push_back(Err(e)),
-                Err(e) => sent.push_back(Entry::Failed(e)),
+                Err(e) => {
+                    sent.sent.push_back(FAILED);
+                    sent.failures.push_back(e);
+                }
             },
         );
         if handled == self.staged.len() {
@@ -216,11 +251,9 @@ impl Pipeline {
             return Some(r);
         }
         // Completed the usual way (read by another thread, or out of order).
-        let &Entry::Sent { seq, registered } = self.sent.front()? else {
-            unreachable!("a failure at the front moves to `done`")
-        };
+        let (seq, registered) = self.sent.front()?;
         let r = self.endpoint.inner.pending.try_take(seq, registered)?;
-        self.sent.pop_front();
+        self.sent.sent.pop_front();
         settle(&mut self.done, &mut self.sent);
         Some(r)
     }
@@ -241,9 +274,7 @@ impl Pipeline {
             if let Some(r) = self.take_front() {
                 return Some(r);
             }
-            let &Entry::Sent { seq, registered } = self.sent.front()? else {
-                unreachable!("a failure at the front moves to `done`")
-            };
+            let (seq, registered) = self.sent.front()?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Some(Err(CallError::TimedOut));
             }
@@ -258,11 +289,7 @@ impl Pipeline {
             );
             // The call waited for may be done and gone from `sent` (taken
             // by `take_mine`, which it was only if no waker was left).
-            if let Some(Entry::Sent { seq: s, registered }) = self.sent.front_mut() {
-                if *s == seq {
-                    *registered = reg;
-                }
-            }
+            self.sent.set_registered(seq, reg);
             if let Err(e) = waited {
                 // The call stays in flight (a would-deadlock error).
                 return Some(Err(e));
@@ -271,11 +298,12 @@ impl Pipeline {
     }
 }
 
-/// Moves failures that reached the front of `sent` to `done`.
+/// Moves failures that became the oldest waiting calls to `done`.
 #[inline(always)]
-fn settle(done: &mut VecDeque<CallResult>, sent: &mut VecDeque<Entry>) {
-    while let Some(Entry::Failed(_)) = sent.front() {
-        if let Some(Entry::Failed(e)) = sent.pop_front() {
+fn settle(done: &mut VecDeque<CallResult>, waiting: &mut Waiting) {
+    while waiting.sent.front() == Some(&FAILED) {
+        waiting.sent.pop_front();
+        if let Some(e) = waiting.failures.pop_front() {
             done.push_back(Err(e));
         }
     }
@@ -293,18 +321,19 @@ fn settle(done: &mut VecDeque<CallResult>, sent: &mut VecDeque<Entry>) {
 fn take_mine(
     pending: &PendingTable,
     done: &mut VecDeque<CallResult>,
-    sent: &mut VecDeque<Entry>,
+    sent: &mut Waiting,
     seq: u64,
     payload: &mut WrapperFunctionBuffer,
 ) -> bool {
-    match sent.front() {
-        Some(&Entry::Sent { seq: s, .. }) if s == seq => {}
-        _ => return false,
+    // A call with a waker in its slot compares equal too: `release_own`
+    // then refuses it.
+    if sent.sent.front().map(|&e| e >> 1) != Some(seq) {
+        return false;
     }
     if !pending.release_own(seq) {
         return false;
     }
-    sent.pop_front();
+    sent.sent.pop_front();
     done.push_back(Ok(std::mem::take(payload)));
     settle(done, sent);
     true
@@ -332,9 +361,9 @@ impl Iterator for Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        for entry in self.sent.drain(..) {
-            if let Entry::Sent { seq, registered } = entry {
-                self.endpoint.inner.pending.abandon(seq, registered);
+        for e in self.sent.sent.drain(..) {
+            if e != FAILED {
+                self.endpoint.inner.pending.abandon(e >> 1, e & 1 != 0);
             }
         }
     }

@@ -190,9 +190,12 @@ pub(super) fn rtt_calls(
     Ok(samples)
 }
 
-/// One pipelined call in this many is timed (issue to result): a clock
-/// read per call would cost as much as a sixth of a pipelined call here.
-pub const SAMPLE_EVERY: u64 = 8;
+/// One pipelined call in this many is timed (issue to result): one per
+/// window of 64. Two clock reads (~25 ns each here) for every 8 calls took
+/// ~4 % of a pipelined call's time once the call cost ~170 ns
+/// (`docs/BENCHMARKS.md`, 2026-11-30 (8)); a 1-second case still times
+/// ~90,000 calls, a quick one ~14,000, enough for its p99.9.
+pub const SAMPLE_EVERY: u64 = 64;
 
 /// Latency samples [`pipelined_calls`] returns for `calls` calls over
 /// `threads` threads.
