@@ -425,9 +425,15 @@ fn calls_beyond_the_queue_are_refused_as_busy() {
                 Err(e) => panic!("unexpected {e}"),
             }
         }
+        // Not refused: the two running, the four queued, and the calls a
+        // worker read in one turn as its batch before its first handler
+        // blocked (up to 16; moved to the queue when another worker finds
+        // the batch stuck). On a quiet machine calls arrive one at a time
+        // and about 44 are refused; under load a worker reads a burst
+        // (30 refused seen here with the other CPU busy).
         assert!(
-            busy >= 40,
-            "only {busy} of 50 refused with 2 workers and a queue of 4"
+            busy >= 50 - (2 + 4 + 16),
+            "only {busy} of 50 refused with 2 workers, a queue of 4 and batches of 16"
         );
         gate.store(true, Ordering::SeqCst);
         for mut call in rest {

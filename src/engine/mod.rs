@@ -139,6 +139,13 @@ pub struct EndpointConfig {
     pub max_pending_calls: usize,
     /// Incoming calls queued while every worker is busy. One more is
     /// answered at once with a "busy" error result. Default 1024.
+    ///
+    /// Besides these, a worker holds the calls it read in one turn (at
+    /// most 16) as its batch; if a handler of the batch blocks, another
+    /// worker moves the calls not yet started to the front of the queue,
+    /// which can then hold up to 15 more than this bound for each batch
+    /// so moved (calls read are never dropped); calls that arrive while
+    /// the queue is over its bound are refused as busy.
     pub max_queued_calls: usize,
     /// Most worker threads this connection starts (they run handlers and
     /// lead while nobody else does). At least 1. Default 16.
