@@ -9,7 +9,8 @@
 #   tools/callgrind-per-call.sh [MODE] [CALLS]
 #
 # MODE: a `pinned_layers` mode (`pipeline`, `batched`, `engine-executor`,
-# `engine-controller`; default `pipeline`); CALLS: default 100000.
+# `engine-controller`; default `pipeline`); CALLS: default 400000 (one-time
+# set-up costs then add under 5 instructions a call).
 # Needs valgrind (`apt-get install valgrind`); builds the example in
 # release mode first. Takes about a minute. Output files stay in a
 # temporary directory named at the end, for `callgrind_annotate`.
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-pipeline}"
-calls="${2:-100000}"
+calls="${2:-400000}"
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 cargo build --release -q -p orcwire-tools --example pinned_layers
 bin=target/release/examples/pinned_layers
@@ -32,12 +33,16 @@ for f in "$out"/cg.*-*; do
   per=$((total / calls))
   # Threads that did less than 5 instructions a call are set-up helpers.
   [ "$per" -ge 5 ] || continue
-  echo "thread ${f##*-}: $per instructions a call"
+  # Spinning in a wait counts too, and varies with the interleaving:
+  # what a side does is its total less `wait_until_then`'s.
+  spin=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
+    | grep -E 'WakeWord::wait_until_then \[' | head -1 | awk '{c=$1; gsub(",", "", c); print c}')
+  echo "thread ${f##*-}: $per instructions a call, $(( (total - ${spin:-0}) / calls )) without spin waits"
   # Inclusive counts of the main steps (function entries only, not the
   # annotated source that follows them).
   callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
     | sed -n '/file:function/,/Auto-annotated/p' \
-    | grep -E '::(send_batch|recv_batch|submit|next_until|lead_turn|send_outbox|respond|wait_until_then)( \[|$)' \
+    | grep -E '::(send_batch|recv_batch|call_batch|lead_turn|worker_loop|send_results|respond|wait_until_then|endpoint_pipeline_with)( \[|$)' \
     | awk -v n="$calls" '{c=$1; gsub(",", "", c); f=$0; sub(/^[^:]*:/, "", f); sub(/ \[.*/, "", f);
         sub(/.*::/, "", f); printf "  %8.1f  %s\n", c / n, f}' \
     | sort -k1,1nr | awk '!seen[$2]++'
