@@ -119,6 +119,8 @@ pub struct Pipeline {
     /// Staged calls, oldest first: tag, and where in `args` their
     /// arguments start and end.
     staged: Vec<(u64, usize, usize)>,
+    /// When the pipeline was made: a deadline that has always passed.
+    created: Instant,
     /// Results of the oldest calls, in order, not yet returned by `next`.
     done: VecDeque<CallResult>,
     /// The calls after those (sent or failed). The oldest is never a
@@ -144,6 +146,7 @@ impl Endpoint {
             endpoint: self.clone(),
             args: Vec::new(),
             staged: Vec::new(),
+            created: Instant::now(),
             done: VecDeque::new(),
             sent: Waiting::default(),
         }
@@ -163,7 +166,10 @@ impl Pipeline {
         if self.staged.len() >= CHUNK {
             // A full batch goes out now if the transport has room for it:
             // the peer works on it while this thread takes results.
-            let _ = self.flush_until(Some(Instant::now()));
+            // (A deadline already past — the pipeline's creation — rather
+            // than `Instant::now()`: no clock read per batch, and the
+            // transport reads the clock only if it has no room.)
+            let _ = self.flush_until(Some(self.created));
         }
     }
 
