@@ -4,11 +4,14 @@
 //! what is left when a handler of the batch blocks.
 //!
 //! # The protocol
-//! The owner fills the batch and counts itself busy under the work lock,
-//! then lets go of the lock. It claims call `i` with a CAS of `next` from
+//! The owner's lead turn puts the calls it reads straight into the
+//! batch's cells (between batches no thief looks at it: it is not in
+//! `Work::batches`, and `next` steals nothing). The owner then publishes
+//! the batch and counts itself busy under the work lock, and lets go of
+//! the lock. It claims call `i` with a CAS of `next` from
 //! `i` to `i + 1` and runs it; results go into `results[done]`, published
 //! by a `Release` store of `done`. At the end it moves `next` from the
-//! batch's length to [`FINISHED`] and sends the results.
+//! batch's length to [`FINISHED`] and sends the results from their cells.
 //!
 //! A worker that looks around (at least every [`HANDOVER`] while handlers
 //! run) and finds, under the work lock, that a batch's `next` has not
