@@ -217,7 +217,7 @@ impl Pipeline {
             },
             deadline,
             &mut |r| match r {
-                Ok(seq) => sent.sent.push_back(seq << 1),
+                Ok(seqs) => sent.sent.extend(seqs.iter().map(|&seq| seq << 1)),
                 // Every call before it is done: its place is in `done`.
                 Err(e) if sent.is_empty() => done.push_back(Err(e)),
                 Err(e) => {

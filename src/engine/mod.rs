@@ -632,7 +632,8 @@ impl Inner {
     /// [`CALL_BATCH`]: a slot for each, then their frames with one
     /// publication and one wake-up check per batch (the fast path of
     /// [`Pipeline`](crate::Pipeline)). Reports each call to `done`, in
-    /// order: its sequence number, or why it was not sent. Returns how many
+    /// order: the sequence numbers of a run of calls sent, or why one
+    /// call was not sent. Returns how many
     /// calls were reported; fewer than all when `deadline` passed with the
     /// transport full (the rest are untouched, not sent).
     pub(crate) fn call_batch<'a>(
@@ -640,7 +641,7 @@ impl Inner {
         count: usize,
         call: impl Fn(usize) -> (u64, &'a [u8]),
         deadline: Option<Instant>,
-        done: &mut impl FnMut(Result<u64, CallError>),
+        done: &mut impl FnMut(Result<&[u64], CallError>),
     ) -> usize {
         let Ok(_inside) = self.gate.enter() else {
             let err = self.closed_error();
@@ -677,8 +678,8 @@ impl Inner {
                 Ok(()) => (n, None),
                 Err(e) => (e.sent.min(n), Some(e.error)),
             };
-            for &seq in &seqs[..sent] {
-                done(Ok(seq));
+            if sent > 0 {
+                done(Ok(&seqs[..sent]));
             }
             for &seq in &seqs[sent..n] {
                 self.pending.free_unsent(seq);
