@@ -9,6 +9,20 @@ use std::time::Duration;
 
 use common::{run, run_command};
 
+/// Runs the binary with `args` within `limit` and asserts that it exited
+/// 0 (its stderr and stdout in the message); returns its output and its
+/// stdout as text.
+fn run_ok(args: &[&str], limit: Duration) -> (std::process::Output, String) {
+    let out = run(args, limit);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, stdout)
+}
+
 #[test]
 fn demo_calls_both_ways_and_exits_zero() {
     for (wait, dispatch) in [("balanced", "inline"), ("block", "pool")] {
@@ -169,7 +183,7 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
     let json_path = dir.join("bench.json");
     // --case-ms (not in --help) shortens every case so the test stays
     // bounded in a debug build; the cases are those of --quick.
-    let out = run(
+    let (_, stdout) = run_ok(
         &[
             "bench",
             "--quick",
@@ -179,12 +193,6 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
             json_path.to_str().unwrap(),
         ],
         Duration::from_secs(60),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus >= 2 {
@@ -296,7 +304,9 @@ fn bench_shm_raw_measures_the_transport_alone_and_its_child_exits_0() {
     let json_path = dir.join("raw.json");
     // A bounded run: shm-raw's one case (1 thread × 64 in flight, 64 B,
     // controller → child) and shm-spin's pipelined cases to compare.
-    let out = run(
+    // Success includes the children: the bench fails when one does not
+    // exit 0 (within 10 s) after its Hangup or disconnect.
+    let (_, stdout) = run_ok(
         &[
             "bench",
             "--case-ms",
@@ -309,14 +319,6 @@ fn bench_shm_raw_measures_the_transport_alone_and_its_child_exits_0() {
             json_path.to_str().unwrap(),
         ],
         Duration::from_secs(60),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // Success includes the children: the bench fails when one does not
-    // exit 0 (within 10 s) after its Hangup or disconnect.
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("pipelined shm-*"), "no legend:\n{stdout}");
     let json = std::fs::read_to_string(&json_path).unwrap();
@@ -362,7 +364,7 @@ fn bench_plot_draws_one_line_per_transport_and_direction() {
     let dir = std::env::temp_dir().join(format!("orcwire-plot-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let svg_path = dir.join("rtt.svg");
-    let out = run(
+    let (out, stdout) = run_ok(
         &[
             "bench",
             "--case-ms",
@@ -375,12 +377,6 @@ fn bench_plot_draws_one_line_per_transport_and_direction() {
             svg_path.to_str().unwrap(),
         ],
         Duration::from_secs(60),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("wrote "), "{stdout}");
     // Not a terminal: no progress bar on stderr.
@@ -433,15 +429,9 @@ fn bench_llvm_measures_both_pairings() {
         );
         return;
     }
-    let out = run(
+    let (_, stdout) = run_ok(
         &["bench-llvm", "--calls", "300", "--rounds", "1"],
         Duration::from_secs(180),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
         "round 0: LLVM -> LLVM p50",
