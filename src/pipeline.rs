@@ -9,10 +9,16 @@ use crate::buffer::WrapperFunctionBuffer;
 use crate::endpoint::Endpoint;
 use crate::handler::HandlerTag;
 use crate::pending::{CallError, CallResult, PendingTable};
+use crate::sync::Ordering;
 
 /// Calls handed to the engine at once by [`Pipeline::flush`] (it sends
 /// them in batches of its own size).
 const CHUNK: usize = 16;
+
+/// A pipeline keeps at most this share of the connection's pending slots
+/// leased between its calls (one in 4: 256 of the default 1,024, four
+/// windows of 64): the others stay free for other callers.
+const LEASE_SHARE: usize = 4;
 
 /// The calls of a pipeline whose results are not in `done` yet, oldest
 /// first: a sent call is its sequence number shifted left once, with the
@@ -127,6 +133,11 @@ pub struct Pipeline {
     /// failure: a failure that becomes the oldest moves to `done` (see
     /// [`settle`]).
     sent: Waiting,
+    /// Pending slots leased to this pipeline and free for its next calls:
+    /// the sequence number each was last used for (see
+    /// [`PendingTable::register_leased`]). At most `lease_limit`.
+    lease: Vec<u64>,
+    lease_limit: usize,
 }
 
 impl fmt::Debug for Pipeline {
@@ -142,6 +153,9 @@ impl Endpoint {
     /// A [`Pipeline`] of calls on this connection, for many calls in
     /// flight from one thread.
     pub fn pipeline(&self) -> Pipeline {
+        // SYNC POINT: pipelined. SeqCst, as disconnect's load: a pipeline
+        // made after that load finds the gate closed and sends nothing.
+        self.inner.pipelined.store(true, Ordering::SeqCst);
         Pipeline {
             endpoint: self.clone(),
             args: Vec::new(),
@@ -149,6 +163,8 @@ impl Endpoint {
             created: Instant::now(),
             done: VecDeque::new(),
             sent: Waiting::default(),
+            lease: Vec::new(),
+            lease_limit: self.inner.pending.capacity() / LEASE_SHARE,
         }
     }
 }
@@ -210,6 +226,7 @@ impl Pipeline {
         let (staged, args) = (&self.staged, &self.args[..]);
         let (done, sent) = (&mut self.done, &mut self.sent);
         let handled = inner.call_batch(
+            &mut self.lease,
             staged.len(),
             |i| {
                 let (tag, from, to) = staged[i];
@@ -286,12 +303,18 @@ impl Pipeline {
             }
             let mut reg = registered;
             let (done, sent) = (&mut self.done, &mut self.sent);
+            let mut lease = Lease {
+                free: &mut self.lease,
+                limit: self.lease_limit,
+            };
             let inner = &self.endpoint.inner;
             let waited = inner.wait_for_mine(
                 seq,
                 deadline,
                 &mut reg,
-                Some(&mut |s, payload| take_mine(&inner.pending, done, sent, s, payload)),
+                Some(&mut |s, payload| {
+                    take_mine(&inner.pending, done, sent, &mut lease, s, payload)
+                }),
             );
             // The call waited for may be done and gone from `sent` (taken
             // by `take_mine`, which it was only if no waker was left).
@@ -315,10 +338,16 @@ fn settle(done: &mut VecDeque<CallResult>, waiting: &mut Waiting) {
     }
 }
 
+/// A pipeline's leased slots, as `take_mine` adds to them.
+struct Lease<'a> {
+    free: &'a mut Vec<u64>,
+    limit: usize,
+}
+
 /// A result this pipeline read while it led: if it answers its oldest
 /// call not yet done (the front of `sent`: results come in order unless
 /// the peer answers out of order), `payload` is taken into `done` and the
-/// call's slot freed with one read-modify-write
+/// call's slot freed with a plain store, back to the pipeline's lease
 /// ([`PendingTable::release_own`]); `false` leaves the result to the
 /// usual way (another thread's call, a later call of ours answered early,
 /// or a slot a completer claimed or a waker is registered in), where
@@ -328,6 +357,7 @@ fn take_mine(
     pending: &PendingTable,
     done: &mut VecDeque<CallResult>,
     sent: &mut Waiting,
+    lease: &mut Lease<'_>,
     seq: u64,
     payload: &mut WrapperFunctionBuffer,
 ) -> bool {
@@ -336,8 +366,11 @@ fn take_mine(
     if sent.sent.front().map(|&e| e >> 1) != Some(seq) {
         return false;
     }
-    if !pending.release_own(seq) {
-        return false;
+    match pending.release_own(seq) {
+        None => return false,
+        Some(false) => {}
+        Some(true) if lease.free.len() < lease.limit => lease.free.push(seq),
+        Some(true) => pending.end_lease(seq),
     }
     sent.sent.pop_front();
     done.push_back(Ok(std::mem::take(payload)));
@@ -367,6 +400,9 @@ impl Iterator for Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        for &last in &self.lease {
+            self.endpoint.inner.pending.end_lease(last);
+        }
         for e in self.sent.sent.drain(..) {
             if e != FAILED {
                 self.endpoint.inner.pending.abandon(e >> 1, e & 1 != 0);

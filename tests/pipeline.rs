@@ -216,6 +216,66 @@ fn deadlines_and_dropping_leave_nothing_pending() {
     });
 }
 
+/// A pipeline keeps the slots of calls whose results it read itself
+/// (leased, for its next calls), at most a quarter of them; the others stay
+/// free for other callers, and dropping the pipeline frees its own.
+#[test]
+fn a_pipeline_leases_at_most_a_quarter_of_the_slots_and_frees_them_when_dropped() {
+    run_bounded(LIMIT, || {
+        let config = EndpointConfig {
+            max_pending_calls: 8,
+            ..EndpointConfig::default()
+        };
+        let (controller, executor) = pair(true, None, config);
+        let (echo, silent) = (tag(&controller, "echo"), tag(&controller, "silent"));
+        let mut pipe = controller.pipeline();
+        // Up to 4 in flight: every result read by this thread, in order.
+        for round in 0..50u8 {
+            for i in 0..4u8 {
+                pipe.submit(echo, &[round, i]);
+            }
+            for i in 0..4u8 {
+                assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &[round, i]);
+            }
+        }
+        assert_eq!(pipe.in_flight(), 0);
+        assert_eq!(controller.pending_calls(), 0);
+        // The pipeline is idle and holds 2 of the 8 slots: 6 other calls
+        // find a slot, the 7th none.
+        let held: Vec<_> = (0..6)
+            .map(|i| {
+                controller
+                    .call(silent, b"")
+                    .unwrap_or_else(|e| panic!("call {i} beside an idle pipeline: {e}"))
+            })
+            .collect();
+        assert_eq!(
+            controller.call(silent, b"").err(),
+            Some(CallError::TooManyPending(8)),
+            "the pipeline kept more than a quarter of the slots"
+        );
+        // Its own next calls still go out (in its leased slots).
+        pipe.submit(echo, b"x");
+        pipe.submit(echo, b"y");
+        assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"x");
+        assert_eq!(pipe.next().unwrap().unwrap().as_slice(), b"y");
+        // Dropped: its 2 slots are free again (the 6 silent calls keep
+        // theirs, held or abandoned, until their answer).
+        drop(pipe);
+        let more: Vec<_> = (0..2)
+            .map(|i| {
+                controller
+                    .call(silent, b"")
+                    .unwrap_or_else(|e| panic!("call {i} after the pipeline was dropped: {e}"))
+            })
+            .collect();
+        assert_eq!(controller.pending_calls(), 8);
+        drop((held, more));
+        controller.disconnect();
+        executor.disconnect();
+    });
+}
+
 /// Two calls sent in one batch and read by one worker in one turn: the
 /// second's handler blocks until the controller has the first's result.
 /// The first result is sent although the worker that ran its handler is

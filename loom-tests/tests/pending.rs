@@ -179,11 +179,11 @@ fn broken_waker_is_caught() {
 }
 
 /// A caller that reads its own call's result (a `Pipeline` leading: it
-/// frees the slot with one compare-and-swap and keeps the result) while a
-/// disconnecting thread fails every call. Proves: the call ends exactly
-/// once — with the result the owner read, or with `Disconnected` from the
-/// slot when the disconnect claimed it first — and the slot ends free (a
-/// claim never lands on a slot the owner already freed).
+/// frees the slot with a load and a plain store and keeps the result)
+/// while a disconnecting thread fails every call, leading too (the model's
+/// `Table` holds the lead as a lock for both). Proves: the call ends
+/// exactly once — with the result the owner read, or with `Disconnected`
+/// from the slot when the disconnect led first — and the slot ends free.
 fn own_result_races_disconnect() {
     let table = Table::new(2);
     let seq = table.register_own().unwrap();
@@ -212,12 +212,67 @@ fn pending_own_result_races_disconnect() {
     orcwire_loom_tests::model(own_result_races_disconnect);
 }
 
-/// The bug: the owner frees its slot with a load and a plain store, so a
-/// claim by the disconnect between the two is erased and its outcome
-/// written into a free slot.
+/// The bug: the disconnect fails calls without taking the lead, so its
+/// claim can fall between the owner's load and store: the store erases
+/// it, and the outcome lands in a slot nobody owns, which no call can
+/// take again.
 #[cfg(orcwire_loom_broken)]
 #[test]
 #[should_panic(expected = "slot left unusable")]
 fn broken_own_is_caught() {
     orcwire_loom_tests::model_with_bug("own", own_result_races_disconnect);
+}
+
+/// A pipeline's leased slot reused for its next call (a plain store of
+/// the new number, on the pipeline's thread, which does not lead) while
+/// the lead delivers a late result for the slot's previous call (the peer
+/// answered it twice). Proves: the late result is discarded, whenever it
+/// lands (the slot between calls is not occupied, so nobody claims it; once
+/// reused it names another number), the new call gets its own result, and
+/// the slot ends free once the lease ends.
+fn leased_slot_reused_while_a_late_result_lands() {
+    let table = Table::new(2);
+    let mut lease = Vec::new();
+    let first = table.register_leased(&mut lease).unwrap();
+    assert!(
+        table.release_leased(first, &mut lease),
+        "a leased slot whose owner read its result goes back to the lease"
+    );
+    let late = {
+        let table = table.clone();
+        thread::spawn(move || table.complete(first, Ok(WrapperFunctionBuffer::from_slice(b"late"))))
+    };
+    let second = table.register_leased(&mut lease).unwrap();
+    assert_ne!(second, first, "a reused slot takes a new number");
+    assert_eq!(
+        table.complete(second, Ok(WrapperFunctionBuffer::from_slice(b"own"))),
+        Some(true),
+        "the new call's own result was refused: a late result took its slot"
+    );
+    let delivered = late.join().unwrap();
+    assert_eq!(
+        delivered,
+        Some(false),
+        "a late result was delivered to a reused slot"
+    );
+    match table.take_own(second) {
+        Some(Ok(r)) if r.as_slice() == b"own" => {}
+        other => panic!("wrong result for the reused slot: {other:?}"),
+    }
+    table.end_leases(&mut lease);
+    assert!(table.all_free(), "slot left unusable after the lease ended");
+}
+
+#[test]
+fn pending_leased_slot_reused_while_a_late_result_lands() {
+    orcwire_loom_tests::model(leased_slot_reused_while_a_late_result_lands);
+}
+
+/// The bug: a leased slot stays occupied between calls, so the late result
+/// claims it and lands on the next call.
+#[cfg(orcwire_loom_broken)]
+#[test]
+#[should_panic(expected = "late result")]
+fn broken_lease_is_caught() {
+    orcwire_loom_tests::model_with_bug("lease", leased_slot_reused_while_a_late_result_lands);
 }

@@ -14,6 +14,40 @@ impl Inner {
         }
     }
 
+    /// Takes the lead for step 5 once the transport is closed: whoever
+    /// leads then ends its turn at once (its `recv` fails), and whoever
+    /// leads after it only finds the transport closed. Gives up at
+    /// `deadline` (`false`), which only a thread that keeps the lead while
+    /// it disconnects could cause (a waker run by a completing lead that
+    /// calls `disconnect` itself): `fail_all` then runs beside that lead,
+    /// so a result the lead reads for a caller's own call may still free
+    /// the slot after a claim here; the call ends once either way, the
+    /// slot keeps the outcome nobody takes, and the connection is gone.
+    fn lead_for_failing(&self, deadline: Instant) -> bool {
+        loop {
+            if self.try_lead(CALLER) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // Wait as a follower: `release_lead` unparks us.
+            self.followers.lock().push(thread::current());
+            self.follower_count.fetch_add(1, Ordering::Relaxed);
+            // SYNC POINT: follower hand-over (see `release_lead`).
+            fence(Ordering::SeqCst);
+            if self.lead.load(Ordering::Relaxed) != FREE {
+                park_until(Some(deadline.min(Instant::now() + LOOK_AGAIN)));
+            }
+            self.follower_count.fetch_sub(1, Ordering::Relaxed);
+            let me = thread::current().id();
+            let mut f = self.followers.lock();
+            if let Some(i) = f.iter().position(|t| t.id() == me) {
+                f.swap_remove(i);
+            }
+        }
+    }
+
     pub(crate) fn reason(&self) -> Option<DisconnectReason> {
         self.conn.lock().reason.clone()
     }
@@ -105,12 +139,22 @@ impl Inner {
         if !self.peer_gone() {
             self.drain_until_peer_gone(deadline);
         }
-        // Step 5.
+        // Step 5. Calls are failed while this thread leads: an owner that
+        // reads its own result frees its slot without a read-modify-write,
+        // which is sound only if no completer claims it meanwhile, and
+        // every other completer leads (`PendingTable::release_own`).
         self.transport.close();
         let err = self.closed_error();
+        // Only pipelines free slots so (SYNC POINT: pipelined, see
+        // `Endpoint::pipeline`; the gate closed before this load).
+        let led = self.pipelined.load(Ordering::SeqCst)
+            && self.lead_for_failing(Instant::now() + self.config.hangup_timeout);
         if !crate::sync::is_broken("engine") {
             // Loom must-fail variant: leave pending calls waiting.
             self.pending.fail_all(err);
+        }
+        if led {
+            self.release_lead();
         }
         // Step 6.
         {

@@ -352,6 +352,11 @@ pub(crate) struct Inner {
     callers: AtomicUsize,
     /// Advanced each time a caller leaves its wait.
     caller_epoch: AtomicU64,
+    /// A [`Pipeline`](crate::Pipeline) was made on this connection: its
+    /// lead turns free their own calls' slots with plain stores
+    /// ([`PendingTable::release_own`]), so disconnect fails the calls left
+    /// while it leads. Only ever set.
+    pub(crate) pipelined: AtomicBool,
     /// Callers parked because another thread leads (`followers` holds
     /// their threads); the lead's release wakes them.
     follower_count: AtomicUsize,
@@ -504,6 +509,7 @@ impl Inner {
             rx_dead: AtomicBool::new(false),
             callers: AtomicUsize::new(0),
             caller_epoch: AtomicU64::new(0),
+            pipelined: AtomicBool::new(false),
             follower_count: AtomicUsize::new(0),
             // Sized up front: the first follower must not allocate on a
             // call's path.
@@ -629,7 +635,8 @@ impl Inner {
 
     /// Sends `count` calls (`call(i)`: the tag and arguments of call `i`)
     /// in order as batches of up to
-    /// [`CALL_BATCH`]: a slot for each, then their frames with one
+    /// [`CALL_BATCH`]: a slot for each (the caller's `lease` first, see
+    /// [`PendingTable::register_leased`]), then their frames with one
     /// publication and one wake-up check per batch (the fast path of
     /// [`Pipeline`](crate::Pipeline)). Reports each call to `done`, in
     /// order: the sequence numbers of a run of calls sent, or why one
@@ -638,6 +645,7 @@ impl Inner {
     /// transport full (the rest are untouched, not sent).
     pub(crate) fn call_batch<'a>(
         self: &Arc<Self>,
+        lease: &mut Vec<u64>,
         count: usize,
         call: impl Fn(usize) -> (u64, &'a [u8]),
         deadline: Option<Instant>,
@@ -652,7 +660,7 @@ impl Inner {
         while handled < count {
             let want = (count - handled).min(CALL_BATCH);
             let mut seqs = [0u64; CALL_BATCH];
-            let n = match self.pending.register_many(&mut seqs[..want]) {
+            let n = match self.pending.register_leased(lease, &mut seqs[..want]) {
                 Ok(n) => n,
                 // Every slot is taken: this call fails (later ones may
                 // find slots freed meanwhile).

@@ -9,8 +9,8 @@
 //!
 //! # The slot's state word
 //! ```text
-//!  63 ............................ 8   7 .. 5   4          3        2       1       0
-//! [ sequence number of the owner     ][  0   ][ABANDONED][CLAIMED][WAKER][VALUE][OCCUPIED]
+//!  63 ..................... 8   7 .. 6   5        4          3        2       1       0
+//! [ sequence number of the owner ][  0   ][LEASED][ABANDONED][CLAIMED][WAKER][VALUE][OCCUPIED]
 //! ```
 //! * `OCCUPIED`: a call owns the slot. Set by `PendingTable::register`
 //!   (CAS from 0), cleared (store 0) by whoever frees the slot: the owner
@@ -25,6 +25,17 @@
 //! * `WAKER`: the owner has put a waker in the slot (set once per call,
 //!   with a read-modify-write after the first registration). A completer
 //!   wakes only if it sees the bit.
+//! * `LEASED`: the slot belongs to one [`Pipeline`](crate::Pipeline)
+//!   between its calls too. When it reads a call's result itself
+//!   ([`PendingTable::release_own`]) the slot goes back to it as
+//!   `seq << 8 | LEASED` instead of 0: not occupied, so no completer
+//!   touches it, and not free, so no other call takes it. Its next call
+//!   there takes the number `seq + slots` with a plain store
+//!   ([`PendingTable::register_leased`]): no compare-and-swap, and a
+//!   pipeline's calls cycle through the few slots of its window (they stay
+//!   in this core's cache) instead of the whole table. Any other way of
+//!   ending the call (taken from the slot, abandoned) frees the slot as
+//!   usual and ends its lease.
 //!
 //! Every call therefore completes exactly once: the claim is one CAS, so a
 //! result racing a disconnect wins or loses but never completes a call
@@ -121,6 +132,8 @@ pub const WAKER: u64 = 1 << 2;
 pub const CLAIMED: u64 = 1 << 3;
 /// The handle was dropped; the completer frees the slot.
 pub const ABANDONED: u64 = 1 << 4;
+/// The slot is leased to a pipeline (see the module docs).
+pub const LEASED: u64 = 1 << 5;
 const SEQ_SHIFT: u32 = 8;
 /// Sequence numbers stay below this (they fit the state word's seq field).
 const SEQ_LIMIT: u64 = 1 << (64 - SEQ_SHIFT);
@@ -201,13 +214,19 @@ impl PendingTable {
         }
     }
 
+    /// How many slots the table has.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     fn slot(&self, seq: u64) -> &Slot {
         &self.slots[(seq & self.mask) as usize]
     }
 
-    /// Takes call `seq`'s slot if it is free.
+    /// Takes call `seq`'s slot if it is free, with `flags` (0 or
+    /// [`LEASED`]) besides `OCCUPIED`.
     #[inline]
-    fn occupy(&self, seq: u64) -> bool {
+    fn occupy_as(&self, seq: u64, flags: u64) -> bool {
         // SYNC POINT: slot freed. Acquire pairs with the Release store of 0
         // by whoever freed the slot: its last use of the value cell
         // happened before ours.
@@ -215,7 +234,7 @@ impl PendingTable {
             .state
             .compare_exchange(
                 0,
-                seq << SEQ_SHIFT | OCCUPIED,
+                seq << SEQ_SHIFT | OCCUPIED | flags,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             )
@@ -224,6 +243,11 @@ impl PendingTable {
 
     /// Takes a free slot under a fresh sequence number.
     pub(crate) fn register(&self) -> Result<u64, CallError> {
+        self.register_as(0)
+    }
+
+    /// [`register`](Self::register) with `flags` besides `OCCUPIED`.
+    fn register_as(&self, flags: u64) -> Result<u64, CallError> {
         for _ in 0..self.slots.len() {
             let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             if seq >= SEQ_LIMIT || seq == 0 {
@@ -233,36 +257,93 @@ impl PendingTable {
                 self.next_seq.store(2, Ordering::Relaxed);
                 seq = 1;
             }
-            if self.occupy(seq) {
+            if self.occupy_as(seq, flags) {
                 return Ok(seq);
             }
         }
         Err(CallError::TooManyPending(self.slots.len()))
     }
 
-    /// Takes free slots for a run of calls, filling `out` from the start:
-    /// one read-modify-write reserves a run of fresh sequence numbers
-    /// (numbers whose slot is busy are skipped, as in
-    /// [`register`](Self::register), which takes over when the run falls
-    /// short). Returns how many were taken: all of `out`, or fewer when
-    /// every slot is in use.
+    /// `register_many_as` with no flags (for the tests).
+    #[cfg(test)]
+    pub(crate) fn register_many(&self, out: &mut [u64]) -> Result<usize, CallError> {
+        self.register_many_as(out, 0)
+    }
+
+    /// Takes slots for a run of a pipeline's calls, filling `out` from the
+    /// start: its slots leased to it from previous calls first (`lease`: the last sequence
+    /// number each was used for; those used are taken out), each under the
+    /// number `slots` above its last, with a plain store; then fresh slots,
+    /// leased too. One read-modify-write for the run either way: the
+    /// highest number handed out is published in `next_seq` (results for
+    /// numbers above it are the peer's error).
     ///
     /// # Errors
     /// [`CallError::TooManyPending`] when not even one slot is free.
-    pub(crate) fn register_many(&self, out: &mut [u64]) -> Result<usize, CallError> {
+    pub(crate) fn register_leased(
+        &self,
+        lease: &mut Vec<u64>,
+        out: &mut [u64],
+    ) -> Result<usize, CallError> {
+        let slots = self.mask + 1;
+        let mut taken = 0;
+        let mut highest = 0;
+        while taken < out.len() {
+            let Some(last) = lease.pop() else { break };
+            let seq = last + slots;
+            let state = &self.slot(last).state;
+            if seq >= SEQ_LIMIT {
+                // 2^56 calls later: the slot leaves the lease.
+                // SYNC POINT: slot freed (Release half, see `register`).
+                state.store(0, Ordering::Release);
+                continue;
+            }
+            // Nobody else writes a leased slot that is not occupied (no
+            // completer claims it, no `occupy` takes it): a plain store.
+            // SYNC POINT: slot freed (Release half, see `register`): a
+            // completer's claim of this call acquires it.
+            state.store(seq << SEQ_SHIFT | OCCUPIED | LEASED, Ordering::Release);
+            out[taken] = seq;
+            highest = highest.max(seq);
+            taken += 1;
+        }
+        if highest != 0 {
+            // Relaxed: as `register`'s increment (see `complete`).
+            self.next_seq.fetch_max(highest + 1, Ordering::Relaxed);
+        }
+        if taken == out.len() {
+            return Ok(taken);
+        }
+        match self.register_many_as(&mut out[taken..], LEASED) {
+            Ok(n) => Ok(taken + n),
+            Err(_) if taken > 0 => Ok(taken),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes free slots for a run of calls (with `flags` besides
+    /// `OCCUPIED`), filling `out` from the start: one read-modify-write
+    /// reserves a run of fresh sequence numbers (numbers whose slot is busy
+    /// are skipped, as in [`register`](Self::register), which takes over
+    /// when the run falls short). Returns how many were taken: all of
+    /// `out`, or fewer when every slot is in use.
+    ///
+    /// # Errors
+    /// [`CallError::TooManyPending`] when not even one slot is free.
+    fn register_many_as(&self, out: &mut [u64], flags: u64) -> Result<usize, CallError> {
         let n = out.len() as u64;
         let first = self.next_seq.fetch_add(n, Ordering::Relaxed);
         let mut taken = 0;
         if first != 0 && first.checked_add(n).is_some_and(|end| end <= SEQ_LIMIT) {
             for seq in first..first + n {
-                if self.occupy(seq) {
+                if self.occupy_as(seq, flags) {
                     out[taken] = seq;
                     taken += 1;
                 }
             }
         }
         while taken < out.len() {
-            match self.register() {
+            match self.register_as(flags) {
                 Ok(seq) => {
                     out[taken] = seq;
                     taken += 1;
@@ -351,7 +432,9 @@ impl PendingTable {
 
     /// Completes every call still waiting with `err`. The caller makes sure
     /// no new call registers meanwhile (the endpoint's gate is closed and
-    /// idle), so afterwards the table is empty or holds only outcomes.
+    /// idle), so afterwards the table is empty or holds only outcomes; and
+    /// it leads, so no owner frees a slot under a claim of ours (see
+    /// [`release_own`](Self::release_own)).
     pub(crate) fn fail_all(&self, err: CallError) {
         for slot in self.slots.iter() {
             let cur = slot.state.load(Ordering::Relaxed);
@@ -416,40 +499,45 @@ impl PendingTable {
     }
 
     /// The owner of call `seq` read its result itself (a [`Pipeline`]
-    /// that leads): frees the slot, unless a completer claimed it first
-    /// (disconnect failing every call) or a waker was registered — then
-    /// `false`, and the outcome goes the usual way (`complete`, then
-    /// [`try_take`](Self::try_take)). One read-modify-write where the
-    /// usual way takes three and moves the outcome in and out of the cell.
-    /// Owner only.
+    /// that leads): frees the slot — back to the owner's lease if it was
+    /// leased (`Some(true)`: the owner keeps `seq` to reuse it, see
+    /// [`register_leased`](Self::register_leased)), else to everyone
+    /// (`Some(false)`) — unless a completer claimed it first or a waker was
+    /// registered: then `None`, and the outcome goes the usual way
+    /// (`complete`, then [`try_take`](Self::try_take)). Owner only, and
+    /// only while it leads.
+    ///
+    /// A load and a plain store, no read-modify-write: nobody else writes
+    /// the state word of an occupied slot meanwhile. Its completers are
+    /// whoever reads the transport, which means leading (the owner leads
+    /// now), and [`fail_all`](Self::fail_all), which the endpoint runs
+    /// while it leads too (disconnect takes the lead for it).
     ///
     /// [`Pipeline`]: crate::Pipeline
-    pub(crate) fn release_own(&self, seq: u64) -> bool {
-        if crate::sync::is_broken("own") {
-            // Loom must-fail variant: free with a load and a plain store,
-            // so a claim by disconnect between the two is erased and its
-            // outcome written into a slot nobody owns.
-            let slot = self.slot(seq);
-            if slot.state.load(Ordering::Relaxed) != seq << SEQ_SHIFT | OCCUPIED {
-                return false;
-            }
-            slot.state.store(0, Ordering::Release);
-            return true;
+    #[inline]
+    pub(crate) fn release_own(&self, seq: u64) -> Option<bool> {
+        let state = &self.slot(seq).state;
+        // Relaxed: only our own writes (`occupy`, `register_leased`) and
+        // those of completers that ran before we took the lead (published
+        // by the lead's Acquire) can be there.
+        let cur = state.load(Ordering::Relaxed);
+        if cur & !LEASED != seq << SEQ_SHIFT | OCCUPIED {
+            return None;
         }
-        // SYNC POINT: slot claimed. The state word's modification order
-        // puts this CAS and a completer's claim one before the other: the
-        // claim fails on a freed slot (or one occupied under another
-        // number), or this CAS fails on a claimed one.
+        let leased = cur & LEASED != 0;
+        // Loom must-fail variant: the lease keeps the slot occupied between
+        // calls, where a late result for the last one can claim it.
+        let idle = if crate::sync::is_broken("lease") { cur } else { cur & !OCCUPIED };
         // SYNC POINT: slot freed (Release half, see `register`).
-        self.slot(seq)
-            .state
-            .compare_exchange(
-                seq << SEQ_SHIFT | OCCUPIED,
-                0,
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        state.store(if leased { idle } else { 0 }, Ordering::Release);
+        Some(leased)
+    }
+
+    /// Ends the lease of a slot leased to a pipeline and not occupied
+    /// (`last`: the number it was last used for). Owner only.
+    pub(crate) fn end_lease(&self, last: u64) {
+        // SYNC POINT: slot freed (Release half, see `register`).
+        self.slot(last).state.store(0, Ordering::Release);
     }
 
     /// Frees the slot of call `seq`, which was never sent (so no result

@@ -3,7 +3,7 @@
 //! code the endpoint uses, without an endpoint around it.
 
 use super::{CallError, CallHost, CallResult, Completed, PendingCall, PendingTable};
-use crate::sync::Arc;
+use crate::sync::{Arc, Mutex};
 
 struct Host(PendingTable);
 
@@ -21,14 +21,19 @@ impl CallHost for Host {
     }
 }
 
-/// A [`PendingTable`](super) of its own with `slots` slots.
+/// A [`PendingTable`](super) of its own with `slots` slots, and the lead
+/// (a lock here): who reads the transport, which `release_own` and
+/// `fail_all` need (see `PendingTable::release_own`).
 #[derive(Clone)]
-pub struct Table(Arc<Host>);
+pub struct Table(Arc<Host>, Arc<Mutex<()>>);
 
 impl Table {
     /// An empty table of (at least) `slots` slots.
     pub fn new(slots: usize) -> Self {
-        Self(Arc::new(Host(PendingTable::new(slots))))
+        Self(
+            Arc::new(Host(PendingTable::new(slots))),
+            Arc::new(Mutex::new(())),
+        )
     }
 
     /// Registers a call (what `Endpoint::call` does first).
@@ -54,8 +59,10 @@ impl Table {
             .map(|c| c == Completed::Delivered)
     }
 
-    /// Fails every pending call (what disconnect does).
+    /// Fails every pending call (what disconnect does, leading).
     pub fn fail_all(&self, err: CallError) {
+        // Loom must-fail variant: fail the calls without leading.
+        let _lead = (!crate::sync::is_broken("own")).then(|| self.1.lock());
         self.0 .0.fail_all(err);
     }
 
@@ -71,7 +78,37 @@ impl Table {
     /// The owner read call `seq`'s result itself (a `Pipeline` that
     /// leads): frees the slot, or `false` if a completer claimed it first.
     pub fn release_own(&self, seq: u64) -> bool {
-        self.0 .0.release_own(seq)
+        let _lead = self.1.lock();
+        self.0 .0.release_own(seq).is_some()
+    }
+
+    /// Takes a slot for a pipeline's call: one of `lease` (reused under a
+    /// new number, with a plain store) or a fresh one, leased: its number.
+    ///
+    /// # Errors
+    /// [`CallError::TooManyPending`] when every slot is taken.
+    pub fn register_leased(&self, lease: &mut Vec<u64>) -> Result<u64, CallError> {
+        let mut out = [0];
+        self.0 .0.register_leased(lease, &mut out)?;
+        Ok(out[0])
+    }
+
+    /// [`release_own`](Self::release_own) for a leased slot: `true` when
+    /// the slot went back to the lease (pushed onto `lease`).
+    pub fn release_leased(&self, seq: u64, lease: &mut Vec<u64>) -> bool {
+        let _lead = self.1.lock();
+        let kept = self.0 .0.release_own(seq) == Some(true);
+        if kept {
+            lease.push(seq);
+        }
+        kept
+    }
+
+    /// Ends the leases of the slots in `lease`.
+    pub fn end_leases(&self, lease: &mut Vec<u64>) {
+        for last in lease.drain(..) {
+            self.0 .0.end_lease(last);
+        }
     }
 
     /// The owner takes call `seq`'s outcome from its slot, if it is there.
