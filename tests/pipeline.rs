@@ -276,6 +276,61 @@ fn a_pipeline_leases_at_most_a_quarter_of_the_slots_and_frees_them_when_dropped(
     });
 }
 
+/// A pipeline waiting for its results (it leads) while another thread
+/// disconnects: disconnect takes the lead from it to fail the calls left
+/// (its own results free their slots without a read-modify-write, so
+/// nobody may claim them meanwhile) and returns promptly, and the wait
+/// ends with `Disconnected` for each call in flight.
+#[test]
+fn a_disconnect_while_a_pipeline_waits_fails_its_calls_promptly() {
+    run_bounded(LIMIT, || {
+        let config = EndpointConfig {
+            // Disconnect gives up on the lead only after this long.
+            hangup_timeout: Duration::from_secs(5),
+            ..EndpointConfig::default()
+        };
+        let (controller, executor) = pair(true, None, config);
+        let (echo, silent) = (tag(&controller, "echo"), tag(&controller, "silent"));
+        let mut pipe = controller.pipeline();
+        // Results read by the pipeline: its slots are leased now.
+        for i in 0..8u8 {
+            pipe.submit(echo, &[i]);
+        }
+        for i in 0..8u8 {
+            assert_eq!(pipe.next().unwrap().unwrap().as_slice(), &[i]);
+        }
+        for _ in 0..4 {
+            pipe.submit(silent, b"");
+        }
+        pipe.flush();
+        let disconnecter = {
+            let controller = controller.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                let start = Instant::now();
+                controller.disconnect();
+                start.elapsed()
+            })
+        };
+        for i in 0..4 {
+            assert_eq!(
+                pipe.next(),
+                Some(Err(CallError::Disconnected)),
+                "silent call {i}"
+            );
+        }
+        assert!(pipe.next().is_none());
+        let took = disconnecter.join().unwrap();
+        assert!(
+            took < Duration::from_secs(4),
+            "disconnect took {took:?}: it waited for the lead the pipeline held"
+        );
+        assert_eq!(controller.pending_calls(), 0);
+        drop(pipe);
+        executor.disconnect();
+    });
+}
+
 /// Two calls sent in one batch and read by one worker in one turn: the
 /// second's handler blocks until the controller has the first's result.
 /// The first result is sent although the worker that ran its handler is
