@@ -135,7 +135,11 @@ pub struct EndpointConfig {
     pub reader_grace: Duration,
     /// Calls waiting for a result at once (slots of the pending table,
     /// rounded up to a power of two). One more fails with
-    /// [`CallError::TooManyPending`]. Default 1024.
+    /// [`CallError::TooManyPending`]. A [`Pipeline`] keeps the slots of its
+    /// recent calls for its next ones (up to a quarter of the table, until
+    /// it is dropped): other callers then find fewer free. Default 1024.
+    ///
+    /// [`Pipeline`]: crate::Pipeline
     pub max_pending_calls: usize,
     /// Incoming calls queued while every worker is busy. One more is
     /// answered at once with a "busy" error result. Default 1024.
