@@ -153,8 +153,11 @@ impl Endpoint {
     /// A [`Pipeline`] of calls on this connection, for many calls in
     /// flight from one thread.
     pub fn pipeline(&self) -> Pipeline {
-        // SYNC POINT: pipelined. SeqCst, as disconnect's load: a pipeline
-        // made after that load finds the gate closed and sends nothing.
+        // SYNC POINT: pipelined. Stored before any call of this pipeline
+        // enters the gate; disconnect loads it after closing the gate and
+        // waiting for it to be idle, so every call sent before that load
+        // is ordered before it (the gate's leave is Release, the wait's
+        // load Acquire). SeqCst on both ends for when that wait gave up.
         self.inner.pipelined.store(true, Ordering::SeqCst);
         Pipeline {
             endpoint: self.clone(),

@@ -146,7 +146,8 @@ impl Inner {
         self.transport.close();
         let err = self.closed_error();
         // Only pipelines free slots so (SYNC POINT: pipelined, see
-        // `Endpoint::pipeline`; the gate closed before this load).
+        // `Endpoint::pipeline`: the gate was closed and idle before this
+        // load).
         let led = self.pipelined.load(Ordering::SeqCst)
             && self.lead_for_failing(Instant::now() + self.config.hangup_timeout);
         if !crate::sync::is_broken("engine") {
