@@ -313,10 +313,12 @@ fn broken_outbox_is_caught() {
     orcwire_loom_tests::model_large(BRANCHES, BATCH_PREEMPTIONS, batch_results_all_arrive);
 }
 
-/// The bug: a worker claims the next call of its batch with a load and a
-/// store instead of a compare-and-swap, so a worker stealing the rest of
-/// the batch between the two takes that call too (loom: both take its
-/// cell at once).
+/// The bug: a worker claims the next call of its batch (a store) and
+/// looks for a thief (a load) without a fence between the two, so a worker
+/// stealing the rest of the batch may miss the claim while the owner
+/// misses the thief: both take that call (loom: both take its cell at
+/// once). The model runs both fences as full ones; the shipped owner's is
+/// a compiler fence where the thief's `membarrier` makes it a full one.
 #[cfg(orcwire_loom_broken)]
 #[test]
 #[should_panic(expected = "Causality violation")]

@@ -6,35 +6,121 @@
 //! # The protocol
 //! The owner's lead turn puts the calls it reads straight into the
 //! batch's cells (between batches no thief looks at it: it is not in
-//! `Work::batches`, and `next` steals nothing). The owner then publishes
-//! the batch and counts itself busy under the work lock, and lets go of
-//! the lock. It claims call `i` with a CAS of `next` from
-//! `i` to `i + 1` and runs it; results go into `results[done]`, published
-//! by a `Release` store of `done`. At the end it moves `next` from the
-//! batch's length to [`FINISHED`] and sends the results from their cells.
+//! `Work::batches`). The owner then publishes the batch (`thief` reset to
+//! [`NO_THIEF`]) and counts itself busy under the work lock, and lets go
+//! of the lock. It claims call `i` by storing `i + 1` in `next`, then
+//! looks at `thief`: still [`NO_THIEF`], the call is its own and it runs
+//! it; results go into `results[done]`, published by a `Release` store of
+//! `done`. At the end it stores [`FINISHED`] in `next` and looks at
+//! `thief` the same way; then it sends the results from their cells.
 //!
 //! A worker that looks around (at least every [`HANDOVER`] while handlers
 //! run) and finds, under the work lock, that a batch's `next` has not
-//! moved since its previous look steals it: it swaps `next` to [`STOLEN`]
-//! and queues the calls from the index it got (none of them claimed, so
-//! none runs twice), and takes the results from `flushed` to `done` to
-//! send them. The owner's next CAS fails on [`STOLEN`]; it then takes the
-//! lock and sends only its results past `flushed`. `disconnect` steals
-//! every batch the same way and drops the calls unrun.
+//! moved since its previous look steals it: it announces itself in
+//! `thief`, then reads `next` — the calls below it are the owner's — and
+//! publishes that index in `thief`; it queues the calls from there (none
+//! of them claimed, so none runs twice), and takes the results from
+//! `flushed` to `done` to send them. `disconnect` steals every batch the
+//! same way and drops the calls unrun. An owner that finds `thief` set
+//! takes the work lock (the thief decides under it) and reads the index:
+//! the call it claimed is its own if the index is above it; either way it
+//! stops after that, and sends only its results past `flushed`.
 //!
-//! One swap against one CAS on `next`: exactly one of them sees the other,
-//! so a call runs once or (stolen by `disconnect`) never, and every result
-//! is sent once: by the owner (results before `flushed` never, after it
-//! always) or by the thief (those between `flushed` and the `done` it read,
-//! and it moves `flushed` there).
+//! The claim and the steal are a store then a load each, on crossed
+//! words (Dekker's pattern): with a full fence between the two on both
+//! sides, at least one of them sees the other, so a call runs once or
+//! (stolen by `disconnect`) never, and every result is sent once: by the
+//! owner (results before `flushed` never, after it always) or by the
+//! thief (those between `flushed` and the `done` it read, and it moves
+//! `flushed` there). The owner's fence is the hot one — one per call —
+//! and it costs nothing: a compiler fence, made a full one on the owner's
+//! CPU by the thief's `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
+//! which interrupts every CPU running a thread of this process (steals
+//! are rare: a handler blocked for a [`HANDOVER`]). Where the kernel
+//! refuses `membarrier`, both sides use a full fence (a locked
+//! instruction per call, as the compare-and-swap this replaced). Loom
+//! checks the protocol with a full fence on both sides.
 
 use super::*;
 use crate::sync::UnsafeCell;
 
 /// `next` once the owner has run every call: nothing to steal.
 pub(super) const FINISHED: usize = usize::MAX;
-/// `next` once another worker (or `disconnect`) took the calls left.
-pub(super) const STOLEN: usize = usize::MAX - 1;
+/// `thief` while no thief took this batch's calls.
+pub(super) const NO_THIEF: usize = usize::MAX;
+/// `thief` while a thief decides (it holds the work lock meanwhile).
+const DECIDING: usize = usize::MAX - 1;
+
+/// The fences of the claim protocol (module docs): the owner's per call
+/// (`light`), the thief's per steal (`heavy`).
+mod fences {
+    #[cfg(not(orcwire_loom))]
+    use std::sync::OnceLock;
+
+    use crate::sync::{fence, Ordering};
+
+    /// Whether this process may use `membarrier` (registered once).
+    #[cfg(not(orcwire_loom))]
+    fn asymmetric() -> bool {
+        static REGISTERED: OnceLock<bool> = OnceLock::new();
+        *REGISTERED.get_or_init(|| {
+            // SAFETY: a system call with integer arguments only; the
+            // kernel checks them (ENOSYS, EINVAL or EPERM where it refuses).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                    0,
+                    0,
+                ) == 0
+            }
+        })
+    }
+
+    #[cfg(not(orcwire_loom))]
+    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+    #[cfg(not(orcwire_loom))]
+    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+    /// Decides once (before any batch runs) how the owner fences.
+    pub(crate) fn init() -> bool {
+        #[cfg(not(orcwire_loom))]
+        return asymmetric();
+        #[cfg(orcwire_loom)]
+        return false;
+    }
+
+    /// The owner's fence between its claim and its look at `thief`.
+    #[inline(always)]
+    pub(crate) fn light(asymmetric: bool) {
+        if crate::sync::is_broken("batch") {
+            // Loom must-fail variant: no fence on the owner's side, so its
+            // look at `thief` may come before its claim is seen.
+            return;
+        }
+        if asymmetric {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// The thief's fence between its announcement and its look at `next`.
+    pub(crate) fn heavy(asymmetric: bool) {
+        #[cfg(not(orcwire_loom))]
+        if asymmetric {
+            // SAFETY: as in `asymmetric`; registered there, so it cannot
+            // fail (the kernel's documented contract).
+            let r = unsafe {
+                libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)
+            };
+            debug_assert_eq!(r, 0, "membarrier failed after registering");
+        }
+        let _ = asymmetric;
+        fence(Ordering::SeqCst);
+    }
+}
+pub(super) use fences::init as init_fences;
 
 /// Most calls in a batch: a lead turn's first and [`WORKER_BATCH`] more.
 pub(super) const BATCH: usize = WORKER_BATCH + 1;
@@ -42,9 +128,13 @@ pub(super) const BATCH: usize = WORKER_BATCH + 1;
 /// One worker's batch (see the module docs). Reused from batch to batch:
 /// no allocation per batch.
 pub(super) struct Batch {
-    /// Index of the next call the owner may claim, or [`FINISHED`] or
-    /// [`STOLEN`].
+    /// The owner's claims: calls below it are the owner's; [`FINISHED`]
+    /// once it ran them all. Written by the owner only.
     next: AtomicUsize,
+    /// [`NO_THIEF`], or a thief's decision: the calls from this index on
+    /// are the thief's ([`DECIDING`] while it decides). Written under the
+    /// work lock: by a thief, and by the owner to reset it.
+    thief: AtomicUsize,
     /// Results `0 .. done` are in `results`.
     done: AtomicUsize,
     /// Results `0 .. flushed` were sent (or taken to send). Written by the
@@ -81,6 +171,7 @@ impl Batch {
     pub(super) fn new() -> Self {
         Self {
             next: AtomicUsize::new(FINISHED),
+            thief: AtomicUsize::new(NO_THIEF),
             done: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
@@ -100,30 +191,20 @@ impl Batch {
     }
 
     /// The owner claims call `i` (its previous claim was `i - 1`):
-    /// `false` once the calls left were stolen.
-    fn claim(&self, i: usize) -> bool {
-        if crate::sync::is_broken("batch") {
-            // Loom must-fail variant: claim with a load and a plain store,
-            // so a thief's swap between the two is overwritten and both
-            // run the call.
-            if self.next.load(Ordering::Relaxed) != i {
-                return false;
-            }
-            self.next.store(i + 1, Ordering::Relaxed);
-            return true;
-        }
-        // SYNC POINT: batch claim. Pairs with the thief's swap: the
-        // modification order of `next` puts one of the two first.
-        // Acquire: the cells the owner filled under the lock are its own
-        // writes; nothing else to see.
-        self.next
-            .compare_exchange(i, i + 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+    /// `false` when a thief took or is taking the batch's calls (then the
+    /// owner asks the work lock whether call `i` is its own).
+    #[inline(always)]
+    fn claim(&self, i: usize, asymmetric: bool) -> bool {
+        // SYNC POINT: batch claim. A store, a fence, a load, crossed with
+        // the thief's store, fence, load in `steal_batches`: one of the
+        // two sees the other (module docs).
+        self.next.store(i + 1, Ordering::Relaxed);
+        fences::light(asymmetric);
+        self.thief.load(Ordering::Relaxed) == NO_THIEF
     }
 
     /// The owner puts call `i` of its next batch in its cell (between
-    /// batches: `next` is FINISHED or STOLEN, so no thief takes calls, and
-    /// the batch is not in `Work::batches`, so none looks).
+    /// batches the batch is not in `Work::batches`, so no thief looks).
     #[inline]
     pub(super) fn put_call(&self, i: usize, call: Incoming) {
         // SAFETY: between batches every cell is the owner's (above), and
@@ -222,6 +303,7 @@ impl Inner {
         b.round.store(b.round.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // Relaxed: published to thieves by the work lock.
         b.next.store(0, Ordering::Relaxed);
+        b.thief.store(NO_THIEF, Ordering::Relaxed);
         w.batches.push(Arc::clone(b));
         if w.workers == 1 {
             // Start the standby, once (see `run_call`).
@@ -256,36 +338,45 @@ impl Inner {
         // The batch responders hand their reference back to (as `BATCH_OF`
         // says, without a thread-local look per call).
         let own = (n > 1).then_some(&**b);
+        let asymmetric = self.asymmetric_fences;
         let mut stolen = false;
         for i in 0..n {
-            // SYNC POINT: batch claim. Pairs with the thief's swap: the
-            // modification order of `next` puts one of the two first.
-            // Acquire: the cells the owner filled under the lock are its
-            // own writes; nothing else to see.
-            if !b.claim(i) {
+            // SYNC POINT: batch claim (see `Batch::claim`).
+            let last = if b.claim(i, asymmetric) {
+                false
+            } else {
+                // A thief took the calls left, or is taking them: it
+                // decides under the work lock. Call `i` is still ours if
+                // its index is above `i`; we stop after it either way.
                 stolen = true;
-                break;
-            }
-            let Some(call) = b.take_call(i) else {
-                continue;
+                let from = {
+                    let _w = self.work.lock();
+                    b.thief.load(Ordering::Relaxed)
+                };
+                if from <= i {
+                    break;
+                }
+                true
             };
-            if self.gate.is_closed() {
-                continue; // disconnecting: no handler starts any more
-            }
-            if let Some(result) = self.run_inline(call.seq, call.tag, call.args, own) {
-                if let Err((seq, result)) = b.push_result(call.seq, result) {
-                    self.answers.lock().results.push((seq, result));
-                    self.outbox_full.store(true, Ordering::Relaxed);
+            // Disconnecting: no handler starts any more.
+            if let Some(call) = b.take_call(i).filter(|_| !self.gate.is_closed()) {
+                if let Some(result) = self.run_inline(call.seq, call.tag, call.args, own) {
+                    if let Err((seq, result)) = b.push_result(call.seq, result) {
+                        self.answers.lock().results.push((seq, result));
+                        self.outbox_full.store(true, Ordering::Relaxed);
+                    }
                 }
             }
+            if last {
+                break;
+            }
         }
-        // SYNC POINT: batch claim (the end of the batch, against a steal).
-        if !stolen
-            && b.next
-                .compare_exchange(n, FINISHED, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
-            stolen = true;
+        if !stolen {
+            // SYNC POINT: batch claim (the end of the batch, the same way:
+            // a thief that comes later sees FINISHED and takes nothing).
+            b.next.store(FINISHED, Ordering::Relaxed);
+            fences::light(asymmetric);
+            stolen = b.thief.load(Ordering::Relaxed) != NO_THIEF;
         }
         BATCH_OF.with(|c| c.set(prev_batch));
         // Not kept across batches: the batch outlives no reference it holds.
@@ -427,6 +518,9 @@ impl Inner {
     ) {
         let Work { batches, queue, .. } = w;
         for b in batches.iter() {
+            if b.thief.load(Ordering::Relaxed) != NO_THIEF {
+                continue; // stolen already; its owner has not seen it yet
+            }
             let next = b.next.load(Ordering::Relaxed);
             let seen = b.round.load(Ordering::Relaxed) << 8 | (next as u64 & 0xff);
             // Under `Timing::Notified` nothing polls: a look is a wake-up,
@@ -437,9 +531,13 @@ impl Inner {
             if !(all || stuck) {
                 continue;
             }
-            // SYNC POINT: batch claim (the thief's half, see `run_batch`).
-            // Acquire: the owner's claims before ours are done with.
-            let from = b.next.swap(STOLEN, Ordering::Acquire);
+            // SYNC POINT: batch claim (the thief's half, see
+            // `Batch::claim`): announce, fence, read the owner's claims.
+            b.thief.store(DECIDING, Ordering::Relaxed);
+            fences::heavy(self.asymmetric_fences);
+            let from = b.next.load(Ordering::Acquire);
+            // The decision, read by the owner under the work lock.
+            b.thief.store(from, Ordering::Relaxed);
             if from < BATCH {
                 let len = b.len.load(Ordering::Relaxed);
                 let calls = (from..len).rev().filter_map(|i| b.take_call(i));

@@ -361,6 +361,11 @@ pub(crate) struct Inner {
     /// ([`PendingTable::release_own`]), so disconnect fails the calls left
     /// while it leads. Only ever set.
     pub(crate) pipelined: AtomicBool,
+    /// How a worker's batch claims its calls: with a compiler fence, the
+    /// rare thief paying `membarrier` (`true`), or with a full fence on
+    /// both sides where the kernel refuses `membarrier` (see
+    /// [`batch`](self::batch)).
+    asymmetric_fences: bool,
     /// Callers parked because another thread leads (`followers` holds
     /// their threads); the lead's release wakes them.
     follower_count: AtomicUsize,
@@ -514,6 +519,7 @@ impl Inner {
             callers: AtomicUsize::new(0),
             caller_epoch: AtomicU64::new(0),
             pipelined: AtomicBool::new(false),
+            asymmetric_fences: batch::init_fences(),
             follower_count: AtomicUsize::new(0),
             // Sized up front: the first follower must not allocate on a
             // call's path.
