@@ -1,7 +1,7 @@
 //! A worker's batch: the calls one lead turn read, run one after the other
-//! by the worker that read them with one read-modify-write per call (no
-//! lock, no queue), their results sent together; another worker steals
-//! what is left when a handler of the batch blocks.
+//! by the worker that read them with no lock, no queue and no locked
+//! instruction per call, their results sent together; another worker
+//! steals what is left when a handler of the batch blocks.
 //!
 //! # The protocol
 //! The owner's lead turn puts the calls it reads straight into the
