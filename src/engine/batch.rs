@@ -59,7 +59,10 @@ mod fences {
 
     use crate::sync::{fence, Ordering};
 
-    /// Whether this process may use `membarrier` (registered once).
+    /// Whether this process may use `membarrier` (registered once: the
+    /// registration is the process's, kept across `fork` — a forked child's
+    /// `PRIVATE_EXPEDITED` succeeds — and cleared by `exec`, after which
+    /// this static starts unset again).
     #[cfg(not(orcwire_loom))]
     fn asymmetric() -> bool {
         static REGISTERED: OnceLock<bool> = OnceLock::new();

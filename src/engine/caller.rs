@@ -160,13 +160,21 @@ impl Inner {
 
     /// Parks until our result comes, the lead is released, or `deadline`.
     pub(super) fn park_as_follower(&self, seq: u64, deadline: Option<Instant>, registered: &mut bool) {
+        self.as_follower(|| {
+            self.park_for_result(seq, deadline, registered, || {
+                self.lead.load(Ordering::Relaxed) != FREE
+            })
+        });
+    }
+
+    /// Runs `wait` (a park that ends once the lead looks free again) as a
+    /// follower: registered where `release_lead` unparks it.
+    pub(super) fn as_follower(&self, wait: impl FnOnce()) {
         self.followers.lock().push(thread::current());
         self.follower_count.fetch_add(1, Ordering::Relaxed);
         // SYNC POINT: follower hand-over (see `release_lead`).
         fence(Ordering::SeqCst);
-        self.park_for_result(seq, deadline, registered, || {
-            self.lead.load(Ordering::Relaxed) != FREE
-        });
+        wait();
         self.follower_count.fetch_sub(1, Ordering::Relaxed);
         let me = thread::current().id();
         let mut f = self.followers.lock();

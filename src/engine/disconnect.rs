@@ -31,20 +31,12 @@ impl Inner {
             if Instant::now() >= deadline {
                 return false;
             }
-            // Wait as a follower: `release_lead` unparks us.
-            self.followers.lock().push(thread::current());
-            self.follower_count.fetch_add(1, Ordering::Relaxed);
-            // SYNC POINT: follower hand-over (see `release_lead`).
-            fence(Ordering::SeqCst);
-            if self.lead.load(Ordering::Relaxed) != FREE {
-                park_until(Some(deadline.min(Instant::now() + LOOK_AGAIN)));
-            }
-            self.follower_count.fetch_sub(1, Ordering::Relaxed);
-            let me = thread::current().id();
-            let mut f = self.followers.lock();
-            if let Some(i) = f.iter().position(|t| t.id() == me) {
-                f.swap_remove(i);
-            }
+            // `release_lead` unparks us.
+            self.as_follower(|| {
+                if self.lead.load(Ordering::Relaxed) != FREE {
+                    park_until(Some(deadline.min(Instant::now() + LOOK_AGAIN)));
+                }
+            });
         }
     }
 
