@@ -86,14 +86,16 @@ impl WrapperFunctionBuffer {
     #[inline]
     pub fn from_slice(bytes: &[u8]) -> Self {
         if bytes.len() <= INLINE_CAPACITY {
-            let mut data = [0u8; INLINE_CAPACITY];
-            data[..bytes.len()].copy_from_slice(bytes);
-            Self {
-                repr: Repr::Inline(InlineBytes {
-                    len: bytes.len() as u8,
-                    data,
-                }),
+            // Built where it is returned: filling a local array and moving
+            // it out made the move's loads straddle the copy's stores, a
+            // store-forwarding stall on every small result (`docs/BENCHMARKS.md`,
+            // "2026-11-30 (10)").
+            let mut buffer = Self::new();
+            if let Repr::Inline(inline) = &mut buffer.repr {
+                inline.data[..bytes.len()].copy_from_slice(bytes);
+                inline.len = bytes.len() as u8;
             }
+            buffer
         } else {
             Self {
                 repr: Repr::Heap(bytes.to_vec()),
