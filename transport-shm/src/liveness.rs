@@ -87,6 +87,13 @@ struct Shared {
     pidfd: Option<OwnedFd>,
     /// Set, before `on_death` runs, once the peer is known dead.
     dead: AtomicBool,
+    /// Where the watcher stands: apart from the fds, so that the thread
+    /// lets go of them before it says `Done` (see `report`).
+    status: Arc<Status>,
+}
+
+/// A watcher's [`State`], and the condition `stop` waits on.
+struct Status {
     state: Mutex<State>,
     /// Notified when `state` becomes `Done`.
     done: Condvar,
@@ -190,15 +197,21 @@ fn run_hub(hub: &Hub) {
         };
         for ev in &events[..n] {
             let (id, is_pidfd) = (ev.data() >> 1, ev.data() & 1 == 1);
-            let Some(shared) = hub.entries.lock().get(&id).map(|e| Arc::clone(&e.shared)) else {
-                continue; // stopped since the event
-            };
             let flags = ev.events();
-            let died = is_pidfd
-                || flags.intersects(
-                    EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR,
-                )
-                || (flags.contains(EpollFlags::EPOLLIN) && drain(&shared));
+            // Drained under the table's lock, without a reference of our
+            // own: a `stop` meanwhile waits, and then the watcher's drop
+            // closes its fds itself (never this thread, later).
+            let died = {
+                let entries = hub.entries.lock();
+                let Some(entry) = entries.get(&id) else {
+                    continue; // stopped since the event
+                };
+                is_pidfd
+                    || flags.intersects(
+                        EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR,
+                    )
+                    || (flags.contains(EpollFlags::EPOLLIN) && drain(&entry.shared))
+            };
             if died {
                 report(hub, id);
             }
@@ -217,17 +230,23 @@ fn report(hub: &Hub, id: u64) {
         unwatch(hub, &entry.shared);
         // Under the table's lock: a `stop` that finds the entry gone then
         // sees `Reporting` and waits for `Done`.
-        *entry.shared.state.lock() = State::Reporting;
+        *entry.shared.status.state.lock() = State::Reporting;
         entry
     };
     // SYNC POINT: peer death published (Release half, see `is_peer_dead`).
     entry.shared.dead.store(true, Ordering::Release);
     let Entry { shared, on_death } = entry;
+    // Let go of the fds first: the watcher holds them until it is dropped
+    // (its `stop` waits for `Done`), and closes them then, on its own
+    // thread; had this thread kept a reference past `Done`, they would
+    // close a moment after the drop returned.
+    let status = Arc::clone(&shared.status);
+    drop(shared);
     // A panicking callback must not end the thread every connection of the
     // process relies on; there is nobody to report the panic to.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(on_death));
-    *shared.state.lock() = State::Done;
-    shared.done.notify_all();
+    *status.state.lock() = State::Done;
+    status.done.notify_all();
 }
 
 /// Takes a watcher's fds out of the `epoll` set. Errors mean the fd is not
@@ -322,8 +341,10 @@ impl LivenessWatcher {
             sock,
             pidfd,
             dead: AtomicBool::new(false),
-            state: Mutex::new(State::Watching),
-            done: Condvar::new(),
+            status: Arc::new(Status {
+                state: Mutex::new(State::Watching),
+                done: Condvar::new(),
+            }),
         });
         // Relaxed: only unique.
         let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
@@ -371,13 +392,17 @@ impl LivenessWatcher {
     /// `on_death` will never run. Idempotent; concurrent callers all
     /// return only after that. Called from inside `on_death` it returns at
     /// once (the callback is finishing anyway).
+    ///
+    /// Dropping the watcher stops it, then closes `sock` and the pidfd
+    /// before the drop returns (the watcher thread never holds them past
+    /// a `stop`), so a count of open fds taken right after is exact.
     pub fn stop(&self) {
         let taken = {
             let mut entries = self.hub.entries.lock();
             let taken = entries.remove(&self.id);
             if let Some(e) = &taken {
                 unwatch(&self.hub, &e.shared);
-                *e.shared.state.lock() = State::Done;
+                *e.shared.status.state.lock() = State::Done;
             }
             taken
         };
@@ -386,9 +411,10 @@ impl LivenessWatcher {
         if thread::current().id() == self.hub.thread {
             return;
         }
-        let mut state = self.shared.state.lock();
+        let status = &self.shared.status;
+        let mut state = status.state.lock();
         while *state == State::Reporting {
-            state = self.shared.done.wait(state);
+            state = status.done.wait(state);
         }
     }
 }

@@ -233,6 +233,31 @@ fn no_fd_leaks_and_every_child_reaped() {
     }
 }
 
+#[test]
+fn a_watcher_dropped_right_after_its_callback_has_closed_its_fd() {
+    let _g = serial();
+    // The process's watcher thread and its epoll fd first.
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    drop(LivenessWatcher::spawn(r, None, Box::new(|| {})).unwrap());
+    drop(wr);
+    // The peer dies, the callback runs, the watcher is dropped at once:
+    // the fd must be closed when the drop returns, not a moment later on
+    // the watcher thread (which made the count above flaky under load).
+    for round in 0..2000 {
+        let before = open_fd_count();
+        let (ours, theirs) = socket_pair().unwrap();
+        let (w, rx) = watch(ours, None);
+        drop(theirs);
+        rx.recv_timeout(PATIENCE).expect("on_death never ran");
+        drop(w);
+        assert_eq!(
+            open_fd_count(),
+            before,
+            "round {round}: fd still open after the drop"
+        );
+    }
+}
+
 /// Threads of this process named `name` (the kernel keeps 15 bytes of a
 /// thread's name: `orcwire-liveness` reads `orcwire-livenes`).
 fn threads_named(name: &str) -> usize {
