@@ -9,6 +9,11 @@
 //! ```text
 //! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [MODE]
 //! ```
+//! A fourth argument `trace` (with `--features phase-trace`) prints, after
+//! each round of `pipeline`, `batched` and the `engine-*` modes, where
+//! each side's time went in nanoseconds a call: reading, working between
+//! reading and sending, sending, waiting (`orcwire_shm::trace`).
+//!
 //! MODE runs one loop alone (for a profile of it): `transport`,
 //! `one-thread`, `pipeline`, `batched` (the transport in batches), or one
 //! of the two that put the engine on one side only, the other side being
@@ -56,6 +61,9 @@ fn main() -> Result<(), String> {
     let rounds = arg(2, 3)?;
     let only = std::env::args().nth(3);
     let all = only.is_none();
+    // A fourth argument `trace` prints each round's phase trace (see
+    // `trace_round`).
+    let traced = std::env::args().nth(4).as_deref() == Some("trace");
     let config = ShmConfig {
         wait: WaitStrategy::lowest_latency(),
         ..ShmConfig::default()
@@ -73,20 +81,24 @@ fn main() -> Result<(), String> {
     let pair = PinnedEchoPair::connect(config)?;
     if only.as_deref() == Some("pipeline") {
         for round in 1..=rounds {
+            trace_round(traced, false)?;
             let pp = endpoint_pipeline(&pair, calls)?;
             println!("round {round}: Pipeline 1 thread x {WINDOW}: {pp:.2} M/s");
+            trace_round(traced, true)?;
         }
         pair.disconnect();
         return Ok(());
     }
     if let Some(mode @ ("engine-executor" | "engine-controller")) = only.as_deref() {
         for round in 1..=rounds {
+            trace_round(traced, false)?;
             let rate = if mode == "engine-executor" {
                 raw_controller_engine_executor(config, cpus, calls)?
             } else {
                 pipeline_against_raw_executor(config, cpus, calls)?
             };
             println!("round {round}: {mode} 1 thread x {WINDOW}: {rate:.2} M/s");
+            trace_round(traced, true)?;
         }
         pair.disconnect();
         return Ok(());
@@ -94,8 +106,10 @@ fn main() -> Result<(), String> {
     if only.as_deref() == Some("batched") {
         let (t, peer) = batched_pair(config, cpus)?;
         for round in 1..=rounds {
+            trace_round(traced, false)?;
             let tb = transport_batched(&t, calls)?;
             println!("round {round}: transport in batches 1 thread x {WINDOW}: {tb:.2} M/s");
+            trace_round(traced, true)?;
         }
         t.send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
             .map_err(|e| e.to_string())?;
@@ -270,6 +284,48 @@ fn transport_pair(
         }
     });
     Ok((ours, peer))
+}
+
+/// With `traced`: before a round (`!report`) empties the transport's
+/// phase trace, after it (`report`) prints where each side's time went, in
+/// nanoseconds a call (`orcwire_shm::trace`; needs `--features
+/// phase-trace`).
+#[cfg(feature = "phase-trace")]
+fn trace_round(traced: bool, report: bool) -> Result<(), String> {
+    use orcwire_shm::trace;
+    if !traced {
+        return Ok(());
+    }
+    let records = trace::take();
+    if !report {
+        return Ok(());
+    }
+    let ticks_per_ns = trace::ticks_per_ns(Duration::from_millis(50));
+    let (calls, span, phases) = trace::summarize(&records, ticks_per_ns);
+    println!(
+        "  phase trace, the run's middle half: {calls} calls in {:.0} µs ({:.2} M/s)",
+        span / 1000.0,
+        calls as f64 / span * 1000.0
+    );
+    for p in phases {
+        println!(
+            "  {:<10} {:>13} -> {:<13} {:6.1} ns a call ({} times)",
+            format!("{:?}", p.side),
+            p.from.name(),
+            p.to.name(),
+            p.ns_per_call,
+            p.times
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "phase-trace"))]
+fn trace_round(traced: bool, _report: bool) -> Result<(), String> {
+    if traced {
+        return Err("the phase trace needs `--features phase-trace`".into());
+    }
+    Ok(())
 }
 
 fn argument(i: u64) -> [u8; BYTES] {

@@ -119,6 +119,7 @@ mod mapping;
 mod named;
 internal! { mod ring; }
 mod segment;
+pub mod trace;
 mod transport;
 internal! { mod wait; }
 

@@ -16,6 +16,7 @@ use super::{ShmTransport, BULK_BYTES_PER_NS, BULK_MAX_SPIN, BULK_MIN, CLOSED, PE
 use crate::layout::{state, waiting};
 use crate::ring::{OutgoingMessage, RingConsumer, RingProducer, WriteStatus};
 use crate::sync::Ordering;
+use crate::trace;
 use crate::wait::{WaitOutcome, WaitStrategy};
 
 impl ShmTransport {
@@ -200,6 +201,7 @@ impl Transport for ShmTransport {
         deadline: Option<Instant>,
         on_wait: &dyn Fn(),
     ) -> Result<(), BatchError> {
+        trace::rec(self.side, trace::Event::SendStart, messages.len() as u64);
         let limit = self.attached.layout.max_message_size;
         let fail = |sent: usize, error: TransportError| BatchError { sent, error };
         // Another sender may hold the producer while it waits for room:
@@ -318,6 +320,7 @@ impl Transport for ShmTransport {
         if unpublished {
             publish(&mut producer, &mut unpublished);
         }
+        trace::rec(self.side, trace::Event::SendEnd, messages.len() as u64);
         Ok(())
     }
 
@@ -348,10 +351,12 @@ impl Transport for ShmTransport {
     ) -> Result<Arrival, TransportError> {
         let mut consumer = self.consumer.lock();
         let mut waited = false;
+        trace::rec(self.side, trace::Event::RecvStart, 0);
         let first = self.recv_locked(&mut consumer, deadline, true, into, &mut waited)?;
         if first != Arrival::Message {
             return Ok(first);
         }
+        trace::rec(self.side, trace::Event::RecvFirst, u64::from(waited));
         // A first message that had to be waited for came alone: the peer
         // answers one at a time, and a look at the next slot now would be
         // a cache miss (the peer's line) before the caller can act on this
@@ -374,6 +379,7 @@ impl Transport for ShmTransport {
             go_on = each(into);
         }
         self.release_held(&mut consumer);
+        trace::rec(self.side, trace::Event::RecvEnd, taken as u64);
         Ok(Arrival::Message)
     }
 
