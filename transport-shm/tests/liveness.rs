@@ -48,6 +48,15 @@ fn watch(sock: OwnedFd, pidfd: Option<OwnedFd>) -> (LivenessWatcher, mpsc::Recei
     (w, rx)
 }
 
+/// Starts the process's watcher thread and its epoll fd, which the first
+/// watcher makes and which live as long as the process: before counting
+/// fds.
+fn start_watcher_thread() {
+    let (r, wr) = nix::unistd::pipe().unwrap();
+    drop(LivenessWatcher::spawn(r, None, Box::new(|| {})).unwrap());
+    drop(wr);
+}
+
 /// Kills `child` with SIGKILL and returns how long the watcher took to
 /// call `on_death` after the signal was sent.
 fn kill_and_time(child: &mut Reaped, rx: &mpsc::Receiver<Instant>) -> Duration {
@@ -189,11 +198,7 @@ fn on_death_may_stop_and_drop_its_own_watcher() {
 #[test]
 fn no_fd_leaks_and_every_child_reaped() {
     let _g = serial();
-    // The process's watcher thread and its epoll fd are made by the first
-    // watcher and live as long as the process: start them before counting.
-    let (r, wr) = nix::unistd::pipe().unwrap();
-    drop(LivenessWatcher::spawn(r, None, Box::new(|| {})).unwrap());
-    drop(wr);
+    start_watcher_thread();
     let before = open_fd_count();
     let mut pids = Vec::new();
     for round in 0..3 {
@@ -236,10 +241,7 @@ fn no_fd_leaks_and_every_child_reaped() {
 #[test]
 fn a_watcher_dropped_right_after_its_callback_has_closed_its_fd() {
     let _g = serial();
-    // The process's watcher thread and its epoll fd first.
-    let (r, wr) = nix::unistd::pipe().unwrap();
-    drop(LivenessWatcher::spawn(r, None, Box::new(|| {})).unwrap());
-    drop(wr);
+    start_watcher_thread();
     // The peer dies, the callback runs, the watcher is dropped at once:
     // the fd must be closed when the drop returns, not a moment later on
     // the watcher thread (which made the count above flaky under load).
