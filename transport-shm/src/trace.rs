@@ -359,16 +359,22 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
         let got: Vec<(Side, Event, u64)> =
             take().iter().map(|r| (r.side, r.event, r.count)).collect();
-        assert_eq!(
-            got,
-            [
-                (Side::Controller, Event::SendStart, 5),
-                (Side::Controller, Event::SendEnd, 5),
-                (Side::Executor, Event::RecvStart, 0),
-                (Side::Executor, Event::RecvFirst, 0),
-                (Side::Executor, Event::RecvEnd, 5),
-            ]
-        );
+        let want = [
+            (Side::Controller, Event::SendStart, 5),
+            (Side::Controller, Event::SendEnd, 5),
+            (Side::Executor, Event::RecvStart, 0),
+            (Side::Executor, Event::RecvFirst, 0),
+            (Side::Executor, Event::RecvEnd, 5),
+        ];
+        // In order; other tests' transports may record in between when the
+        // whole suite runs with the feature (CI runs this module alone).
+        let mut rest = got.iter();
+        for w in want {
+            assert!(
+                rest.any(|g| *g == w),
+                "{w:?} missing or out of order in {got:?}"
+            );
+        }
         assert!(ticks_per_ns(std::time::Duration::from_millis(20)) > 0.0);
     }
 }
