@@ -15,7 +15,8 @@
 //! reading and sending, sending, waiting (`orcwire_shm::trace`).
 //!
 //! MODE runs one loop alone (for a profile of it): `transport`,
-//! `one-thread`, `pipeline`, `batched` (the transport in batches), or one
+//! `one-thread`, `round-trip` (the endpoint's `call_sync`), `pipeline`,
+//! `batched` (the transport in batches), or one
 //! of the two that put the engine on one side only, the other side being
 //! the transport alone in batches: `engine-executor` (a raw controller
 //! against an executor `Endpoint`) and `engine-controller` (a `Pipeline`
@@ -98,6 +99,16 @@ fn main() -> Result<(), String> {
                 pipeline_against_raw_executor(config, cpus, calls)?
             };
             println!("round {round}: {mode} 1 thread x {WINDOW}: {rate:.2} M/s");
+            trace_round(traced, true)?;
+        }
+        pair.disconnect();
+        return Ok(());
+    }
+    if only.as_deref() == Some("round-trip") {
+        for round in 1..=rounds {
+            trace_round(traced, false)?;
+            let e = endpoint_round_trips(&pair, calls)?;
+            println!("round {round}: endpoint round trip p50 {e:.0} ns");
             trace_round(traced, true)?;
         }
         pair.disconnect();

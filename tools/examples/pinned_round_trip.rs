@@ -6,11 +6,11 @@
 //! or `strace -f`.
 //!
 //! ```text
-//! cargo run --release -p orcwire-tools --example pinned_round_trip -- [BYTES] [CALLS] [SPIN_US] [to-executor|to-controller]
+//! cargo run --release -p orcwire-tools --example pinned_round_trip -- [BYTES] [CALLS] [SPIN_US] [to-executor|to-controller] [ROUNDS]
 //! ```
 //! Defaults: 1 MiB, 1,000 calls, a 50 µs spin budget (the spin preset),
-//! the controller calling the executor.
-//! Prints p50/p90/p99/max of three rounds; every reply is checked.
+//! the controller calling the executor, three rounds.
+//! Prints p50/p90/p99/max of each round; every reply is checked.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,7 @@ fn main() -> Result<(), String> {
         Some("to-controller") => true,
         Some(other) => return Err(format!("direction {other:?}: to-executor or to-controller")),
     };
+    let rounds = arg(5, 3)?.max(1) as usize;
     let pair = PinnedEchoPair::connect(config)?;
     let cpus = pair.cpus;
     println!(
@@ -52,22 +53,28 @@ fn main() -> Result<(), String> {
         std::thread::scope(|s| {
             s.spawn(|| {
                 pin_current_thread(cpus.child)?;
-                round_trips(&pair.executor, pair.ctl_echo, size, calls)
+                round_trips(&pair.executor, pair.ctl_echo, size, calls, rounds)
             })
             .join()
             .unwrap_or_else(|_| Err("the calling thread panicked".into()))
         })
     } else {
-        round_trips(&pair.controller, pair.echo, size, calls)
+        round_trips(&pair.controller, pair.echo, size, calls, rounds)
     };
     pair.disconnect();
     result
 }
 
-/// Three rounds of `calls` echo round trips of `size` bytes on `ep`.
-fn round_trips(ep: &Endpoint, tag: HandlerTag, size: usize, calls: usize) -> Result<(), String> {
+/// `rounds` rounds of `calls` echo round trips of `size` bytes on `ep`.
+fn round_trips(
+    ep: &Endpoint,
+    tag: HandlerTag,
+    size: usize,
+    calls: usize,
+    rounds: usize,
+) -> Result<(), String> {
     let mut arg: Vec<u8> = (0..size).map(|i| (i * 7 + 1) as u8).collect();
-    for round in 1..=3 {
+    for round in 1..=rounds {
         let mut samples = Vec::with_capacity(calls);
         for i in 0..calls {
             if let Some(b) = arg.first_mut() {
