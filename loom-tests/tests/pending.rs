@@ -223,6 +223,61 @@ fn broken_own_is_caught() {
     orcwire_loom_tests::model_with_bug("own", own_result_races_disconnect);
 }
 
+/// A synchronous caller reads its own result while leading and takes it
+/// as it reads it (`PendingTable::take_own`: its claim and a store that
+/// frees the slot, no lead needed), while a disconnecting thread fails
+/// every call and the peer's forged duplicate of the result is completed
+/// by another reader. Proves: the call ends exactly once — with the result
+/// the owner read, or else with whatever claimed it first, taken from the
+/// slot — and every slot ends free (no claim lands on a slot its owner
+/// freed).
+fn sync_own_result_races_disconnect() {
+    let table = Table::new(2);
+    let seq = table.register_own().unwrap();
+    let disconnecter = {
+        let table = table.clone();
+        thread::spawn(move || table.fail_all(CallError::Disconnected))
+    };
+    let duplicate = {
+        let table = table.clone();
+        thread::spawn(move || table.complete(seq, Ok(WrapperFunctionBuffer::from_slice(b"dup"))))
+    };
+    let taken = table.claim_own(seq);
+    disconnecter.join().unwrap();
+    let delivered = duplicate.join().unwrap();
+    if taken {
+        assert_eq!(
+            delivered,
+            Some(false),
+            "a result was delivered to a call its owner had already taken"
+        );
+    } else {
+        match table.take_own(seq) {
+            Some(Err(CallError::Disconnected)) => {}
+            Some(Ok(r)) if r.as_slice() == b"dup" => {}
+            other => panic!("lost call: the owner's take was refused and the slot holds {other:?}"),
+        }
+    }
+    assert!(
+        table.all_free(),
+        "slot left unusable: a claim landed on a slot its owner had freed"
+    );
+}
+
+#[test]
+fn pending_sync_own_result_races_disconnect() {
+    orcwire_loom_tests::model(sync_own_result_races_disconnect);
+}
+
+/// The bug: the owner frees the slot after checking it, without claiming
+/// it, so a completer's claim in between lands on a slot nobody owns.
+#[cfg(orcwire_loom_broken)]
+#[test]
+#[should_panic(expected = "slot left unusable")]
+fn broken_sync_own_is_caught() {
+    orcwire_loom_tests::model_with_bug("sync_own", sync_own_result_races_disconnect);
+}
+
 /// A pipeline's leased slot reused for its next call (a plain store of
 /// the new number, on the pipeline's thread, which does not lead) while
 /// the lead delivers a late result for the slot's previous call (the peer

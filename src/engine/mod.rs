@@ -14,7 +14,7 @@ use crate::dispatch::TaskDispatcher;
 use crate::gate::Gate;
 use crate::handler::{HandlerEntry, HandlerTable, Responder, ResultSink};
 use crate::message::{Message, Opcode, RESULT_ERROR, RESULT_OK};
-use crate::pending::{take_or_wait, CallError, CallHost, CallResult, PendingTable};
+use crate::pending::{CallError, CallHost, CallResult, PendingTable};
 use crate::sps::{self, Dialect, SetupInfo};
 use crate::sync::{
     fence, thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Condvar, EndLock, Mutex,
@@ -752,27 +752,35 @@ impl Inner {
             registered: false,
             taken: false,
         };
-        let (r, taken) = self.take_or_wait(seq, deadline, &mut own.registered);
-        own.taken = taken;
-        r
-    }
-
-    /// The owner's wait for call `seq` ([`take_or_wait`] on this
-    /// connection): the outcome, and whether it was taken (else the slot is
-    /// still the owner's, to wait again or abandon).
-    pub(crate) fn take_or_wait(
-        self: &Arc<Self>,
-        seq: u64,
-        deadline: Option<Instant>,
-        registered: &mut bool,
-    ) -> (CallResult, bool) {
-        take_or_wait(
-            &self.pending,
-            seq,
-            deadline,
-            registered,
-            |seq, deadline, registered| self.wait_for_call(seq, deadline, registered),
-        )
+        // Our result, when we read it ourselves while leading (the usual
+        // case of a lone caller): its payload is taken as it is read, the
+        // slot claimed and freed at once (`take_own`): one read-modify-write
+        // instead of a claim, an outcome stored in the slot and its `VALUE`
+        // bit, and the outcome taken out again.
+        let mut got: Option<WrapperFunctionBuffer> = None;
+        loop {
+            if let Some(r) = self.pending.try_take(seq, own.registered) {
+                own.taken = true;
+                return r;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(CallError::TimedOut);
+            }
+            let pending = &self.pending;
+            let mut mine = |s: u64, payload: &mut WrapperFunctionBuffer| {
+                if s != seq || got.is_some() || !pending.take_own(seq) {
+                    return false;
+                }
+                got = Some(std::mem::take(payload));
+                true
+            };
+            let waited = self.wait_for_mine(seq, deadline, &mut own.registered, Some(&mut mine));
+            if let Some(payload) = got.take() {
+                own.taken = true;
+                return Ok(payload);
+            }
+            waited?;
+        }
     }
 }
 

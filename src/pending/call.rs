@@ -30,7 +30,7 @@ pub(crate) trait CallHost: Send + Sync {
 /// when the deadline passed, or the wait's error) and whether the outcome
 /// was taken (the slot is then no longer the owner's; otherwise the owner
 /// still holds it, to wait again or abandon).
-pub(crate) fn take_or_wait(
+fn take_or_wait(
     table: &PendingTable,
     seq: u64,
     deadline: Option<Instant>,

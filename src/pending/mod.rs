@@ -70,7 +70,7 @@ pub mod model;
 mod tests;
 
 pub use call::PendingCall;
-pub(crate) use call::{take_or_wait, CallHost};
+pub(crate) use call::CallHost;
 use crate::transport::TransportError;
 use crate::waker::AtomicWaker;
 
@@ -471,6 +471,51 @@ impl PendingTable {
         slot.state.store(0, Ordering::Release);
         // The claimer stored an outcome before VALUE; `None` cannot happen.
         Some(r.unwrap_or(Err(CallError::AlreadyTaken)))
+    }
+
+    /// The owner of call `seq` read its result itself (a synchronous
+    /// caller that leads): claims the call, as a completer would, and
+    /// frees the slot at once, so the result never goes through the value
+    /// cell. `false` when the call was claimed first (by `fail_all`, or a
+    /// forged duplicate result before this one): the outcome then goes the
+    /// usual way. Owner only.
+    ///
+    /// Unlike [`release_own`](Self::release_own) this needs no lead: the
+    /// claim is the read-modify-write every completer arbitrates with.
+    #[inline]
+    pub(crate) fn take_own(&self, seq: u64) -> bool {
+        let slot = self.slot(seq);
+        let mut cur = slot.state.load(Ordering::Relaxed);
+        loop {
+            if cur >> SEQ_SHIFT != seq || cur & OCCUPIED == 0 || cur & CLAIMED != 0 {
+                return false;
+            }
+            if crate::sync::is_broken("sync_own") {
+                // Loom must-fail variant: no claim, the slot freed straight
+                // after the check, so a completer's claim in between lands
+                // on a slot nobody owns.
+                break;
+            }
+            // SYNC POINT: slot claimed (as in `claim`).
+            match slot.state.compare_exchange_weak(
+                cur,
+                cur | CLAIMED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        if cur & WAKER != 0 {
+            // Nobody wakes a call that is done: drop our waker now.
+            drop(slot.waker.take());
+        }
+        // CLAIMED is ours and the owner is us: no completer, no abandon
+        // and no taker touches the slot until this store.
+        // SYNC POINT: slot freed (Release half, see `register`).
+        slot.state.store(0, Ordering::Release);
+        true
     }
 
     /// Registers `waker` for call `seq`. Owner only; re-check

@@ -82,6 +82,13 @@ impl Table {
         self.0 .0.release_own(seq).is_some()
     }
 
+    /// The owner read call `seq`'s result itself (a synchronous caller
+    /// that leads, `PendingTable::take_own`): claims and frees the slot,
+    /// or `false` if a completer claimed it first. Needs no lead.
+    pub fn claim_own(&self, seq: u64) -> bool {
+        self.0 .0.take_own(seq)
+    }
+
     /// Takes a slot for a pipeline's call: one of `lease` (reused under a
     /// new number, with a plain store) or a fresh one, leased: its number.
     ///

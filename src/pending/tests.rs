@@ -52,6 +52,48 @@ mod table {
     }
 
     #[test]
+    fn take_own_frees_the_slot_once_and_loses_to_an_earlier_claim() {
+        let t = PendingTable::new(4);
+        // The owner takes its call: the slot is free at once and a result
+        // for it that comes later (forged, or a duplicate) is discarded.
+        let a = t.register().unwrap();
+        assert!(t.take_own(a));
+        assert_eq!(t.len(), 0);
+        assert!(!t.take_own(a), "a call is taken once");
+        assert_eq!(
+            t.complete(a, Ok(WrapperFunctionBuffer::from_slice(b"late"))),
+            Ok(Completed::Discarded)
+        );
+        assert!(t.try_take(a, false).is_none());
+        // A waker registered meanwhile is dropped with the call, not left
+        // for the slot's next owner.
+        let b = t.register().unwrap();
+        let waker = Arc::new(CountWake::default());
+        t.register_waker(b, &Waker::from(Arc::clone(&waker)));
+        assert!(t.take_own(b));
+        assert_eq!(Arc::strong_count(&waker), 1, "the slot kept our waker");
+        assert_eq!(waker.0.load(Ordering::Relaxed), 0, "a done call was woken");
+        // Disconnect failed the call first: the owner's take loses and the
+        // error is what the call ends with.
+        let c = t.register().unwrap();
+        t.fail_all(CallError::Disconnected);
+        assert!(!t.take_own(c));
+        assert_eq!(t.try_take(c, false), Some(Err(CallError::Disconnected)));
+        assert_eq!(t.len(), 0);
+        // The slots are reusable.
+        let d = t.register().unwrap();
+        assert!(t.take_own(d));
+    }
+
+    #[derive(Default)]
+    struct CountWake(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for CountWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
     fn complete_once_then_discarded() {
         let h = host(4);
         let c = call(&h);
