@@ -73,7 +73,7 @@ impl SuiteConfig {
                 count += self
                     .thread_counts
                     .iter()
-                    .filter(|&&threads| kind.measures_throughput(direction, threads))
+                    .filter(|&&threads| runs_throughput(kind, direction, threads))
                     .count();
             }
         }
@@ -87,10 +87,28 @@ impl SuiteConfig {
     }
 }
 
-/// Whether `kind` runs the round trip of `payload` bytes in `direction`:
-/// payload 0 is the floors' bare ping-pong only.
+/// Whether `kind` runs the round trip of `payload` bytes in the pass of
+/// `direction`: payload 0 is the floors' bare ping-pong only. The floors
+/// run in both passes (see [`run_suite`]).
 fn runs_rtt(kind: TransportKind, direction: Direction, payload: usize) -> bool {
-    kind.measures_rtt(direction) && (payload > 0 || kind.is_floor())
+    (kind.measures_rtt(direction) || kind.is_floor()) && (payload > 0 || kind.is_floor())
+}
+
+/// Whether `kind` runs the pipelined case of `threads` threads in the pass
+/// of `direction`: `shm-raw` runs its 1-thread case in both passes (see
+/// [`run_suite`]).
+fn runs_throughput(kind: TransportKind, direction: Direction, threads: usize) -> bool {
+    kind.measures_throughput(direction, threads) || (kind == TransportKind::ShmRaw && threads == 1)
+}
+
+/// The direction `kind` is measured in during the pass of `direction`: the
+/// references (floors, `shm-raw`) always run controller → child.
+fn measured_direction(kind: TransportKind, direction: Direction) -> Direction {
+    if kind.is_floor() || kind == TransportKind::ShmRaw {
+        Direction::ToExecutor
+    } else {
+        direction
+    }
 }
 
 /// One measured case.
@@ -98,7 +116,9 @@ fn runs_rtt(kind: TransportKind, direction: Direction, payload: usize) -> bool {
 pub struct CaseResult {
     /// Transport or floor.
     pub transport: TransportKind,
-    /// Who calls.
+    /// Who calls; for a floor or `shm-raw`, which always run controller →
+    /// child (they are symmetric), the direction whose pass measured it:
+    /// the reference of that pass's cases (see [`run_suite`]).
     pub direction: Direction,
     /// Argument (and echoed reply) size in bytes.
     pub payload: usize,
@@ -112,13 +132,15 @@ pub struct CaseResult {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Ratios {
     /// Round trips: p50 over the p50 of the matching floor (spin floor, or
-    /// futex floor for `shm-block`) at the same payload. 1.0 is the floor;
-    /// lower is impossible, higher is slower.
+    /// futex floor for `shm-block`) at the same payload, measured in the
+    /// same direction's pass. 1.0 is the floor; lower is impossible,
+    /// higher is slower.
     ///
     /// Pipelined calls over shared memory (every `shm-*` kind, any thread
     /// count, either direction): `shm-raw`'s calls/s (its 1-thread,
     /// controller → child case at the same payload and window) over this
-    /// case's calls/s. 1.0 is the transport alone with no engine (so
+    /// case's calls/s (measured in the same direction's pass). 1.0 is the
+    /// transport alone with no engine (so
     /// `shm-raw` itself is 1.0); higher is slower. Other pipelined cases
     /// (pipe, uds) have none.
     pub to_floor: Option<f64>,
@@ -136,22 +158,23 @@ fn same_shape(a: &CaseResult, b: &CaseResult) -> bool {
 /// [`Ratios`]).
 pub fn ratios(all: &[CaseResult], case: &CaseResult) -> Ratios {
     let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    // The reference measured in the same pass, else in any.
+    let reference = |matches: &dyn Fn(&CaseResult) -> bool| {
+        all.iter()
+            .find(|r| r.direction == case.direction && matches(r))
+            .or_else(|| all.iter().find(|r| matches(r)))
+    };
     let to_floor = match case.mode {
-        Mode::Rtt => all
-            .iter()
-            .find(|f| {
-                f.transport == case.transport.floor() && same_shape(f, case) && f.mode == Mode::Rtt
-            })
-            .and_then(|f| div(case.summary.p50_ns as f64, f.summary.p50_ns as f64)),
-        Mode::Throughput { window, .. } if case.transport.is_shm() => all
-            .iter()
-            .find(|r| {
-                r.transport == TransportKind::ShmRaw
-                    && r.direction == Direction::ToExecutor
-                    && r.payload == case.payload
-                    && r.mode == Mode::Throughput { threads: 1, window }
-            })
-            .and_then(|r| div(r.summary.ops_per_s, case.summary.ops_per_s)),
+        Mode::Rtt => reference(&|f| {
+            f.transport == case.transport.floor() && same_shape(f, case) && f.mode == Mode::Rtt
+        })
+        .and_then(|f| div(case.summary.p50_ns as f64, f.summary.p50_ns as f64)),
+        Mode::Throughput { window, .. } if case.transport.is_shm() => reference(&|r| {
+            r.transport == TransportKind::ShmRaw
+                && r.payload == case.payload
+                && r.mode == Mode::Throughput { threads: 1, window }
+        })
+        .and_then(|r| div(r.summary.ops_per_s, case.summary.ops_per_s)),
         Mode::Throughput { .. } => None,
     };
     let pipe = all.iter().find(|p| {
@@ -175,8 +198,12 @@ pub fn ratios(all: &[CaseResult], case: &CaseResult) -> Ratios {
 /// Every child is started first and kept for the whole run, and the
 /// cases run size by size with every transport in turn, so the cases a
 /// ratio compares are measured seconds apart, not minutes (this machine
-/// is noisy). Idle children sleep. The results come back grouped by
-/// transport.
+/// is noisy, and its two CPUs change speed relative to each other from
+/// one minute to the next). For the same reason the references — the
+/// floors and `shm-raw`, symmetric and always run controller → child —
+/// are measured again in the to-controller pass, so each direction's
+/// cases are held to references of their own pass. Idle children sleep.
+/// The results come back grouped by transport.
 ///
 /// # Errors
 /// The first [`BenchError`]: a child that could not start, a failed call,
@@ -254,7 +281,7 @@ fn run_interleaved(
         for &payload in &sizes {
             for peer in peers.iter_mut() {
                 let kind = peer.kind();
-                // Floors run controller → child only (they are
+                // Floors run controller → child in each pass (they are
                 // symmetric), shm-raw no round trips; payload 0 is the
                 // floors' bare ping-pong.
                 if !runs_rtt(kind, direction, payload) {
@@ -266,10 +293,11 @@ fn run_interleaved(
     }
     for &direction in &config.directions {
         for &threads in &config.thread_counts {
-            // Floors: none; shm-raw: 1 thread, controller → child.
+            // Floors: none; shm-raw: 1 thread, controller → child, in
+            // each pass.
             for peer in peers
                 .iter_mut()
-                .filter(|p| p.kind().measures_throughput(direction, threads))
+                .filter(|p| runs_throughput(p.kind(), direction, threads))
             {
                 record(throughput_case(peer, direction, threads, config)?);
             }
@@ -286,11 +314,12 @@ fn rtt_case(
     payload: usize,
     config: &SuiteConfig,
 ) -> Result<CaseResult, BenchError> {
-    let probe = peer.rtt(direction, payload, 5)?;
+    let way = measured_direction(peer.kind(), direction);
+    let probe = peer.rtt(way, payload, 5)?;
     let warm = calls_for(config.case_time / 10, typical_ns(&probe), 5, 20_000);
-    let warm = peer.rtt(direction, payload, warm)?;
+    let warm = peer.rtt(way, payload, warm)?;
     let n = calls_for(config.case_time, typical_ns(&warm), 20, config.max_calls);
-    let samples = peer.rtt(direction, payload, n)?;
+    let samples = peer.rtt(way, payload, n)?;
     let busy = Duration::from_nanos(samples.iter().sum());
     Ok(CaseResult {
         transport: peer.kind(),
@@ -308,11 +337,12 @@ fn throughput_case(
     config: &SuiteConfig,
 ) -> Result<CaseResult, BenchError> {
     let (payload, window) = (config.throughput_payload, config.window);
+    let way = measured_direction(peer.kind(), direction);
     let min = threads * window * 4;
-    let (_, took) = peer.throughput(direction, payload, threads, window, min)?;
+    let (_, took) = peer.throughput(way, payload, threads, window, min)?;
     let per_call = took.as_nanos() as f64 / min as f64;
     let n = calls_for(config.case_time, per_call.max(1.0), min, config.max_calls);
-    let (samples, elapsed) = peer.throughput(direction, payload, threads, window, n)?;
+    let (samples, elapsed) = peer.throughput(way, payload, threads, window, n)?;
     // Every thread makes the same number of calls (rounded up).
     let made = n.div_ceil(threads.max(1)) * threads.max(1);
     Ok(CaseResult {
@@ -391,10 +421,10 @@ mod tests {
 
     #[test]
     fn case_count_matches_the_cases_run() {
-        // Floors: 2 × (bare + 5 sizes), one direction; shm-raw: 1 thread,
-        // one direction; the other 5: 5 sizes and 2 thread counts, both
-        // directions.
-        assert_eq!(SuiteConfig::full().case_count(), 12 + 1 + 5 * 14);
+        // Floors: 2 × (bare + 5 sizes) in each direction's pass; shm-raw:
+        // 1 thread in each pass; the other 5: 5 sizes and 2 thread counts,
+        // both directions.
+        assert_eq!(SuiteConfig::full().case_count(), 24 + 2 + 5 * 14);
         let small = SuiteConfig {
             transports: vec![
                 TransportKind::FloorSpin,
@@ -405,17 +435,19 @@ mod tests {
             directions: vec![Direction::ToController],
             ..SuiteConfig::quick()
         };
-        // Nothing of the floor nor of shm-raw runs to the controller.
-        assert_eq!(small.case_count(), 2 + 2);
+        // The references run in the to-controller pass too: the floor's
+        // bare ping-pong and two sizes, shm-raw's 1-thread case; then the
+        // pipe's two round trips and two pipelined cases.
+        assert_eq!(small.case_count(), 3 + 1 + 2 + 2);
         let raw_only = |payloads: Vec<usize>, thread_counts: Vec<usize>| SuiteConfig {
             transports: vec![TransportKind::ShmRaw, TransportKind::ShmSpin],
             payloads,
             thread_counts,
             ..SuiteConfig::quick()
         };
-        // `--payloads none`: shm-raw's one case, shm-spin's 2 × 2
+        // `--payloads none`: shm-raw's case in each pass, shm-spin's 2 × 2
         // pipelined ones (no round trip has a payload).
-        assert_eq!(raw_only(Vec::new(), vec![1, 4]).case_count(), 1 + 4);
+        assert_eq!(raw_only(Vec::new(), vec![1, 4]).case_count(), 2 + 4);
         // No 1-thread case: nothing for shm-raw.
         assert_eq!(raw_only(vec![64], vec![4]).case_count(), 2 * 2);
     }
@@ -447,6 +479,45 @@ mod tests {
         assert_eq!(json.matches("\"p50_ns\"").count(), all.len());
         assert!(json.contains("\"mode\": \"throughput\""));
         assert!(json.trim_end().ends_with(']'));
+    }
+
+    #[test]
+    fn each_pass_is_held_to_its_own_references() {
+        let tp = Mode::Throughput {
+            threads: 1,
+            window: 64,
+        };
+        let to_controller = |mut c: CaseResult| {
+            c.direction = Direction::ToController;
+            c
+        };
+        // The CPUs were slower during the to-executor pass than during the
+        // to-controller one: each pass's cases are compared with what was
+        // measured beside them.
+        let all = vec![
+            case(TransportKind::FloorSpin, 64, 400, 2e6, Mode::Rtt),
+            case(TransportKind::ShmRaw, 64, 0, 8e6, tp),
+            case(TransportKind::ShmSpin, 64, 600, 1e6, Mode::Rtt),
+            case(TransportKind::ShmSpin, 64, 0, 4e6, tp),
+            to_controller(case(TransportKind::FloorSpin, 64, 150, 6e6, Mode::Rtt)),
+            to_controller(case(TransportKind::ShmRaw, 64, 0, 20e6, tp)),
+            to_controller(case(TransportKind::ShmSpin, 64, 300, 3e6, Mode::Rtt)),
+            to_controller(case(TransportKind::ShmSpin, 64, 0, 10e6, tp)),
+        ];
+        let to_floor = |i: usize| ratios(&all, &all[i]).to_floor;
+        assert_eq!(to_floor(2), Some(1.5));
+        assert_eq!(to_floor(3), Some(2.0));
+        assert_eq!(to_floor(6), Some(2.0));
+        assert_eq!(to_floor(7), Some(2.0));
+        // A pass without its own reference falls back to the other's.
+        let one_pass: Vec<CaseResult> = all
+            .iter()
+            .copied()
+            .filter(|c| {
+                c.direction == Direction::ToExecutor || c.transport == TransportKind::ShmSpin
+            })
+            .collect();
+        assert_eq!(ratios(&one_pass, &one_pass[4]).to_floor, Some(0.75));
     }
 
     #[test]

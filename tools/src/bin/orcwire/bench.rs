@@ -120,7 +120,9 @@ fn print_table(results: &[CaseResult]) {
         "÷floor: round trips: p50 over the same-size floor round trip (spin floor; futex floor \
          for shm-block); pipelined shm-* (any threads, either direction): shm-raw's calls/s \
          (1 thread, same payload and window) over this case's (1.00× = the transport with no \
-         engine); vs pipe: times faster than the pipe transport in the same case."
+         engine); each against the reference measured in its own direction's pass (floors and \
+         shm-raw always run controller → child; their direction names the pass); vs pipe: \
+         times faster than the pipe transport in the same case."
     );
 }
 

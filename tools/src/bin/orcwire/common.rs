@@ -202,7 +202,8 @@ pub struct BenchArgs {
     /// Run only these transports, comma-separated: floor-spin, floor-futex,
     /// shm-raw, shm-spin, shm-balanced, shm-block, pipe, uds (shm-raw: the
     /// shared-memory transport with no engine, pipelined 1 thread
-    /// controller → child only; the pipelined shm-* cases' floor).
+    /// controller → child, measured in each direction's pass; the
+    /// pipelined shm-* cases' floor).
     #[arg(long, value_name = "LIST", value_parser = transports)]
     pub only: Option<Transports>,
     /// Round-trip payload sizes in bytes, comma-separated (default
