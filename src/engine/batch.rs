@@ -468,18 +468,21 @@ impl Inner {
 
     /// An answer given through a responder on this thread while it runs a
     /// batch of this endpoint: into the batch, and the responder's
-    /// reference (`sink`) kept for the next one (`Err` gives the answer
-    /// back when this thread runs none, or the batch is full).
+    /// reference (`this`) kept for the next one. `Err` gives the answer
+    /// back when the batch is full. Call only when
+    /// [`runs_own_batch`](Self::runs_own_batch) says so.
     #[inline(always)]
     pub(super) fn answer_into_batch(
         this: Arc<Self>,
         seq: u64,
         result: WrapperFunctionBuffer,
     ) -> Result<(), (Arc<Self>, u64, WrapperFunctionBuffer)> {
-        let (of, b) = BATCH_OF.with(|c| c.get());
-        if of != this.id() || b.is_null() {
+        let Some(b) = this.own_batch() else {
             return Err((this, seq, result));
-        }
+        };
+        // Not tied to `this`, which moves into the spare below: the batch
+        // outlives the call (see `own_batch`).
+        let b: *const Batch = b;
         // SAFETY: as in `own_batch`.
         let b = unsafe { &*b };
         if let Err((seq, result)) = b.push_result(seq, result) {
@@ -487,6 +490,15 @@ impl Inner {
         }
         drop(b.swap_spare(Some(this as Arc<dyn ResultSink>)));
         Ok(())
+    }
+
+    /// Whether this thread runs a batch of this endpoint (one
+    /// thread-local look). Asked before an answer moves anywhere: moving a
+    /// small buffer through a returned tuple costs a store-forwarding
+    /// stall, which a lone call's answer should not pay.
+    #[inline(always)]
+    pub(super) fn runs_own_batch(&self) -> bool {
+        self.own_batch().is_some()
     }
 
     /// Sends the results this thread's batch holds so far (it is about to

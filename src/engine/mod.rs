@@ -791,11 +791,26 @@ impl ResultSink for Inner {
 
     fn send_result(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
         // An inline handler on a worker running a batch of this endpoint:
-        // into the batch's cells (one thread-local look, the usual case).
-        let (this, seq, result) = match Self::answer_into_batch(self, seq, result) {
-            Ok(()) => return,
-            Err(back) => back,
-        };
+        // into the batch's cells (one thread-local look, the usual case
+        // when pipelining).
+        if self.runs_own_batch() {
+            match Self::answer_into_batch(self, seq, result) {
+                Ok(()) => {}
+                Err((this, seq, result)) => this.send_past_batch(seq, result),
+            }
+            return;
+        }
+        self.send_past_batch(seq, result);
+    }
+}
+
+impl Inner {
+    /// [`ResultSink::send_result`] of an answer that does not go into the
+    /// thread's batch: into the outbox, or sent now (borrowed, not moved
+    /// again).
+    #[inline(always)]
+    fn send_past_batch(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
+        let this = self;
         if OUTBOX_OF.with(|o| o.get()) == this.id() {
             // An inline handler on a worker whose results go out together
             // (`run_call` with calls queued behind it, or a batch whose
@@ -806,18 +821,16 @@ impl ResultSink for Inner {
             this.outbox_full.store(true, Ordering::Relaxed);
             return;
         }
-        this.send_one_result(seq, result);
+        this.send_one_result(seq, &result);
     }
-}
 
-impl Inner {
     /// Sends one handler's result now (an over-long one as an error
     /// result saying so).
-    pub(super) fn send_one_result(self: &Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
+    pub(super) fn send_one_result(self: &Arc<Self>, seq: u64, result: &WrapperFunctionBuffer) {
         let Ok(_inside) = self.gate.enter() else {
             return; // Disconnecting: the caller's call fails on its side.
         };
-        let (kind, bytes) = self.result_wire(&result);
+        let (kind, bytes) = self.result_wire(result);
         if let Err(e) = self.send(Opcode::Result, seq, kind, bytes, None) {
             self.result_not_sent(seq, e);
         }

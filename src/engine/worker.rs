@@ -274,7 +274,7 @@ impl Inner {
         IDLE_WORKER_OF.with(|c| c.set(idle_of));
         if !batch {
             if let Some(result) = answer.take() {
-                self.send_one_result(call.seq, result);
+                self.send_one_result(call.seq, &result);
             }
         }
         let mut w = self.work.lock();
