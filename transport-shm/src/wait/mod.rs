@@ -35,6 +35,14 @@
 //! Local events (interrupt, close, peer death) use [`WakeWord::wake_all`]:
 //! set a flag, then bump and wake unconditionally.
 //!
+//! No sleep lasts longer than 100 ms (`wake_word::MAX_SLEEP`), deadline or
+//! not: the words above live in memory the peer can write, and a peer that
+//! scribbles over our announcement (or our futex word while we sleep)
+//! makes its own notifications skip us. Without the cap a wait with no
+//! deadline would then sleep for ever and never look at the state word
+//! that says the segment is broken; with it, it looks again within 100 ms
+//! (re-announcing itself, which also repairs the announcement).
+//!
 //! # Spinning
 //! A timed spin reads no clock for its first polls (a round trip ends
 //! there), then checks the clock every 16 polls. Past 20 µs it also yields

@@ -25,6 +25,18 @@ const UNTIMED_POLLS: u32 = 64;
 /// 16 polls). A round trip of small messages ends long before it.
 const YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(20);
 
+/// The longest one sleep in the kernel lasts before the wait looks again
+/// (re-announcing itself and re-running its poll), deadline or not. The
+/// protocol loses no wake-up, but the words it relies on live in memory
+/// the peer can write: a peer that scribbles over our `waiting` bits (or
+/// our futex word while we sleep) makes its own notifications skip us,
+/// and a wait without a deadline would then sleep for ever without ever
+/// looking at the state word that says the segment is broken. Seen as a
+/// hang of both sides in `tests/shm_process.rs`' header corruption (about
+/// one run in 750 with both processes on one CPU). With the cap such a
+/// wait notices within this long; an idle side wakes ten times a second.
+pub(crate) const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a wait ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WaitOutcome<T> {
@@ -142,14 +154,15 @@ impl WakeWord {
                 // check, so a bump in between is slept through.
                 seen = block.futex.load(Ordering::Acquire);
             }
+            // Never for ever: see `MAX_SLEEP`.
             let timeout = match deadline {
-                None => None,
+                None => MAX_SLEEP,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
+                    Some(left) if !left.is_zero() => left.min(MAX_SLEEP),
                     _ => break Ok(WaitOutcome::TimedOut),
                 },
             };
-            futex::wait(&block.futex, seen, timeout);
+            futex::wait(&block.futex, seen, Some(timeout));
         };
         block.waiting.fetch_and(!reason, Ordering::Relaxed);
         result
@@ -311,6 +324,54 @@ mod tests {
             t.join().unwrap();
             assert_eq!(word.waiting_bits(), 0);
         }
+    }
+
+    #[test]
+    fn a_wake_up_the_peer_skipped_costs_one_sleep_not_a_hang() {
+        let word = Arc::new(WakeWord::standalone());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let t = {
+            let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
+            thread::spawn(move || {
+                let r = word.wait_until(
+                    &WaitStrategy::low_cpu(),
+                    waiting::DATA,
+                    None,
+                    flag_poll(&flag),
+                );
+                tx.send(r).unwrap();
+            })
+        };
+        let start = Instant::now();
+        while word.waiting_bits() & waiting::DATA == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "waiter never slept");
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The peer scribbles over the waiter's words while it sleeps (its
+        // announcement gone, its futex word changed), then publishes: its
+        // notification sees no announcement and wakes nobody.
+        thread::sleep(Duration::from_millis(5));
+        word.block().waiting.store(0, Ordering::Relaxed);
+        word.block().futex.store(0xdead_beef, Ordering::Relaxed);
+        let published = Instant::now();
+        flag.store(true, Ordering::Release);
+        word.notify(waiting::DATA);
+        let r = rx.recv_timeout(MAX_SLEEP * 20);
+        if r.is_err() {
+            // Unstick the waiter before failing, so the test ends.
+            word.wake_all();
+        }
+        assert_eq!(
+            r.expect("a wait without a deadline slept for ever through a skipped wake-up"),
+            Ok(WaitOutcome::Ready(()))
+        );
+        let took = published.elapsed();
+        t.join().unwrap();
+        assert!(
+            took <= MAX_SLEEP + Duration::from_millis(500),
+            "the waiter looked again only after {took:?}"
+        );
     }
 
     #[test]
