@@ -272,11 +272,8 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
             );
         }
         if t == "shm-raw" {
-            assert_eq!(
-                (o["direction"].as_str(), o["threads"].as_str()),
-                ("to-executor", "1"),
-                "{o:?}"
-            );
+            // One case in each direction's pass (always controller → child).
+            assert_eq!(o["threads"].as_str(), "1", "{o:?}");
         }
         seen.insert((t.to_string(), o["direction"].clone(), o["mode"].clone()));
     }
@@ -292,9 +289,10 @@ fn bench_quick_writes_one_checked_json_object_per_case() {
             );
         }
     }
-    // 8 transports: floors 2 × 6 sizes, shm-raw 1 throughput case, 5 × (5
-    // sizes × 2 directions + 4 throughput cases).
-    assert_eq!(objects.len(), 12 + 1 + 5 * 14, "{json}");
+    // 8 transports: floors 2 × 6 sizes and shm-raw's 1 throughput case,
+    // each in both directions' passes; 5 × (5 sizes × 2 directions + 4
+    // throughput cases).
+    assert_eq!(objects.len(), 24 + 2 + 5 * 14, "{json}");
 }
 
 #[test]
@@ -328,28 +326,38 @@ fn bench_shm_raw_measures_the_transport_alone_and_its_child_exits_0() {
         .filter(|l| l.trim_start().starts_with('{'))
         .map(flat_object)
         .collect();
-    // shm-raw: 1 case; shm-spin: 2 directions × 2 thread counts.
-    assert_eq!(objects.len(), 1 + 4, "{json}");
+    // shm-raw: 1 case in each direction's pass; shm-spin: 2 directions ×
+    // 2 thread counts.
+    assert_eq!(objects.len(), 2 + 4, "{json}");
     let raw: Vec<_> = objects
         .iter()
         .filter(|o| o["transport"] == "shm-raw")
         .collect();
-    let [raw] = raw.as_slice() else {
-        panic!("not one shm-raw case: {json}");
+    let [to_executor, to_controller] = raw.as_slice() else {
+        panic!("not two shm-raw cases: {json}");
     };
-    assert_eq!(raw["mode"], "throughput", "{raw:?}");
-    assert_eq!(raw["direction"], "to-executor", "{raw:?}");
-    assert_eq!(
-        (raw["payload"].as_str(), raw["in_flight"].as_str()),
-        ("64", "64")
-    );
-    let raw_rate: f64 = raw["ops_per_s"].parse().unwrap();
-    assert!(raw_rate > 0.0, "{raw:?}");
-    assert_eq!(raw["ratio_to_floor"], "1.0000", "{raw:?}");
+    assert_eq!(to_executor["direction"], "to-executor", "{json}");
+    assert_eq!(to_controller["direction"], "to-controller", "{json}");
+    for raw in &raw {
+        assert_eq!(raw["mode"], "throughput", "{raw:?}");
+        assert_eq!(
+            (raw["payload"].as_str(), raw["in_flight"].as_str()),
+            ("64", "64")
+        );
+        let raw_rate: f64 = raw["ops_per_s"].parse().unwrap();
+        assert!(raw_rate > 0.0, "{raw:?}");
+        assert_eq!(raw["ratio_to_floor"], "1.0000", "{raw:?}");
+    }
+    // Each shm-spin case is held to the shm-raw case of its own pass.
     for o in objects.iter().filter(|o| o["transport"] == "shm-spin") {
         let rate: f64 = o["ops_per_s"].parse().unwrap();
         let ratio: f64 = o["ratio_to_floor"].parse().unwrap();
         assert!(rate > 0.0, "{o:?}");
+        let raw = raw
+            .iter()
+            .find(|r| r["direction"] == o["direction"])
+            .unwrap();
+        let raw_rate: f64 = raw["ops_per_s"].parse().unwrap();
         // Printed to 4 places (and the rate to 1).
         let expected = raw_rate / rate;
         assert!(
@@ -388,9 +396,11 @@ fn bench_plot_draws_one_line_per_transport_and_direction() {
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    // floor-spin runs one direction; shm-spin and pipe both.
+    // Each runs in both directions' passes (floor-spin always controller
+    // → child).
     let lines = [
         "floor-spin to-executor",
+        "floor-spin to-controller",
         "shm-spin to-executor",
         "shm-spin to-controller",
         "pipe to-executor",
@@ -460,7 +470,9 @@ fn bench_shows_progress_on_a_terminal() {
     let out = run_command(cmd, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
     assert!(out.status.success(), "{text}");
-    // The bar counts how many of the run's 8 cases are done.
-    assert!(text.contains("0/8 cases"), "no progress bar in:\n{text}");
-    assert!(text.contains("1/8 cases"), "the bar never moved:\n{text}");
+    // The bar counts how many of the run's 10 cases are done (the floor's
+    // bare ping-pong and 8 B in each pass, the pipe's 8 B round trips and
+    // pipelined cases from 1 and 4 threads both ways).
+    assert!(text.contains("0/10 cases"), "no progress bar in:\n{text}");
+    assert!(text.contains("1/10 cases"), "the bar never moved:\n{text}");
 }
