@@ -810,18 +810,17 @@ impl Inner {
     /// again).
     #[inline(always)]
     fn send_past_batch(self: Arc<Self>, seq: u64, result: WrapperFunctionBuffer) {
-        let this = self;
-        if OUTBOX_OF.with(|o| o.get()) == this.id() {
+        if OUTBOX_OF.with(|o| o.get()) == self.id() {
             // An inline handler on a worker whose results go out together
             // (`run_call` with calls queued behind it, or a batch whose
             // cells are full): into the outbox (`flush_outbox`).
-            this.answers.lock().results.push((seq, result));
+            self.answers.lock().results.push((seq, result));
             // Relaxed: the lock orders the contents; the flag is a hint
             // whose every reader takes the lock.
-            this.outbox_full.store(true, Ordering::Relaxed);
+            self.outbox_full.store(true, Ordering::Relaxed);
             return;
         }
-        this.send_one_result(seq, &result);
+        self.send_one_result(seq, &result);
     }
 
     /// Sends one handler's result now (an over-long one as an error

@@ -377,17 +377,23 @@ impl PendingTable {
     /// Wins the right to write call `seq`'s outcome, if it is still waiting
     /// and nobody else won it.
     fn claim(&self, seq: u64) -> bool {
+        self.claim_state(seq).is_some()
+    }
+
+    /// [`claim`](Self::claim), returning the state word it claimed (its
+    /// value before `CLAIMED`).
+    fn claim_state(&self, seq: u64) -> Option<u64> {
         let slot = self.slot(seq);
         let mut cur = slot.state.load(Ordering::Relaxed);
         loop {
             if cur >> SEQ_SHIFT != seq || cur & OCCUPIED == 0 || cur & CLAIMED != 0 {
-                return false;
+                return None;
             }
             if crate::sync::is_broken("pending") {
                 // Loom must-fail variant: claim with a plain store, so two
                 // completers can both believe they won.
                 slot.state.store(cur | CLAIMED, Ordering::Relaxed);
-                return true;
+                return Some(cur);
             }
             // SYNC POINT: slot claimed. The RMW total order on the state
             // word makes exactly one claimer win; Acquire pairs with the
@@ -398,7 +404,7 @@ impl PendingTable {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some(cur),
                 Err(actual) => cur = actual,
             }
         }
@@ -485,28 +491,18 @@ impl PendingTable {
     #[inline]
     pub(crate) fn take_own(&self, seq: u64) -> bool {
         let slot = self.slot(seq);
-        let mut cur = slot.state.load(Ordering::Relaxed);
-        loop {
-            if cur >> SEQ_SHIFT != seq || cur & OCCUPIED == 0 || cur & CLAIMED != 0 {
-                return false;
-            }
-            if crate::sync::is_broken("sync_own") {
-                // Loom must-fail variant: no claim, the slot freed straight
-                // after the check, so a completer's claim in between lands
-                // on a slot nobody owns.
-                break;
-            }
-            // SYNC POINT: slot claimed (as in `claim`).
-            match slot.state.compare_exchange_weak(
-                cur,
-                cur | CLAIMED,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(actual) => cur = actual,
-            }
-        }
+        let claimed = if crate::sync::is_broken("sync_own") {
+            // Loom must-fail variant: no claim, the slot freed straight
+            // after a check, so a completer's claim in between lands on a
+            // slot nobody owns.
+            let cur = slot.state.load(Ordering::Relaxed);
+            (cur >> SEQ_SHIFT == seq && cur & OCCUPIED != 0 && cur & CLAIMED == 0).then_some(cur)
+        } else {
+            self.claim_state(seq)
+        };
+        let Some(cur) = claimed else {
+            return false;
+        };
         if cur & WAKER != 0 {
             // Nobody wakes a call that is done: drop our waker now.
             drop(slot.waker.take());

@@ -289,6 +289,40 @@ mod tests {
         }
     }
 
+    /// A thread waiting on a fresh word for `flag` (`DATA`, `deadline`),
+    /// returned once it has announced itself (asleep, or about to be):
+    /// the word, the flag, where its outcome arrives, and its handle.
+    #[allow(clippy::type_complexity)]
+    fn sleeping_waiter(
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+    ) -> (
+        Arc<WakeWord>,
+        Arc<AtomicBool>,
+        mpsc::Receiver<Result<WaitOutcome<()>, ()>>,
+        thread::JoinHandle<()>,
+    ) {
+        let word = Arc::new(WakeWord::standalone());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let t = {
+            let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
+            thread::spawn(move || {
+                let r = word.wait_until(&strategy, waiting::DATA, deadline, flag_poll(&flag));
+                tx.send(r).unwrap();
+            })
+        };
+        let start = Instant::now();
+        while word.waiting_bits() & waiting::DATA == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "waiter never slept"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        (word, flag, rx, t)
+    }
+
     #[test]
     fn sleeper_is_woken_by_notify() {
         for strategy in [
@@ -296,25 +330,7 @@ mod tests {
             WaitStrategy::balanced(),
             WaitStrategy::spin_iterations(10),
         ] {
-            let word = Arc::new(WakeWord::standalone());
-            let flag = Arc::new(AtomicBool::new(false));
-            let (tx, rx) = mpsc::channel();
-            let t = {
-                let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
-                thread::spawn(move || {
-                    let r = word.wait_until(&strategy, waiting::DATA, None, flag_poll(&flag));
-                    tx.send(r).unwrap();
-                })
-            };
-            // Let the waiter reach the futex.
-            let start = Instant::now();
-            while word.waiting_bits() & waiting::DATA == 0 {
-                assert!(
-                    start.elapsed() < Duration::from_secs(5),
-                    "waiter never slept"
-                );
-                thread::sleep(Duration::from_millis(1));
-            }
+            let (word, flag, rx, t) = sleeping_waiter(strategy, None);
             flag.store(true, Ordering::Release);
             word.notify(waiting::DATA);
             let r = rx
@@ -328,26 +344,7 @@ mod tests {
 
     #[test]
     fn a_wake_up_the_peer_skipped_costs_one_sleep_not_a_hang() {
-        let word = Arc::new(WakeWord::standalone());
-        let flag = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let t = {
-            let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
-            thread::spawn(move || {
-                let r = word.wait_until(
-                    &WaitStrategy::low_cpu(),
-                    waiting::DATA,
-                    None,
-                    flag_poll(&flag),
-                );
-                tx.send(r).unwrap();
-            })
-        };
-        let start = Instant::now();
-        while word.waiting_bits() & waiting::DATA == 0 {
-            assert!(start.elapsed() < Duration::from_secs(5), "waiter never slept");
-            thread::sleep(Duration::from_millis(1));
-        }
+        let (word, flag, rx, t) = sleeping_waiter(WaitStrategy::low_cpu(), None);
         // The peer scribbles over the waiter's words while it sleeps (its
         // announcement gone, its futex word changed), then publishes: its
         // notification sees no announcement and wakes nobody.
@@ -438,26 +435,10 @@ mod tests {
 
     #[test]
     fn notify_for_another_reason_does_not_wake() {
-        let word = Arc::new(WakeWord::standalone());
-        let flag = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let t = {
-            let (word, flag) = (Arc::clone(&word), Arc::clone(&flag));
-            thread::spawn(move || {
-                let r = word.wait_until(
-                    &WaitStrategy::low_cpu(),
-                    waiting::DATA,
-                    Some(Instant::now() + Duration::from_secs(5)),
-                    flag_poll(&flag),
-                );
-                tx.send(r).unwrap();
-            })
-        };
-        let start = Instant::now();
-        while word.waiting_bits() & waiting::DATA == 0 {
-            assert!(start.elapsed() < Duration::from_secs(5));
-            thread::sleep(Duration::from_millis(1));
-        }
+        let (word, flag, rx, t) = sleeping_waiter(
+            WaitStrategy::low_cpu(),
+            Some(Instant::now() + Duration::from_secs(5)),
+        );
         word.notify(waiting::SPACE);
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
         flag.store(true, Ordering::Release);
