@@ -9,8 +9,12 @@
 #   tools/callgrind-per-call.sh [MODE] [CALLS]
 #
 # MODE: a `pinned_layers` mode (`pipeline`, `batched`, `engine-executor`,
-# `engine-controller`; default `pipeline`); CALLS: default 400000 (one-time
-# set-up costs then add under 5 instructions a call).
+# `engine-controller`, `round-trip`; default `pipeline`); CALLS: default
+# 400000 (one-time set-up costs then add under 5 instructions a call; 20000
+# is plenty for `round-trip`). In `round-trip`, every wait spins rather
+# than sleeps (`ORCWIRE_SPIN_FOREVER`): callgrind runs one thread at a
+# time, and a lone call's wait that went to sleep would count the sleeping
+# path, not the one a round trip takes on two CPUs.
 # Needs valgrind (`apt-get install valgrind`); builds the example in
 # release mode first. Takes about a minute. Output files stay in a
 # temporary directory named at the end, for `callgrind_annotate`.
@@ -24,7 +28,9 @@ cargo build --release -q -p orcwire-tools --example pinned_layers
 bin=target/release/examples/pinned_layers
 out="$(mktemp -d /tmp/orcwire-callgrind.XXXXXX)"
 
-valgrind --tool=callgrind --fair-sched=yes --separate-threads=yes \
+spin=()
+[ "$mode" = round-trip ] && spin=(env ORCWIRE_SPIN_FOREVER=1)
+"${spin[@]}" valgrind --tool=callgrind --fair-sched=yes --separate-threads=yes \
   --callgrind-out-file="$out/cg.%p" "$bin" "$calls" 1 "$mode" >"$out/run.txt" 2>"$out/valgrind.txt"
 
 echo "pinned_layers $mode, $calls calls under callgrind ($(grep -o '[0-9.]* M/s' "$out/run.txt" | head -1) there)"
@@ -42,7 +48,7 @@ for f in "$out"/cg.*-*; do
   # annotated source that follows them).
   callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
     | sed -n '/file:function/,/Auto-annotated/p' \
-    | grep -E '::(send_batch|recv_batch|call_batch|lead_turn|worker_loop|send_results|respond|wait_until_then|endpoint_pipeline_with)( \[|$)' \
+    | grep -E '::(send_batch|recv_batch|call_batch|lead_turn|worker_loop|run_call|send_results|respond|wait_until_then|wait_own|call_sync|endpoint_pipeline_with)( \[|$)' \
     | awk -v n="$calls" '{c=$1; gsub(",", "", c); f=$0; sub(/^[^:]*:/, "", f); sub(/ \[.*/, "", f);
         sub(/.*::/, "", f); printf "  %8.1f  %s\n", c / n, f}' \
     | sort -k1,1nr | awk '!seen[$2]++'

@@ -1,10 +1,13 @@
 //! Where a 64 B call's time goes, layer by layer, in one process with the
 //! two sides pinned to different CPUs: the raw floor (one cache line handed
-//! over each way), the shared-memory transport's `send_until`/`recv` (the
-//! ring, its validation and the wake-up protocol), and the endpoint's
-//! `call_sync` / pipelined `call` (the call engine on top). Each layer runs
-//! in turn within every round, so the rounds see the same machine state;
-//! compare a layer with the floor of the same round.
+//! over each way), the layout alone (orcwire's frame format and checks in
+//! a minimal ring: no lock, no wake-up protocol), the ring ends
+//! (`RingProducer`/`RingConsumer`, spinning), the shared-memory
+//! transport's `send_until`/`recv_into` (adding the end locks, the state
+//! checks and the wake-up protocol), and the endpoint's `call_sync` /
+//! pipelined `call` (the call engine on top). Each layer runs in turn
+//! within every round, so the rounds see the same machine state; compare a
+//! layer with the floor of the same round.
 //!
 //! ```text
 //! cargo run --release -p orcwire-tools --example pinned_layers -- [CALLS] [ROUNDS] [MODE]
@@ -14,8 +17,10 @@
 //! each side's time went in nanoseconds a call: reading, working between
 //! reading and sending, sending, waiting (`orcwire_shm::trace`).
 //!
-//! MODE runs one loop alone (for a profile of it): `transport`,
-//! `one-thread`, `round-trip` (the endpoint's `call_sync`), `pipeline`,
+//! MODE runs one loop alone (for a profile of it): `transport` (the round
+//! trips of the floor, the layout alone, the ring ends and the transport,
+//! with the transport's mean), `one-thread`, `round-trip` (the floor, then
+//! the endpoint's `call_sync`), `pipeline`,
 //! `batched` (the transport in batches), or one
 //! of the two that put the engine on one side only, the other side being
 //! the transport alone in batches: `engine-executor` (a raw controller
@@ -28,12 +33,16 @@
 //! `echo_in_batches` of `orcwire_tools::bench`, which `orcwire bench`
 //! runs across two processes as `shm-raw`).
 //! Every reply is checked against its argument.
+//!
+//! With `ORCWIRE_SPIN_FOREVER` set, every wait spins (never sleeps) and
+//! `round-trip` skips the floor: for callgrind, which runs one thread at a
+//! time (`tools/callgrind-per-call.sh round-trip`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orcwire::transport::{Received, Transport};
+use orcwire::transport::{Arrival, Received, Transport};
 use orcwire::{Opcode, WrapperFunctionBuffer};
 use orcwire_shm::{
     required_size, HeapMapping, SharedMapping, ShmConfig, ShmTransport, WaitStrategy,
@@ -46,6 +55,10 @@ use orcwire_tools::bench::{
 const WINDOW: u64 = 64;
 /// The argument's size.
 const BYTES: usize = 64;
+
+/// How long the raw layers (`minimal_ring`, `ring_ends`) wait for a frame
+/// before they call the run failed.
+const STUCK: Duration = Duration::from_secs(1);
 
 /// One word on a line of its own.
 #[repr(align(128))]
@@ -65,8 +78,18 @@ fn main() -> Result<(), String> {
     // A fourth argument `trace` prints each round's phase trace (see
     // `trace_round`).
     let traced = std::env::args().nth(4).as_deref() == Some("trace");
+    // Under callgrind (`tools/callgrind-per-call.sh`), which runs one
+    // thread at a time, a wait must not go to sleep: `ORCWIRE_SPIN_FOREVER`
+    // makes every wait spin (for ten seconds), so the instructions counted
+    // are those of the spinning path a round trip takes on real CPUs.
+    let spin_forever = std::env::var_os("ORCWIRE_SPIN_FOREVER").is_some();
+    let wait = if spin_forever {
+        WaitStrategy::spin_for(Duration::from_secs(10))
+    } else {
+        WaitStrategy::lowest_latency()
+    };
     let config = ShmConfig {
-        wait: WaitStrategy::lowest_latency(),
+        wait,
         ..ShmConfig::default()
     };
     if only.as_deref() == Some("one-thread") {
@@ -107,12 +130,21 @@ fn main() -> Result<(), String> {
     if only.as_deref() == Some("round-trip") {
         for round in 1..=rounds {
             trace_round(traced, false)?;
+            // The floor first: which of this VM's placements the round ran
+            // in (not under callgrind: see `ORCWIRE_SPIN_FOREVER`).
+            let f = if spin_forever {
+                f64::NAN
+            } else {
+                floor(cpus, false, calls)?
+            };
             let start = Instant::now();
             let e = endpoint_round_trips(&pair, calls)?;
             // The mean, for comparing builds: the p50 moves in steps of
             // the clock's resolution. It includes the loop's own work.
             let mean = start.elapsed().as_nanos() as f64 / calls as f64;
-            println!("round {round}: endpoint round trip p50 {e:.0} ns, mean {mean:.1} ns");
+            println!(
+                "round {round}: floor p50 {f:.0} ns; endpoint round trip p50 {e:.0} ns, mean {mean:.1} ns"
+            );
             trace_round(traced, true)?;
         }
         pair.disconnect();
@@ -133,6 +165,28 @@ fn main() -> Result<(), String> {
         return Ok(());
     }
     let (transport, transport_peer) = transport_pair(config, cpus)?;
+    if only.as_deref() == Some("transport") {
+        for round in 1..=rounds {
+            let f = floor(cpus, false, calls)?;
+            let mr = minimal_ring(cpus, calls)?;
+            let re = ring_ends(cpus, calls)?;
+            let start = Instant::now();
+            let t = transport_round_trips(&transport, calls)?;
+            let mean = start.elapsed().as_nanos() as f64 / calls as f64;
+            println!(
+                "round {round}: round trip p50: floor {f:.0} ns, layout alone {mr:.0} ns, \
+                 ring ends {re:.0} ns, transport {t:.0} ns (mean {mean:.1} ns)"
+            );
+        }
+        transport
+            .send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
+            .map_err(|e| e.to_string())?;
+        transport_peer
+            .join()
+            .map_err(|_| "transport peer panicked")??;
+        pair.disconnect();
+        return Ok(());
+    }
     let (batched, batched_peer) = batched_pair(config, cpus)?;
     println!(
         "controller on CPU {}, executor on CPU {}, {calls} calls of {BYTES} B per layer and round",
@@ -141,6 +195,8 @@ fn main() -> Result<(), String> {
     for round in 1..=rounds {
         let f = floor(cpus, false, calls)?;
         let f2 = floor(cpus, true, calls)?;
+        let mr = minimal_ring(cpus, calls)?;
+        let re = ring_ends(cpus, calls)?;
         let t = transport_round_trips(&transport, calls)?;
         let e = if all {
             endpoint_round_trips(&pair, calls)?
@@ -162,6 +218,7 @@ fn main() -> Result<(), String> {
         let code = one_thread(config, calls)?;
         println!(
             "round {round}: round trip p50: floor {f:.0} ns (two lines each way {f2:.0} ns), \
+             layout alone {mr:.0} ns, ring ends {re:.0} ns, \
              transport {t:.0} ns ({:.2}x), endpoint {e:.0} ns ({:.2}x); \
              pipelined 1 thread x {WINDOW}: transport {tp:.2} M/s (in batches {tb:.2} M/s), \
              endpoint {ep:.2} M/s, Pipeline {pp:.2} M/s; \
@@ -288,14 +345,18 @@ fn transport_pair(
     let (ours, theirs) = heap_transports(config)?;
     let peer = std::thread::spawn(move || -> Result<(), String> {
         pin_current_thread(cpus.child)?;
+        // Received in place, as the engine does (`recv_into`).
+        let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
         loop {
-            match theirs.recv(None).map_err(|e| e.to_string())? {
-                Received::Message(m) if m.opcode == Opcode::Hangup => return Ok(()),
-                Received::Message(m) => theirs
-                    .send_until(Opcode::Result, m.seq, 0, m.payload.as_slice(), None, &|| {})
-                    .map_err(|e| e.to_string())?,
-                Received::TimedOut | Received::Interrupted => {}
+            if theirs.recv_into(None, &mut m).map_err(|e| e.to_string())? != Arrival::Message {
+                continue;
             }
+            if m.opcode == Opcode::Hangup {
+                return Ok(());
+            }
+            theirs
+                .send_until(Opcode::Result, m.seq, 0, m.payload.as_slice(), None, &|| {})
+                .map_err(|e| e.to_string())?;
         }
     });
     Ok((ours, peer))
@@ -368,11 +429,13 @@ fn receive(t: &ShmTransport) -> Result<orcwire::Message, String> {
 
 fn transport_round_trips(t: &ShmTransport, calls: u64) -> Result<f64, String> {
     let mut times = Vec::with_capacity(calls as usize);
+    // Received in place, as the engine does (`recv_into`).
+    let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
     for i in 0..calls {
         let start = Instant::now();
         t.send_until(Opcode::CallWrapper, i, 1, &argument(i), None, &|| {})
             .map_err(|e| e.to_string())?;
-        let m = receive(t)?;
+        while t.recv_into(None, &mut m).map_err(|e| e.to_string())? != Arrival::Message {}
         times.push(start.elapsed());
         check(m.payload.as_slice(), i)?;
     }
@@ -614,4 +677,172 @@ fn one_thread(config: ShmConfig, calls: u64) -> Result<f64, String> {
         i += WINDOW;
     }
     Ok(start.elapsed().as_nanos() as f64 / i as f64)
+}
+
+/// The layout alone: one ring each way with orcwire's frame format (a
+/// 32-byte header whose first word publishes the frame, payload after it,
+/// 16-byte aligned, the slot after each frame cleared before it is
+/// published) and its checks on receipt (flags, length, total), with
+/// nothing else: no lock, no wake-up protocol, no head published, no
+/// hints. What the transport's code adds is the transport's time over
+/// this one's.
+struct MinRing {
+    words: Box<[AtomicU64]>,
+}
+
+impl MinRing {
+    fn new(bytes: usize) -> Self {
+        Self {
+            words: (0..bytes / 8).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.words.len() - 1
+    }
+
+    /// Writes a frame at word `at`, returns the next frame's word.
+    fn send(&self, at: usize, seq: u64, payload: &[u8; BYTES]) -> usize {
+        let w = &self.words;
+        let m = self.mask();
+        let frame = (32 + BYTES).div_ceil(16) * 2;
+        w[(at + 1) & m].store(seq, Ordering::Relaxed);
+        w[(at + 2) & m].store(0, Ordering::Relaxed);
+        w[(at + 3) & m].store(BYTES as u64, Ordering::Relaxed);
+        for (i, c) in payload.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            w[(at + 4 + i) & m].store(v, Ordering::Relaxed);
+        }
+        let next = (at + frame) & m;
+        w[next].store(0, Ordering::Relaxed);
+        w[at].store(BYTES as u64 | 7 << 32 | 1 << 40, Ordering::Release);
+        next
+    }
+
+    /// Waits for the frame at word `at`, checks and copies it out.
+    fn recv(&self, at: usize, out: &mut [u8; BYTES]) -> Result<(usize, u64), String> {
+        let w = &self.words;
+        let m = self.mask();
+        let mut spins = 0u32;
+        let mut since: Option<Instant> = None;
+        let word0 = loop {
+            let v = w[at].load(Ordering::Acquire);
+            if v != 0 {
+                break v;
+            }
+            std::hint::spin_loop();
+            spins += 1;
+            // The clock only now and then; a peer gone for a second is an
+            // error, not a hang.
+            if spins % 4096 == 0 && since.get_or_insert_with(Instant::now).elapsed() > STUCK {
+                return Err("minimal ring: no frame for a second".into());
+            }
+        };
+        let len = word0 as u32 as usize;
+        if (word0 >> 32) & 0xffff_00ff != 7 || len != BYTES {
+            return Err(format!("minimal ring: bad header {word0:#x}"));
+        }
+        let seq = w[(at + 1) & m].load(Ordering::Relaxed);
+        if w[(at + 3) & m].load(Ordering::Relaxed) != len as u64 {
+            return Err("minimal ring: bad total".into());
+        }
+        for (i, c) in out.chunks_exact_mut(8).enumerate() {
+            c.copy_from_slice(&w[(at + 4 + i) & m].load(Ordering::Relaxed).to_le_bytes());
+        }
+        Ok(((at + (32 + BYTES).div_ceil(16) * 2) & m, seq))
+    }
+}
+
+/// p50 of `calls` round trips over two [`MinRing`]s, the echo on the other CPU.
+fn minimal_ring(cpus: Pinning, calls: u64) -> Result<f64, String> {
+    let rings = Arc::new((MinRing::new(1 << 20), MinRing::new(1 << 20)));
+    let peer_rings = Arc::clone(&rings);
+    let peer = std::thread::spawn(move || -> Result<(), String> {
+        pin_current_thread(cpus.child)?;
+        let (to_peer, to_us) = (&peer_rings.0, &peer_rings.1);
+        let (mut rx, mut tx) = (0, 0);
+        let mut buf = [0u8; BYTES];
+        for _ in 0..calls {
+            let (next, seq) = to_peer.recv(rx, &mut buf)?;
+            rx = next;
+            tx = to_us.send(tx, seq, &buf);
+        }
+        Ok(())
+    });
+    let (to_peer, to_us) = (&rings.0, &rings.1);
+    let (mut rx, mut tx) = (0, 0);
+    let mut buf = [0u8; BYTES];
+    let mut times = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let start = Instant::now();
+        tx = to_peer.send(tx, i, &argument(i));
+        let (next, seq) = to_us.recv(rx, &mut buf)?;
+        rx = next;
+        times.push(start.elapsed());
+        if seq != i {
+            return Err(format!("minimal ring: answer {seq} to call {i}"));
+        }
+        check(&buf, i)?;
+    }
+    peer.join().map_err(|_| "minimal ring peer panicked")??;
+    Ok(p50_ns(&mut times))
+}
+
+/// The transport's ring ends alone (`RingProducer::try_write_whole` and
+/// `publish_with`, `RingConsumer::try_recv_into`), spinning, with no lock,
+/// no state checks and no wake-up protocol.
+fn ring_ends(cpus: Pinning, calls: u64) -> Result<f64, String> {
+    use orcwire_shm::ring::heap_ring;
+    let fail = |e: orcwire_shm::ring::RingError| e.to_string();
+    let layout = |e: orcwire_shm::LayoutError| e.to_string();
+    let (mut tx, mut peer_rx) = heap_ring(1 << 20, 1 << 20).map_err(layout)?;
+    let (mut peer_tx, mut rx) = heap_ring(1 << 20, 1 << 20).map_err(layout)?;
+    let recv = move |rx: &mut orcwire_shm::ring::RingConsumer,
+                     into: &mut orcwire::Message|
+          -> Result<(), String> {
+        let started = Instant::now();
+        while !rx.try_recv_into(into).map_err(fail)? {
+            std::hint::spin_loop();
+            if started.elapsed() > STUCK {
+                return Err("ring ends: no message for a second".into());
+            }
+        }
+        Ok(())
+    };
+    let peer = std::thread::spawn(move || -> Result<(), String> {
+        pin_current_thread(cpus.child)?;
+        let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        for _ in 0..calls {
+            recv(&mut peer_rx, &mut m)?;
+            if !peer_tx.try_write_whole(Opcode::Result, m.seq, 0, m.payload.as_slice())
+                && peer_tx
+                    .try_push(Opcode::Result, m.seq, 0, m.payload.as_slice())
+                    .map_err(fail)?
+                    != orcwire_shm::ring::WriteStatus::Complete
+            {
+                return Err("ring ends: no room".into());
+            }
+            peer_tx.publish_with(true);
+        }
+        Ok(())
+    });
+    let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+    let mut times = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let start = Instant::now();
+        if !tx.try_write_whole(Opcode::CallWrapper, i, 1, &argument(i))
+            && tx
+                .try_push(Opcode::CallWrapper, i, 1, &argument(i))
+                .map_err(fail)?
+                != orcwire_shm::ring::WriteStatus::Complete
+        {
+            return Err("ring ends: no room".into());
+        }
+        tx.publish_with(true);
+        recv(&mut rx, &mut m)?;
+        times.push(start.elapsed());
+        check(m.payload.as_slice(), i)?;
+    }
+    peer.join().map_err(|_| "ring ends peer panicked")??;
+    Ok(p50_ns(&mut times))
 }
