@@ -118,6 +118,9 @@ pub struct RingProducer {
     /// in the free space the cached head leaves. 0 whenever the tail moves
     /// any other way (it is recomputed on the next fast write).
     fast_room: u64,
+    /// The CPU has `cldemote` ([`hint::can_demote`]): hand-overs demote
+    /// the lines they publish.
+    demote: bool,
 }
 
 impl fmt::Debug for RingProducer {
@@ -165,6 +168,7 @@ impl RingProducer {
             mid_message: false,
             held: None,
             fast_room: 0,
+            demote: hint::can_demote(),
         })
     }
 
@@ -499,8 +503,8 @@ impl RingProducer {
     ///
     /// `hand_over`: whether the consumer is probably waiting for these
     /// frames (it answers one message at a time). Then the published lines
-    /// are demoted (`cldemote`) to the cache both cores share, where the
-    /// consumer's next read finds them sooner. While the
+    /// are demoted (`cldemote`, on CPUs that have it) to the cache both
+    /// cores share, where the consumer's next read finds them sooner. While the
     /// consumer works through a backlog, pass `false`: demoting then gains
     /// nothing (it reads these frames later anyway) and costs the producer,
     /// whose next frame (sharing the last line of this one) must fetch the
@@ -531,7 +535,7 @@ impl RingProducer {
         // `Release` so that `orcwire inspect`'s reading of head and tail
         // sees frames that are there.
         self.mem.control.tail.store(self.tail, Ordering::Release);
-        if hand_over {
+        if hand_over && self.demote {
             let written = self.idx.distance(self.published_tail, self.tail) as usize;
             let from = self.idx.offset(self.published_tail);
             self.mem.data.hint_lines(

@@ -415,6 +415,67 @@ mod tests {
         );
     }
 
+    /// `send_until`'s single-frame fast path hands every case it does not
+    /// take to the full path: the ring's end (padding), a full ring (a
+    /// wait for room), a fragmented message, an oversized one, a peer that
+    /// hung up. Every message arrives whole and in order.
+    #[test]
+    fn the_single_frame_fast_path_leaves_every_other_case_to_the_full_path() {
+        let config = ShmConfig {
+            max_message_size: 4096,
+            ring_capacity: crate::layout::RingCapacity::new(1024).unwrap(),
+            wait: WaitStrategy::balanced(),
+        };
+        let (c, e) = pair(config);
+        let sizes: Vec<usize> = (0..400)
+            .map(|i| (i * 37) % 300)
+            .chain([4096, 700])
+            .collect();
+        let reader = {
+            let sizes = sizes.clone();
+            std::thread::spawn(move || {
+                for (i, &len) in sizes.iter().enumerate() {
+                    match e
+                        .recv(Some(Instant::now() + Duration::from_secs(10)))
+                        .unwrap()
+                    {
+                        Received::Message(m) => {
+                            assert_eq!(m.seq, i as u64);
+                            assert_eq!(m.payload.as_slice(), &vec![i as u8; len][..]);
+                        }
+                        other => panic!("message {i}: {other:?}"),
+                    }
+                }
+                e
+            })
+        };
+        for (i, &len) in sizes.iter().enumerate() {
+            let deadline = Some(Instant::now() + Duration::from_secs(10));
+            c.send_until(
+                Opcode::CallWrapper,
+                i as u64,
+                0,
+                &vec![i as u8; len],
+                deadline,
+                &|| {},
+            )
+            .unwrap();
+        }
+        let e = reader.join().unwrap();
+        assert_eq!(
+            c.send_until(Opcode::CallWrapper, 0, 0, &[0u8; 4097], None, &|| {}),
+            Err(TransportError::TooLarge {
+                size: 4097,
+                limit: 4096
+            })
+        );
+        e.close();
+        assert_eq!(
+            c.send_until(Opcode::CallWrapper, 0, 0, b"late", None, &|| {}),
+            Err(TransportError::PeerHungUp)
+        );
+    }
+
     #[test]
     fn waits_after_a_large_transfer_spin_for_its_copy() {
         // Rings large enough that every send here completes unread.

@@ -52,6 +52,23 @@ pub(crate) fn for_read(at: *const u8) {
     let _ = at;
 }
 
+/// Whether this CPU has `cldemote` (CPUID leaf 7, ECX bit 25). Elsewhere
+/// the instruction is a no-op, and a producer skips the loop that issues
+/// it (a dozen instructions on every hand-over). Asked once per ring end:
+/// in a virtual machine `cpuid` traps to the hypervisor.
+pub(crate) fn can_demote() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(orcwire_loom)))]
+    {
+        // SAFETY: `cpuid` exists on every x86_64 CPU and only reads
+        // identification registers (a safe function in newer Rust).
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        leaf.ecx >> 25 & 1 == 1
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(orcwire_loom))))]
+    false
+}
+
 /// `cldemote`: move the line from this core's private caches to the shared
 /// one, where the other core's read finds it sooner (a no-op on CPUs
 /// without the instruction).
