@@ -105,6 +105,7 @@ impl Gate {
         }
     }
 
+    #[inline]
     fn leave(&self) {
         // SYNC POINT: in-flight work done. Release pairs with the Acquire
         // load in `wait_idle`: whatever the operation did inside the gate
@@ -113,11 +114,16 @@ impl Gate {
         let prev = self.word.fetch_sub(1, Ordering::Release);
         debug_assert!(prev & COUNT_MASK > 0, "gate count underflow");
         if prev & CLOSED != 0 && prev & COUNT_MASK == 1 {
-            // Last one out after close: wake the waiters. Taking the lock
-            // orders this notify after any waiter's check-then-wait.
-            let _g = self.idle_lock.lock();
-            self.idle_cv.notify_all();
+            self.wake_idle_waiters();
         }
+    }
+
+    /// Last one out after close: wakes the waiters. Taking the lock orders
+    /// this notify after any waiter's check-then-wait.
+    #[cold]
+    fn wake_idle_waiters(&self) {
+        let _g = self.idle_lock.lock();
+        self.idle_cv.notify_all();
     }
 
     /// Closes the gate and advances the epoch. Returns `true` for the one

@@ -503,10 +503,15 @@ impl Inner {
 
     /// Sends the results this thread's batch holds so far (it is about to
     /// wait for a result of its own: the peer may need these first).
+    #[inline]
     pub(super) fn flush_own_batch(self: &Arc<Self>) {
-        let Some(b) = self.own_batch() else {
-            return;
-        };
+        if let Some(b) = self.own_batch() {
+            self.flush_batch_results(b);
+        }
+    }
+
+    #[cold]
+    fn flush_batch_results(self: &Arc<Self>, b: &Batch) {
         let done = b.done.load(Ordering::Relaxed);
         let from = {
             let _w = self.work.lock();

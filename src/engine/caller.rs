@@ -48,6 +48,7 @@ impl Inner {
     }
 
     /// A caller stops wanting the lead.
+    #[inline]
     pub(super) fn caller_leaves(&self) {
         if self.callers.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Not a read-modify-write: two last callers racing both store
@@ -61,12 +62,17 @@ impl Inner {
             // worker raised the flag, then reads `callers`. A load first:
             // the flag is rarely up, and then no read-modify-write.
             fence(Ordering::SeqCst);
-            if self.workers_backed_off.load(Ordering::Relaxed)
-                && self.workers_backed_off.swap(false, Ordering::Relaxed)
-            {
-                let _w = self.work.lock();
-                self.work_cv.notify_all();
+            if self.workers_backed_off.load(Ordering::Relaxed) {
+                self.wake_backed_off_workers();
             }
+        }
+    }
+
+    #[cold]
+    fn wake_backed_off_workers(&self) {
+        if self.workers_backed_off.swap(false, Ordering::Relaxed) {
+            let _w = self.work.lock();
+            self.work_cv.notify_all();
         }
     }
 
@@ -183,12 +189,18 @@ impl Inner {
         }
     }
 
+    #[inline]
     pub(super) fn after_caller_turn(self: &Arc<Self>, turn: Turn) {
         if let Some(r) = turn.disconnect {
-            let mut w = self.work.lock();
-            w.disconnect.get_or_insert(r);
-            self.wake_or_spawn(&mut w);
+            self.caller_saw_disconnect(r);
         }
+    }
+
+    #[cold]
+    fn caller_saw_disconnect(self: &Arc<Self>, r: DisconnectReason) {
+        let mut w = self.work.lock();
+        w.disconnect.get_or_insert(r);
+        self.wake_or_spawn(&mut w);
     }
 
     /// Queues an incoming call for a worker, or refuses it as busy when the

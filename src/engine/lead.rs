@@ -15,6 +15,7 @@ impl Inner {
             .is_ok()
     }
 
+    #[inline]
     pub(super) fn release_lead(&self) {
         // SYNC POINT: lead (Release half, see `try_lead`).
         self.lead.store(FREE, Ordering::Release);
@@ -25,9 +26,14 @@ impl Inner {
         // accesses: loom models fences exactly, and costs are the same.)
         fence(Ordering::SeqCst);
         if self.follower_count.load(Ordering::Relaxed) > 0 {
-            for t in self.followers.lock().iter() {
-                t.unpark();
-            }
+            self.unpark_followers();
+        }
+    }
+
+    #[cold]
+    fn unpark_followers(&self) {
+        for t in self.followers.lock().iter() {
+            t.unpark();
         }
     }
 

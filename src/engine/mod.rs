@@ -877,11 +877,17 @@ impl Inner {
     /// handlers run): a result waits at most that long behind a handler of
     /// its batch that blocks. Results of a closing connection are dropped
     /// (their callers fail with the disconnect).
+    #[inline]
     pub(crate) fn flush_outbox(self: &Arc<Self>) {
-        // Relaxed: a hint; the lock below orders what it guards.
-        if !self.outbox_full.load(Ordering::Relaxed) {
-            return;
+        // Relaxed: a hint; the lock in `send_outbox_now` orders what it
+        // guards.
+        if self.outbox_full.load(Ordering::Relaxed) {
+            self.send_outbox_now();
         }
+    }
+
+    #[cold]
+    fn send_outbox_now(self: &Arc<Self>) {
         // Taken out under the lock, sent without it: a send may wait for
         // room, and a handler answering meanwhile must not wait for that.
         self.outbox_full.store(false, Ordering::Relaxed);

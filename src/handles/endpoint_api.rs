@@ -177,10 +177,16 @@ impl Endpoint {
     /// without waiting for the answers (a later flush waits for them). A
     /// send that finds the transport full until `deadline` puts its pairs
     /// back for the next release point.
+    #[inline]
     pub(crate) fn send_releases(&self, deadline: Option<Instant>) {
-        if !self.handles().tables.has_pending() {
-            return;
+        // The usual case (nothing to release) costs a check on every call.
+        if self.handles().tables.has_pending() {
+            self.send_pending_releases(deadline);
         }
+    }
+
+    #[cold]
+    fn send_pending_releases(&self, deadline: Option<Instant>) {
         let Ok(tag) = self.release_tag() else {
             return;
         };
