@@ -115,7 +115,9 @@ impl Inner {
             }
             if self.try_lead(CALLER) {
                 interrupted = false;
-                let turn = self.lead_turn(Some(seq), deadline, None, mine.as_deref_mut());
+                // Filled in place (see `worker_loop`).
+                let mut turn = Turn::default();
+                self.lead_turn(Some(seq), deadline, None, mine.as_deref_mut(), &mut turn);
                 self.release_lead();
                 let (saw_call, own_taken) = (turn.saw_call, turn.own_taken);
                 self.after_caller_turn(turn);

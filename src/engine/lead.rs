@@ -52,17 +52,19 @@ impl Inner {
     /// so, and the result then skips the pending slot (see
     /// [`PendingTable::release_own`]); a turn whose `own` call was taken so
     /// ends like one whose call is done.
+    ///
+    /// What the turn produced is written into `turn`, a fresh `Turn` of
+    /// the caller's (not returned: see `worker_loop`).
     pub(super) fn lead_turn<M>(
         self: &Arc<Self>,
         own: Option<u64>,
         deadline: Option<Instant>,
         cells: Option<&batch::Batch>,
         mut mine: Option<&mut M>,
-    ) -> Turn
-    where
+        turn: &mut Turn,
+    ) where
         M: FnMut(u64, &mut WrapperFunctionBuffer) -> bool + ?Sized,
     {
-        let mut turn = Turn::default();
         // Every message of the turn lands here, in place (see
         // `Transport::recv_into`); routing takes its payload out.
         let mut msg = Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
@@ -70,9 +72,9 @@ impl Inner {
         let max = if worker { WORKER_BATCH + 1 } else { DRAIN_BATCH };
         loop {
             match own {
-                _ if turn.own_taken => return turn,
-                Some(seq) if self.pending.is_done(seq) => return turn,
-                None if self.callers.load(Ordering::Relaxed) > 0 => return turn,
+                _ if turn.own_taken => return,
+                Some(seq) if self.pending.is_done(seq) => return,
+                None if self.callers.load(Ordering::Relaxed) > 0 => return,
                 _ => {}
             }
             let arrival = self.transport.recv_batch(deadline, max, &mut msg, &mut |m| {
@@ -85,20 +87,20 @@ impl Inner {
                         return true;
                     }
                 }
-                self.route(m, cells, &mut turn);
+                self.route(m, cells, turn);
                 let read_calls = turn.read >= batch::BATCH;
                 !(read_calls || turn.disconnect.is_some() || turn.saw_call)
             });
             match arrival {
                 Ok(Arrival::Message) => {
                     if turn.read > 0 || turn.disconnect.is_some() || turn.saw_call {
-                        return turn;
+                        return;
                     }
                 }
-                Ok(Arrival::TimedOut) | Ok(Arrival::Interrupted) => return turn,
+                Ok(Arrival::TimedOut) | Ok(Arrival::Interrupted) => return,
                 Err(e) => {
-                    self.reading_failed(e, &mut turn);
-                    return turn;
+                    self.reading_failed(e, turn);
+                    return;
                 }
             }
         }

@@ -82,7 +82,17 @@ impl Inner {
                 drop(w);
                 poll = base;
                 grace = base;
-                let turn = self.lead_turn(None, deadline, Some(&*batch), None::<&mut Mine<'_>>);
+                // Filled in place: returned by value, its copy's loads
+                // straddled the turn's own narrower stores (a
+                // store-forwarding stall on every round trip's path).
+                let mut turn = Turn::default();
+                self.lead_turn(
+                    None,
+                    deadline,
+                    Some(&*batch),
+                    None::<&mut Mine<'_>>,
+                    &mut turn,
+                );
                 self.release_lead();
                 w = self.work.lock();
                 if let Some(r) = turn.disconnect {

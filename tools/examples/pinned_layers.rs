@@ -173,9 +173,12 @@ fn main() -> Result<(), String> {
             let start = Instant::now();
             let t = transport_round_trips(&transport, calls)?;
             let mean = start.elapsed().as_nanos() as f64 / calls as f64;
+            let ce = controller_engine_round_trips(config, cpus, calls)?;
+            let e = endpoint_round_trips(&pair, calls)?;
             println!(
                 "round {round}: round trip p50: floor {f:.0} ns, layout alone {mr:.0} ns, \
-                 ring ends {re:.0} ns, transport {t:.0} ns (mean {mean:.1} ns)"
+                 ring ends {re:.0} ns, transport {t:.0} ns (mean {mean:.1} ns), \
+                 controller engine {ce:.0} ns, endpoint {e:.0} ns"
             );
         }
         transport
@@ -646,6 +649,65 @@ fn pipeline_against_raw_executor(
     controller.disconnect();
     executor.join().map_err(|_| "the raw executor panicked")??;
     Ok(rate)
+}
+
+/// The round trips of a controller `Endpoint`'s `call_sync` against an
+/// executor that is the transport alone (echoing each call as it reads
+/// it, after a `Setup` publishing `echo`): the controller's engine on its
+/// own. p50 in nanoseconds.
+fn controller_engine_round_trips(
+    config: ShmConfig,
+    cpus: Pinning,
+    calls: u64,
+) -> Result<f64, String> {
+    let (c, e) = heap_transports(config)?;
+    let executor = std::thread::spawn(move || -> Result<(), String> {
+        pin_current_thread(cpus.child)?;
+        let fail = |e: orcwire::transport::TransportError| e.to_string();
+        let mut setup = orcwire::sps::SetupInfo::new_orcwire("pinned-layers".into(), 4096);
+        setup.bootstrap_symbols.push(("echo".into(), 1));
+        e.send_until(Opcode::Setup, 0, 0, &setup.encode(), None, &|| {})
+            .map_err(fail)?;
+        let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
+        loop {
+            if e.recv_into(None, &mut m).map_err(fail)? != Arrival::Message {
+                continue;
+            }
+            match m.opcode {
+                // Acknowledge, as an executor does.
+                Opcode::Hangup => {
+                    let bye = orcwire::sps::encode_error(None);
+                    e.send_until(Opcode::Hangup, 0, 0, &bye, None, &|| {})
+                        .map_err(fail)?;
+                    return Ok(());
+                }
+                // A plain result (kind 0) echoing the arguments.
+                Opcode::CallWrapper => e
+                    .send_until(Opcode::Result, m.seq, 0, m.payload.as_slice(), None, &|| {})
+                    .map_err(fail)?,
+                _ => {}
+            }
+        }
+    });
+    pin_current_thread(cpus.controller)?;
+    let controller = orcwire::ControllerBuilder::new()
+        .connect(Arc::new(c) as Arc<dyn Transport>)
+        .map_err(|e| e.to_string())?;
+    let echo = controller
+        .function_tag("echo")
+        .ok_or("the executor did not publish echo")?;
+    let mut times = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let start = Instant::now();
+        let r = controller
+            .call_sync(echo, &argument(i))
+            .map_err(|e| e.to_string())?;
+        times.push(start.elapsed());
+        check(r.as_slice(), i)?;
+    }
+    controller.disconnect();
+    executor.join().map_err(|_| "the raw executor panicked")??;
+    Ok(p50_ns(&mut times))
 }
 
 /// Both ends of a fresh transport pair on this thread, in batches of
