@@ -607,15 +607,24 @@ fn raw_controller_engine_executor(
     Ok(rate)
 }
 
-/// A controller's [`orcwire::Pipeline`] against an executor that is the
-/// transport alone in batches (it sends a `Setup` publishing `echo` as
-/// tag 1, then echoes every batch of calls it reads with one
-/// `send_batch`): the controller's engine alone sets the pace.
-fn pipeline_against_raw_executor(
+/// A controller `Endpoint` connected to an executor that is the transport
+/// alone, on a thread pinned to the executor's CPU: it sends a `Setup`
+/// publishing `echo` as tag 1, runs `serve` (which answers calls until it
+/// reads the message it returns), and acknowledges a `Hangup` as an
+/// executor does. Returns the controller, `echo`'s tag and the thread.
+#[allow(clippy::type_complexity)]
+fn against_raw_executor(
     config: ShmConfig,
     cpus: Pinning,
-    calls: u64,
-) -> Result<f64, String> {
+    serve: impl FnOnce(&ShmTransport) -> Result<Opcode, String> + Send + 'static,
+) -> Result<
+    (
+        orcwire::Endpoint,
+        orcwire::HandlerTag,
+        std::thread::JoinHandle<Result<(), String>>,
+    ),
+    String,
+> {
     let (c, e) = heap_transports(config)?;
     let executor = std::thread::spawn(move || -> Result<(), String> {
         pin_current_thread(cpus.child)?;
@@ -624,17 +633,10 @@ fn pipeline_against_raw_executor(
         setup.bootstrap_symbols.push(("echo".into(), 1));
         e.send_until(Opcode::Setup, 0, 0, &setup.encode(), None, &|| {})
             .map_err(fail)?;
-        if echo_in_batches(&e).map_err(|e| e.to_string())? == Opcode::Hangup {
-            // Acknowledge, as an executor does.
-            e.send_until(
-                Opcode::Hangup,
-                0,
-                0,
-                &orcwire::sps::encode_error(None),
-                None,
-                &|| {},
-            )
-            .map_err(fail)?;
+        if serve(&e)? == Opcode::Hangup {
+            let bye = orcwire::sps::encode_error(None);
+            e.send_until(Opcode::Hangup, 0, 0, &bye, None, &|| {})
+                .map_err(fail)?;
         }
         Ok(())
     });
@@ -645,6 +647,20 @@ fn pipeline_against_raw_executor(
     let echo = controller
         .function_tag("echo")
         .ok_or("the executor did not publish echo")?;
+    Ok((controller, echo, executor))
+}
+
+/// A controller's [`orcwire::Pipeline`] against an executor that is the
+/// transport alone in batches (it echoes every batch of calls it reads
+/// with one `send_batch`): the controller's engine alone sets the pace.
+fn pipeline_against_raw_executor(
+    config: ShmConfig,
+    cpus: Pinning,
+    calls: u64,
+) -> Result<f64, String> {
+    let (controller, echo, executor) = against_raw_executor(config, cpus, |e| {
+        echo_in_batches(e).map_err(|e| e.to_string())
+    })?;
     let rate = endpoint_pipeline_with(&controller, echo, calls)?;
     controller.disconnect();
     executor.join().map_err(|_| "the raw executor panicked")??;
@@ -652,50 +668,29 @@ fn pipeline_against_raw_executor(
 }
 
 /// The round trips of a controller `Endpoint`'s `call_sync` against an
-/// executor that is the transport alone (echoing each call as it reads
-/// it, after a `Setup` publishing `echo`): the controller's engine on its
-/// own. p50 in nanoseconds.
+/// executor that is the transport alone, echoing each call as it reads it:
+/// the controller's engine on its own. p50 in nanoseconds.
 fn controller_engine_round_trips(
     config: ShmConfig,
     cpus: Pinning,
     calls: u64,
 ) -> Result<f64, String> {
-    let (c, e) = heap_transports(config)?;
-    let executor = std::thread::spawn(move || -> Result<(), String> {
-        pin_current_thread(cpus.child)?;
+    let (controller, echo, executor) = against_raw_executor(config, cpus, |e| {
         let fail = |e: orcwire::transport::TransportError| e.to_string();
-        let mut setup = orcwire::sps::SetupInfo::new_orcwire("pinned-layers".into(), 4096);
-        setup.bootstrap_symbols.push(("echo".into(), 1));
-        e.send_until(Opcode::Setup, 0, 0, &setup.encode(), None, &|| {})
-            .map_err(fail)?;
         let mut m = orcwire::Message::new(Opcode::Result, 0, 0, WrapperFunctionBuffer::new());
         loop {
             if e.recv_into(None, &mut m).map_err(fail)? != Arrival::Message {
                 continue;
             }
             match m.opcode {
-                // Acknowledge, as an executor does.
-                Opcode::Hangup => {
-                    let bye = orcwire::sps::encode_error(None);
-                    e.send_until(Opcode::Hangup, 0, 0, &bye, None, &|| {})
-                        .map_err(fail)?;
-                    return Ok(());
-                }
                 // A plain result (kind 0) echoing the arguments.
                 Opcode::CallWrapper => e
                     .send_until(Opcode::Result, m.seq, 0, m.payload.as_slice(), None, &|| {})
                     .map_err(fail)?,
-                _ => {}
+                other => return Ok(other),
             }
         }
-    });
-    pin_current_thread(cpus.controller)?;
-    let controller = orcwire::ControllerBuilder::new()
-        .connect(Arc::new(c) as Arc<dyn Transport>)
-        .map_err(|e| e.to_string())?;
-    let echo = controller
-        .function_tag("echo")
-        .ok_or("the executor did not publish echo")?;
+    })?;
     let mut times = Vec::with_capacity(calls as usize);
     for i in 0..calls {
         let start = Instant::now();
