@@ -158,9 +158,7 @@ fn main() -> Result<(), String> {
             println!("round {round}: transport in batches 1 thread x {WINDOW}: {tb:.2} M/s");
             trace_round(traced, true)?;
         }
-        t.send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
-            .map_err(|e| e.to_string())?;
-        peer.join().map_err(|_| "batched peer panicked")??;
+        hang_up(&t, peer, "batched")?;
         pair.disconnect();
         return Ok(());
     }
@@ -181,12 +179,7 @@ fn main() -> Result<(), String> {
                  controller engine {ce:.0} ns, endpoint {e:.0} ns"
             );
         }
-        transport
-            .send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
-            .map_err(|e| e.to_string())?;
-        transport_peer
-            .join()
-            .map_err(|_| "transport peer panicked")??;
+        hang_up(&transport, transport_peer, "transport")?;
         pair.disconnect();
         return Ok(());
     }
@@ -230,18 +223,23 @@ fn main() -> Result<(), String> {
             e / f,
         );
     }
-    transport
-        .send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
-        .map_err(|e| e.to_string())?;
-    transport_peer
-        .join()
-        .map_err(|_| "transport peer panicked")??;
-    batched
-        .send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
-        .map_err(|e| e.to_string())?;
-    batched_peer.join().map_err(|_| "batched peer panicked")??;
+    hang_up(&transport, transport_peer, "transport")?;
+    hang_up(&batched, batched_peer, "batched")?;
     pair.disconnect();
     Ok(())
+}
+
+/// Ends one of the echo peers (`transport_pair`, `batched_pair`): sends
+/// it `Hangup` and waits for its thread, which returns once it reads it.
+fn hang_up(
+    t: &ShmTransport,
+    peer: std::thread::JoinHandle<Result<(), String>>,
+    which: &str,
+) -> Result<(), String> {
+    t.send_until(Opcode::Hangup, 0, 0, &[], None, &|| {})
+        .map_err(|e| e.to_string())?;
+    peer.join()
+        .map_err(|_| format!("the {which} peer panicked"))?
 }
 
 /// The raw floor: `ping` written by the caller, `pong` by a spinning peer
